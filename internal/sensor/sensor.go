@@ -1,0 +1,46 @@
+// Package sensor defines what the agent needs from a kernel event source,
+// independent of the backend (BPF LSM or tracepoints) that provides it.
+package sensor
+
+import (
+	"context"
+	"errors"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+)
+
+// Backend names.
+const (
+	BackendLSM        = "lsm"
+	BackendTracepoint = "tracepoint"
+)
+
+// ErrNotSupported is wrapped by errors that mean the running kernel lacks a
+// feature (a hook, a program type, a helper).
+var ErrNotSupported = errors.New("not supported by this kernel")
+
+// Sensor is a source of kernel events. Start attaches; after it returns
+// nil, Events delivers enriched events (process cache applied) until ctx
+// is done or Close is called, after which the channel is closed. Gap
+// records (kind "gap") are delivered in the stream where loss was seen.
+type Sensor interface {
+	Start(ctx context.Context) error
+	Events() <-chan *vigilv1.Event
+	Info() Info
+	Stats() Stats
+	Close() error
+}
+
+// Info describes what the sensor attached.
+type Info struct {
+	Backend      string
+	Hooks        []string // attached
+	MissingHooks []string // wanted but not offered by this kernel, with reason
+}
+
+// Stats are cumulative counters.
+type Stats struct {
+	Received uint64            // events read from the kernel
+	Lost     uint64            // events the kernel could not queue
+	ByKind   map[string]uint64 // received, by kind
+}
