@@ -55,7 +55,12 @@ type Event struct {
 	//	*Event_Gap
 	Detail isEvent_Detail `protobuf_oneof:"detail"`
 	// verdict is set when a policy decided about the action.
-	Verdict       *Verdict `protobuf:"bytes,30,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	Verdict *Verdict `protobuf:"bytes,30,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	// id is assigned by the agent's event store when the event is stored:
+	// increasing, never reused, and kept across agent restarts (unlike seq,
+	// which restarts with the kernel programs). 0 when the event could not be
+	// stored. Resume a query with EventsRequest.after_id.
+	Id            uint64 `protobuf:"varint,31,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -216,6 +221,13 @@ func (x *Event) GetVerdict() *Verdict {
 		return x.Verdict
 	}
 	return nil
+}
+
+func (x *Event) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
 }
 
 type isEvent_Detail interface {
@@ -1423,13 +1435,17 @@ func (x *Counters) GetStoreErrors() uint64 {
 }
 
 type EventsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kinds         []string               `protobuf:"bytes,1,rep,name=kinds,proto3" json:"kinds,omitempty"`                        // empty: all kinds
-	Pid           uint32                 `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`                           // 0: any
-	AfterSeq      uint64                 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"` // only events with seq > after_seq
-	Since         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
-	Limit         uint32                 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"` // 0: no limit (stored events only)
-	Follow        bool                   `protobuf:"varint,6,opt,name=follow,proto3" json:"follow,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Kinds    []string               `protobuf:"bytes,1,rep,name=kinds,proto3" json:"kinds,omitempty"`                        // empty: all kinds
+	Pid      uint32                 `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`                           // 0: any
+	AfterSeq uint64                 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"` // only events with seq > after_seq
+	Since    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	Limit    uint32                 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"` // 0: no limit (stored events only)
+	Follow   bool                   `protobuf:"varint,6,opt,name=follow,proto3" json:"follow,omitempty"`
+	AfterId  uint64                 `protobuf:"varint,7,opt,name=after_id,json=afterId,proto3" json:"after_id,omitempty"` // only events with id > after_id
+	// latest: with limit, the most recent `limit` matching stored events
+	// (still sent oldest first) instead of the oldest.
+	Latest        bool `protobuf:"varint,8,opt,name=latest,proto3" json:"latest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1506,11 +1522,25 @@ func (x *EventsRequest) GetFollow() bool {
 	return false
 }
 
+func (x *EventsRequest) GetAfterId() uint64 {
+	if x != nil {
+		return x.AfterId
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetLatest() bool {
+	if x != nil {
+		return x.Latest
+	}
+	return false
+}
+
 var File_vigil_proto protoreflect.FileDescriptor
 
 const file_vigil_proto_rawDesc = "" +
 	"\n" +
-	"\vvigil.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x04\n" +
+	"\vvigil.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
@@ -1528,7 +1558,8 @@ const file_vigil_proto_rawDesc = "" +
 	"\x06inject\x18\x0f \x01(\v2\x10.vigil.v1.InjectH\x00R\x06inject\x12,\n" +
 	"\x06kernel\x18\x10 \x01(\v2\x12.vigil.v1.KernelOpH\x00R\x06kernel\x12!\n" +
 	"\x03gap\x18\x11 \x01(\v2\r.vigil.v1.GapH\x00R\x03gap\x12+\n" +
-	"\averdict\x18\x1e \x01(\v2\x11.vigil.v1.VerdictR\averdictB\b\n" +
+	"\averdict\x18\x1e \x01(\v2\x11.vigil.v1.VerdictR\averdict\x12\x0e\n" +
+	"\x02id\x18\x1f \x01(\x04R\x02idB\b\n" +
 	"\x06detail\"\x90\x02\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
@@ -1627,14 +1658,16 @@ const file_vigil_proto_rawDesc = "" +
 	"\fstore_errors\x18\x05 \x01(\x04R\vstoreErrors\x1a9\n" +
 	"\vByKindEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xb4\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xe7\x01\n" +
 	"\rEventsRequest\x12\x14\n" +
 	"\x05kinds\x18\x01 \x03(\tR\x05kinds\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\rR\x03pid\x12\x1b\n" +
 	"\tafter_seq\x18\x03 \x01(\x04R\bafterSeq\x120\n" +
 	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x14\n" +
 	"\x05limit\x18\x05 \x01(\rR\x05limit\x12\x16\n" +
-	"\x06follow\x18\x06 \x01(\bR\x06follow2z\n" +
+	"\x06follow\x18\x06 \x01(\bR\x06follow\x12\x19\n" +
+	"\bafter_id\x18\a \x01(\x04R\aafterId\x12\x16\n" +
+	"\x06latest\x18\b \x01(\bR\x06latest2z\n" +
 	"\x05Agent\x12;\n" +
 	"\x06Status\x12\x17.vigil.v1.StatusRequest\x1a\x18.vigil.v1.StatusResponse\x124\n" +
 	"\x06Events\x12\x17.vigil.v1.EventsRequest\x1a\x0f.vigil.v1.Event0\x01B2Z0github.com/vigil-hips/vigil/api/vigil/v1;vigilv1b\x06proto3"
