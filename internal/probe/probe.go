@@ -1,16 +1,40 @@
 // Package probe finds out what the running kernel offers Vigil and which
-// guarantee each kind of control can give here.
+// guarantee each kind of control can give here. Every capability is
+// tested by doing it (loading and attaching a trivial program, opening a
+// fanotify group), not inferred from the version, because kernels that
+// list an LSM may still refuse its programs.
 package probe
 
-import vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
 
-// Report is what the kernel offers.
-type Report struct {
-	KernelRelease string
-	BPFLSM        bool
-	Features      []*vigilv1.Feature
-	Guarantees    []Guarantee
-}
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/kernel"
+)
+
+// Feature names.
+const (
+	FeatureBPFLSM        = "bpf_lsm"
+	FeatureBTF           = "btf"
+	FeatureTPBTF         = "tp_btf"
+	FeatureRingBuf       = "ringbuf"
+	FeatureBPFLoop       = "bpf_loop"
+	FeatureSyscallTP     = "syscall_tracepoints"
+	FeatureSendSignal    = "bpf_send_signal"
+	FeatureFanotifyPerm  = "fanotify_permission_events"
+	FeatureLockdown      = "lockdown"
+	FeatureKernelModules = "kernel_modules"
+)
 
 // Guarantee levels.
 const (
@@ -26,7 +50,176 @@ type Guarantee struct {
 	Why     string
 }
 
-// Run probes the running kernel.
+// Report is what the kernel offers.
+type Report struct {
+	KernelRelease string
+	BPFLSM        bool
+	Features      []*vigilv1.Feature
+	Guarantees    []Guarantee
+}
+
+// Has reports whether the named feature is available.
+func (r Report) Has(name string) bool {
+	for _, f := range r.Features {
+		if f.Name == name {
+			return f.Available
+		}
+	}
+	return false
+}
+
+// Run probes the running kernel. It needs the privileges the agent has.
 func Run() Report {
-	return Report{}
+	_ = rlimit.RemoveMemlock()
+	kernel.MountFilesystems()
+	r := Report{KernelRelease: kernel.Release()}
+	add := func(name string, err error, ok string) {
+		f := &vigilv1.Feature{Name: name, Available: err == nil, Detail: ok}
+		if err != nil {
+			f.Detail = err.Error()
+		}
+		r.Features = append(r.Features, f)
+	}
+
+	lsmErr := BPFLSM()
+	r.BPFLSM = lsmErr == nil
+	add(FeatureBPFLSM, lsmErr, "active: "+kernel.LSMList())
+	_, err := os.Stat("/sys/kernel/btf/vmlinux")
+	add(FeatureBTF, err, "/sys/kernel/btf/vmlinux")
+	add(FeatureTPBTF, tpBTF(), "tp_btf/sched_process_exec attaches")
+	add(FeatureRingBuf, features.HaveMapType(ebpf.RingBuf), "BPF_MAP_TYPE_RINGBUF")
+	add(FeatureBPFLoop, features.HaveProgramHelper(ebpf.TracePoint, asm.FnLoop), "bpf_loop helper")
+	_, err = os.Stat(kernel.TraceFS + "/events/syscalls/sys_enter_mprotect")
+	add(FeatureSyscallTP, err, kernel.TraceFS+"/events/syscalls")
+	add(FeatureSendSignal, features.HaveProgramHelper(ebpf.TracePoint, asm.FnSendSignal), "bpf_send_signal helper")
+	add(FeatureFanotifyPerm, fanotifyPerm(), "FAN_CLASS_CONTENT group")
+	mode, err := lockdown()
+	add(FeatureLockdown, err, mode)
+	_, err = os.Stat("/proc/modules")
+	add(FeatureKernelModules, err, "/proc/modules")
+
+	r.Guarantees = guarantees(r)
+	return r
+}
+
+// BPFLSM returns nil if BPF LSM programs can be loaded and attached here.
+// It attaches a program that allows everything and detaches it at once.
+func BPFLSM() error {
+	if !kernel.BPFLSMActive() {
+		return fmt.Errorf("bpf is not among the active LSMs (%s); boot with lsm=...,bpf", kernel.LSMList())
+	}
+	_ = rlimit.RemoveMemlock()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:       ebpf.LSM,
+		AttachType: ebpf.AttachLSMMac,
+		AttachTo:   "file_open",
+		License:    "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("bpf is an active LSM but loading an LSM program fails: %w", err)
+	}
+	defer prog.Close()
+	l, err := link.AttachLSM(link.LSMOptions{Program: prog})
+	if err != nil {
+		return fmt.Errorf("bpf is an active LSM but attaching an LSM program fails: %w", err)
+	}
+	return l.Close()
+}
+
+func tpBTF() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:       ebpf.Tracing,
+		AttachType: ebpf.AttachTraceRawTp,
+		AttachTo:   "sched_process_exec",
+		License:    "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	defer prog.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	if err != nil {
+		return fmt.Errorf("attach: %w", err)
+	}
+	return l.Close()
+}
+
+func fanotifyPerm() error {
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY)
+	if err != nil {
+		return fmt.Errorf("fanotify_init(FAN_CLASS_CONTENT): %w", err)
+	}
+	return unix.Close(fd)
+}
+
+// lockdown returns the active lockdown mode ("none", "integrity",
+// "confidentiality").
+func lockdown() (string, error) {
+	b, err := os.ReadFile(kernel.SecurityFS + "/lockdown")
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", errors.New("lockdown LSM not active")
+		}
+		return "", err
+	}
+	for _, w := range strings.Fields(string(b)) {
+		if strings.HasPrefix(w, "[") {
+			return strings.Trim(w, "[]"), nil
+		}
+	}
+	return "", fmt.Errorf("lockdown: unexpected %q", b)
+}
+
+// guarantees derives, from the features, what each control can do. This
+// is the one place that states it; doctor prints it and the agent reports
+// it.
+func guarantees(r Report) []Guarantee {
+	lsm := r.BPFLSM
+	fan := r.Has(FeatureFanotifyPerm)
+	kill := r.Has(FeatureSendSignal) && r.Has(FeatureTPBTF)
+	sysTP := r.Has(FeatureSyscallTP)
+	const noLSM = "BPF LSM is not available"
+	var g []Guarantee
+	pick := func(control string, lsmWhy string, fallbacks ...Guarantee) {
+		if lsm {
+			g = append(g, Guarantee{control, SyncBlock, lsmWhy})
+			return
+		}
+		for _, f := range fallbacks {
+			if f.Level != "" {
+				f.Control = control
+				g = append(g, f)
+				return
+			}
+		}
+		g = append(g, Guarantee{control, ObserveOnly, noLSM + " and no fallback can stop it here"})
+	}
+	when := func(ok bool, level, why string) Guarantee {
+		if !ok {
+			return Guarantee{}
+		}
+		return Guarantee{Level: level, Why: why}
+	}
+	pick("exec control", "lsm/bprm_check_security denies before the new program runs",
+		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_EXEC_PERM denies execve on marked filesystems (not mmap, not memfd)"),
+		when(kill, KillAfterExec, noLSM+" and no fanotify; bpf_send_signal from sched_process_exec kills the new image before it runs user code"))
+	pick("executable mappings (shared libraries, mprotect)", "lsm/mmap_file and lsm/file_mprotect deny the mapping",
+		when(kill && sysTP, KillAfterExec, noLSM+"; mmap/mprotect are seen at syscall entry and the caller can only be killed"))
+	pick("code injection (ptrace, process_vm_writev, /proc/PID/mem)", "lsm/ptrace_access_check and lsm/file_open deny",
+		when(kill && sysTP, KillAfterExec, noLSM+"; the injector can be killed when the syscall is seen, the syscall itself is not stopped"))
+	pick("kernel tampering (bpf, modules, kexec, /dev/mem)", "lsm/bpf, lsm/kernel_read_file, lsm/kernel_load_data, lsm/file_open deny",
+		when(kill && sysTP, KillAfterExec, noLSM+"; the caller can be killed when the syscall is seen, the syscall itself is not stopped"))
+	pick("protected files (persistence paths)", "lsm/file_open, lsm/inode_* deny writes, renames and unlinks",
+		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_PERM denies opens for write on marked filesystems; rename, unlink, chmod are observed only"))
+	pick("tamper protection of the agent", "lsm/task_kill, lsm/ptrace_access_check, lsm/bpf, lsm/file_* deny",
+		Guarantee{Level: ObserveOnly, Why: noLSM + "; root can stop the agent, attempts are reported while it runs"})
+	return g
 }

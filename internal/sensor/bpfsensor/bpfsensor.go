@@ -1,26 +1,358 @@
 // Package bpfsensor is the BPF implementation of sensor.Sensor, with two
 // backends: BPF LSM hooks (when the kernel has BPF LSM active) and
-// tracepoints (otherwise).
+// tracepoints (otherwise). One object file holds both; the loader keeps
+// the programs of the chosen backend (programs.go).
 package bpfsensor
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/kernel"
+	"github.com/vigil-hips/vigil/internal/probe"
+	"github.com/vigil-hips/vigil/internal/proc"
 	"github.com/vigil-hips/vigil/internal/sensor"
 )
+
+// DefaultRingBufBytes is the kernel ring buffer size when none is given.
+const DefaultRingBufBytes = 8 << 20
 
 // Config selects and sizes the sensor.
 type Config struct {
 	// Backend is "auto", "lsm" or "tracepoint".
 	Backend string
 	// RingBufBytes is the kernel ring buffer size: a power of two, a
-	// multiple of the page size. 0 means the default.
+	// multiple of the page size. 0 means DefaultRingBufBytes.
 	RingBufBytes int
 	Logger       *slog.Logger
+	// ProcRoot is where the process cache is seeded from ("/proc").
+	ProcRoot string
+}
+
+// Validate checks the config and fills defaults.
+func (c *Config) Validate() error {
+	switch c.Backend {
+	case "", "auto", sensor.BackendLSM, sensor.BackendTracepoint:
+	default:
+		return fmt.Errorf("backend %q: want auto, lsm or tracepoint", c.Backend)
+	}
+	if c.RingBufBytes == 0 {
+		c.RingBufBytes = DefaultRingBufBytes
+	}
+	page := os.Getpagesize()
+	if c.RingBufBytes < page || c.RingBufBytes&(c.RingBufBytes-1) != 0 {
+		return fmt.Errorf("ring buffer size %d: want a power of two of at least the page size (%d)", c.RingBufBytes, page)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ProcRoot == "" {
+		c.ProcRoot = "/proc"
+	}
+	return nil
+}
+
+// Sensor is the BPF sensor.
+type Sensor struct {
+	cfg     Config
+	backend string
+	log     *slog.Logger
+	cache   *proc.Cache
+
+	objs       *ebpf.Collection
+	links      []link.Link
+	reader     *ringbuf.Reader
+	out        chan *vigilv1.Event
+	done       chan struct{} // closed by Close
+	readerDone chan struct{} // closed when read returns
+
+	mu        sync.Mutex
+	info      sensor.Info
+	received  uint64
+	lost      uint64
+	byKind    map[string]uint64
+	closeOnce sync.Once
 }
 
 // New returns a sensor for this kernel. It does not attach; Start does.
 func New(cfg Config) (sensor.Sensor, error) {
-	return nil, fmt.Errorf("bpf sensor: %w", sensor.ErrNotSupported)
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("bpf sensor: %w", err)
+	}
+	backend := cfg.Backend
+	lsmErr := probe.BPFLSM()
+	switch backend {
+	case "", "auto":
+		backend = sensor.BackendTracepoint
+		if lsmErr == nil {
+			backend = sensor.BackendLSM
+		}
+	case sensor.BackendLSM:
+		if lsmErr != nil {
+			return nil, fmt.Errorf("bpf sensor: lsm backend: %w: %w", sensor.ErrNotSupported, lsmErr)
+		}
+	}
+	return &Sensor{
+		cfg:        cfg,
+		backend:    backend,
+		log:        cfg.Logger.With("component", "sensor", "backend", backend),
+		cache:      proc.NewCache(),
+		out:        make(chan *vigilv1.Event, 4096),
+		done:       make(chan struct{}),
+		readerDone: make(chan struct{}),
+		byKind:     make(map[string]uint64),
+	}, nil
+}
+
+// Start loads and attaches the backend's programs and starts reading.
+func (s *Sensor) Start(ctx context.Context) error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("bpf sensor: remove memlock limit: %w", err)
+	}
+	kernel.MountFilesystems()
+
+	spec, err := loadSensor()
+	if err != nil {
+		return fmt.Errorf("bpf sensor: load spec: %w", err)
+	}
+	if err := spec.Variables[sensorVarAgentTgid].Set(uint32(os.Getpid())); err != nil {
+		return fmt.Errorf("bpf sensor: set agent_tgid: %w", err)
+	}
+	spec.Maps[sensorMapEvents].MaxEntries = uint32(s.cfg.RingBufBytes)
+	wanted := selectPrograms(s.backend)
+	keep := make(map[string]bool, len(wanted))
+	for _, p := range wanted {
+		keep[p.name] = true
+	}
+	for name := range spec.Programs {
+		if !keep[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("bpf sensor: load programs: %w\n%+v", err, ve)
+		}
+		return fmt.Errorf("bpf sensor: load programs: %w", err)
+	}
+	s.objs = coll
+
+	var info sensor.Info
+	info.Backend = s.backend
+	for _, p := range wanted {
+		hook := spec.Programs[p.name].SectionName
+		l, err := attach(coll.Programs[p.name], hook)
+		if err != nil {
+			if p.required {
+				s.closeKernel()
+				return fmt.Errorf("bpf sensor: attach %s: %w", hook, err)
+			}
+			info.MissingHooks = append(info.MissingHooks, fmt.Sprintf("%s: %v", hook, err))
+			s.log.Warn("hook not available", "hook", hook, "err", err)
+			continue
+		}
+		s.links = append(s.links, l)
+		info.Hooks = append(info.Hooks, hook)
+	}
+
+	// Seed after attaching: a process that starts in between is then seen
+	// by both, never by neither.
+	if err := s.cache.Seed(s.cfg.ProcRoot); err != nil {
+		s.log.Warn("process cache not seeded", "err", err)
+	}
+
+	rd, err := ringbuf.NewReader(coll.Maps[sensorMapEvents])
+	if err != nil {
+		s.closeKernel()
+		return fmt.Errorf("bpf sensor: ring buffer reader: %w", err)
+	}
+	s.reader = rd
+	s.mu.Lock()
+	s.info = info
+	s.mu.Unlock()
+	s.log.Info("sensor attached", "hooks", len(info.Hooks), "missing", len(info.MissingHooks),
+		"processes", s.cache.Len())
+
+	go s.read(ctx)
+	go func() {
+		select {
+		case <-ctx.Done():
+			s.Close()
+		case <-s.done:
+		}
+	}()
+	return nil
+}
+
+// attach attaches prog according to its ELF section name.
+func attach(prog *ebpf.Program, section string) (link.Link, error) {
+	kind, target, _ := strings.Cut(section, "/")
+	switch kind {
+	case "tp_btf":
+		return link.AttachTracing(link.TracingOptions{Program: prog})
+	case "lsm":
+		return link.AttachLSM(link.LSMOptions{Program: prog})
+	case "tracepoint":
+		group, name, _ := strings.Cut(target, "/")
+		return link.Tracepoint(group, name, prog, nil)
+	}
+	return nil, fmt.Errorf("section %q: unknown attach kind", section)
+}
+
+// read drains the ring buffer until closed. Loss is checked after every
+// record and at least every pollLoss when idle.
+func (s *Sensor) read(ctx context.Context) {
+	defer close(s.readerDone)
+	defer close(s.out)
+	dec := &decoder{backend: s.backend, bootToWall: bootToWall()}
+	const pollLoss = 200 * time.Millisecond
+	var lastLost, maxSeq uint64
+	checkLoss := func() {
+		var lost uint64
+		if err := s.objs.Variables[sensorVarLostEvents].Get(&lost); err != nil {
+			return
+		}
+		if lost == lastLost {
+			return
+		}
+		gap := &vigilv1.Event{
+			Seq:     maxSeq,
+			Time:    timestamppb.Now(),
+			Kind:    "gap",
+			Backend: s.backend,
+			Detail: &vigilv1.Event_Gap{Gap: &vigilv1.Gap{
+				Lost: lost - lastLost, AfterSeq: maxSeq, LostTotal: lost,
+			}},
+		}
+		lastLost = lost
+		s.mu.Lock()
+		s.lost = lost
+		s.mu.Unlock()
+		s.log.Warn("events lost in the kernel", "lost", gap.GetGap().Lost, "lost_total", lost)
+		s.emit(ctx, gap)
+	}
+	var rec ringbuf.Record
+	for {
+		s.reader.SetDeadline(time.Now().Add(pollLoss))
+		err := s.reader.ReadInto(&rec)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			checkLoss()
+			continue
+		case errors.Is(err, ringbuf.ErrClosed):
+			return
+		case err != nil:
+			s.log.Error("ring buffer read", "err", err)
+			return
+		}
+		ev, err := dec.decode(rec.RawSample)
+		if err != nil {
+			s.log.Warn("undecodable record", "err", err)
+			continue
+		}
+		s.track(ev)
+		if ev.Seq > maxSeq {
+			maxSeq = ev.Seq
+		}
+		s.emit(ctx, ev)
+		checkLoss()
+	}
+}
+
+// track updates the process cache and counters, and enriches ev.
+func (s *Sensor) track(ev *vigilv1.Event) {
+	p := ev.Process
+	switch d := ev.Detail.(type) {
+	case *vigilv1.Event_Exec:
+		s.cache.Exec(p.Pid, p.Ppid, p.StartTimeNs, p.Exe)
+	case *vigilv1.Event_Fork:
+		s.cache.Fork(p.Pid, d.Fork.ChildPid, 0)
+	}
+	s.cache.Enrich(p)
+	if _, ok := ev.Detail.(*vigilv1.Event_Exit); ok {
+		s.cache.Exit(p.Pid)
+	}
+	s.mu.Lock()
+	s.received++
+	s.byKind[ev.Kind]++
+	s.mu.Unlock()
+}
+
+// emit delivers ev unless the sensor is closing.
+func (s *Sensor) emit(ctx context.Context, ev *vigilv1.Event) {
+	select {
+	case s.out <- ev:
+	case <-ctx.Done():
+	case <-s.done:
+	}
+}
+
+// Events implements sensor.Sensor.
+func (s *Sensor) Events() <-chan *vigilv1.Event { return s.out }
+
+// Info implements sensor.Sensor.
+func (s *Sensor) Info() sensor.Info {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.info
+}
+
+// Stats implements sensor.Sensor.
+func (s *Sensor) Stats() sensor.Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	by := make(map[string]uint64, len(s.byKind))
+	for k, v := range s.byKind {
+		by[k] = v
+	}
+	return sensor.Stats{Received: s.received, Lost: s.lost, ByKind: by}
+}
+
+// Close detaches everything. The event channel closes once the reader
+// has stopped.
+func (s *Sensor) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		if s.reader != nil {
+			s.reader.Close()
+			<-s.readerDone
+		}
+		s.closeKernel()
+	})
+	return nil
+}
+
+func (s *Sensor) closeKernel() {
+	for _, l := range s.links {
+		l.Close()
+	}
+	s.links = nil
+	if s.objs != nil {
+		s.objs.Close()
+	}
+}
+
+// bootToWall is the offset from CLOCK_BOOTTIME to wall-clock time.
+func bootToWall() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(time.Now().UnixNano() - ts.Nano())
 }

@@ -1,0 +1,259 @@
+package bpfsensor
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+)
+
+// String slots and flags, as in sensor.h (enum str_slot, enum event_flag).
+const (
+	strPath  = 0
+	strPath2 = 1
+	strName  = 2
+	strArgv  = 3
+
+	flagAnon       = 1 << 0
+	flagArgvTrunc  = 1 << 1
+	flagPath0Trunc = 1 << 2
+)
+
+var hdrSize = int(unsafe.Sizeof(sensorEventHdr{}))
+
+var kindNames = map[sensorEventKind]string{
+	sensorEventKindKIND_EXEC:    "exec",
+	sensorEventKindKIND_FORK:    "fork",
+	sensorEventKindKIND_EXIT:    "exit",
+	sensorEventKindKIND_IMAGE:   "image_load",
+	sensorEventKindKIND_MEMEXEC: "mem_exec",
+	sensorEventKindKIND_INJECT:  "inject",
+	sensorEventKindKIND_KERNEL:  "kernel",
+}
+
+var opNames = map[sensorEventOp]string{
+	sensorEventOpOP_MMAP:           "mmap",
+	sensorEventOpOP_MPROTECT:       "mprotect",
+	sensorEventOpOP_PTRACE_ATTACH:  "ptrace_attach",
+	sensorEventOpOP_PTRACE_SEIZE:   "ptrace_seize",
+	sensorEventOpOP_PTRACE_POKE:    "ptrace_poke",
+	sensorEventOpOP_PTRACE_SETREGS: "ptrace_setregs",
+	sensorEventOpOP_VM_WRITEV:      "process_vm_writev",
+	sensorEventOpOP_PROC_MEM:       "proc_mem_write",
+	sensorEventOpOP_BPF_PROG_LOAD:  "bpf_prog_load",
+	sensorEventOpOP_MODULE_LOAD:    "module_load",
+	sensorEventOpOP_KEXEC_LOAD:     "kexec_load",
+	sensorEventOpOP_DEV_MEM:        "dev_mem_open",
+	sensorEventOpOP_KCORE:          "kcore_open",
+}
+
+// hookNames are the hooks as users see them (status, doctor, events).
+var hookNames = map[sensorEventHook]string{
+	sensorEventHookHOOK_SCHED_EXEC:         "tp_btf/sched_process_exec",
+	sensorEventHookHOOK_SCHED_FORK:         "tp_btf/sched_process_fork",
+	sensorEventHookHOOK_SCHED_EXIT:         "tp_btf/sched_process_exit",
+	sensorEventHookHOOK_LSM_MMAP_FILE:      "lsm/mmap_file",
+	sensorEventHookHOOK_LSM_FILE_MPROTECT:  "lsm/file_mprotect",
+	sensorEventHookHOOK_LSM_FILE_OPEN:      "lsm/file_open",
+	sensorEventHookHOOK_TP_MMAP:            "tracepoint/syscalls/sys_enter_mmap",
+	sensorEventHookHOOK_TP_MPROTECT:        "tracepoint/syscalls/sys_enter_mprotect",
+	sensorEventHookHOOK_TP_OPENAT:          "tracepoint/syscalls/sys_exit_openat",
+	sensorEventHookHOOK_TP_OPENAT2:         "tracepoint/syscalls/sys_exit_openat2",
+	sensorEventHookHOOK_TP_OPEN:            "tracepoint/syscalls/sys_exit_open",
+	sensorEventHookHOOK_TP_PTRACE:          "tracepoint/syscalls/sys_enter_ptrace",
+	sensorEventHookHOOK_TP_VM_WRITEV:       "tracepoint/syscalls/sys_enter_process_vm_writev",
+	sensorEventHookHOOK_TP_BPF:             "tracepoint/syscalls/sys_enter_bpf",
+	sensorEventHookHOOK_TP_INIT_MODULE:     "tracepoint/syscalls/sys_enter_init_module",
+	sensorEventHookHOOK_TP_FINIT_MODULE:    "tracepoint/syscalls/sys_enter_finit_module",
+	sensorEventHookHOOK_TP_KEXEC_LOAD:      "tracepoint/syscalls/sys_enter_kexec_load",
+	sensorEventHookHOOK_TP_KEXEC_FILE_LOAD: "tracepoint/syscalls/sys_enter_kexec_file_load",
+}
+
+// decoder turns ring buffer records into events. It is pure apart from
+// the clock offset fixed at construction.
+type decoder struct {
+	backend string
+	// bootToWall converts CLOCK_BOOTTIME ns to wall-clock time.
+	bootToWall time.Duration
+}
+
+// decode parses one record. The returned event has no ancestry yet.
+func (d *decoder) decode(rec []byte) (*vigilv1.Event, error) {
+	if len(rec) < hdrSize {
+		return nil, fmt.Errorf("record of %d bytes, header needs %d", len(rec), hdrSize)
+	}
+	var h sensorEventHdr
+	if _, err := binary.Decode(rec[:hdrSize], binary.LittleEndian, &h); err != nil {
+		return nil, fmt.Errorf("decode header: %w", err)
+	}
+	data := rec[hdrSize:]
+	if int(h.DataLen) > len(data) {
+		return nil, fmt.Errorf("record says %d data bytes, has %d", h.DataLen, len(data))
+	}
+	data = data[:h.DataLen]
+	str := func(slot int) []byte {
+		off, n := int(h.StrOff[slot]), int(h.StrLen[slot])
+		if n == 0 || off+n > len(data) {
+			return nil
+		}
+		return data[off : off+n]
+	}
+
+	kind, ok := kindNames[h.Kind]
+	if !ok {
+		return nil, fmt.Errorf("unknown event kind %d", h.Kind)
+	}
+	ev := &vigilv1.Event{
+		Seq:     h.Seq,
+		Time:    timestamppb.New(time.Unix(0, int64(h.Ktime)).Add(d.bootToWall)),
+		Kind:    kind,
+		Backend: d.backend,
+		Hook:    hookNames[h.Hook],
+		Process: &vigilv1.Process{
+			Pid:         h.Pid,
+			Tid:         h.Tid,
+			Ppid:        h.Ppid,
+			Uid:         h.Uid,
+			Euid:        h.Euid,
+			Gid:         h.Gid,
+			StartTimeNs: h.StartTime,
+			Comm:        cString(h.Comm[:]),
+			CgroupId:    h.CgroupId,
+		},
+	}
+	file := func() *vigilv1.File {
+		if h.StrLen[strPath] == 0 && h.Ino == 0 {
+			return nil
+		}
+		return &vigilv1.File{
+			Path:  joinPath(str(strPath), h.Flags&flagPath0Trunc != 0),
+			Dev:   userDev(h.Dev),
+			Inode: h.Ino,
+		}
+	}
+
+	switch h.Kind {
+	case sensorEventKindKIND_EXEC:
+		argv, trunc := splitArgv(str(strArgv))
+		ex := &vigilv1.Exec{
+			File:          file(),
+			Filename:      string(bytes.TrimRight(str(strName), "\x00")),
+			Argv:          argv,
+			ArgvTruncated: trunc || h.Flags&flagArgvTrunc != 0,
+			Cwd:           joinPath(str(strPath2), h.Flags&(flagPath0Trunc<<strPath2) != 0),
+		}
+		ev.Detail = &vigilv1.Event_Exec{Exec: ex}
+		if ex.File != nil {
+			ev.Process.Exe = ex.File.Path
+		}
+	case sensorEventKindKIND_FORK:
+		ev.Detail = &vigilv1.Event_Fork{Fork: &vigilv1.Fork{ChildPid: uint32(h.Arg0)}}
+	case sensorEventKindKIND_EXIT:
+		status := uint32(h.Arg0)
+		ev.Detail = &vigilv1.Event_Exit{Exit: &vigilv1.Exit{
+			Code:       int32(status>>8) & 0xff,
+			Signal:     int32(status & 0x7f),
+			CoreDumped: status&0x80 != 0,
+		}}
+	case sensorEventKindKIND_IMAGE:
+		ev.Detail = &vigilv1.Event_ImageLoad{ImageLoad: &vigilv1.ImageLoad{
+			File: file(), Prot: uint32(h.Arg2), Flags: uint32(h.Arg3),
+		}}
+	case sensorEventKindKIND_MEMEXEC:
+		ev.Detail = &vigilv1.Event_MemExec{MemExec: &vigilv1.MemExec{
+			Syscall:   opNames[h.Op],
+			Addr:      h.Arg0,
+			Len:       h.Arg1,
+			Prot:      uint32(h.Arg2),
+			Anonymous: h.Flags&flagAnon != 0,
+			File:      file(),
+		}}
+	case sensorEventKindKIND_INJECT:
+		in := &vigilv1.Inject{Method: opNames[h.Op]}
+		switch h.Op {
+		case sensorEventOpOP_PROC_MEM:
+			f := file()
+			if f != nil {
+				in.TargetPid = procPID(f.Path)
+			}
+		default:
+			in.TargetPid = uint32(h.Arg0)
+			in.Request = h.Arg1
+		}
+		ev.Detail = &vigilv1.Event_Inject{Inject: in}
+	case sensorEventKindKIND_KERNEL:
+		k := &vigilv1.KernelOp{Op: opNames[h.Op], File: file()}
+		if h.Op == sensorEventOpOP_BPF_PROG_LOAD {
+			k.BpfProgType = uint32(h.Arg0)
+			k.BpfProgName = cString(str(strName))
+		}
+		ev.Detail = &vigilv1.Event_Kernel{Kernel: k}
+	}
+	return ev, nil
+}
+
+// joinPath turns leaf-first NUL-terminated components into a path.
+func joinPath(b []byte, truncated bool) string {
+	if b == nil {
+		return ""
+	}
+	parts := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	for i, j := 0, len(parts)-1; i < j; i, j = i+1, j-1 {
+		parts[i], parts[j] = parts[j], parts[i]
+	}
+	p := "/" + strings.Join(parts, "/")
+	if truncated {
+		p = "..." + p
+	}
+	return path.Clean(p)
+}
+
+// splitArgv splits the NUL-separated argument area. The last argument is
+// incomplete when the area was cut (no trailing NUL).
+func splitArgv(b []byte) ([]string, bool) {
+	if len(b) == 0 {
+		return nil, false
+	}
+	trunc := b[len(b)-1] != 0
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00"), trunc
+}
+
+func cString[T int8 | byte](b []T) string {
+	s := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return string(s)
+}
+
+// userDev converts a kernel dev_t (major<<20 | minor) to the encoding
+// stat(2) reports.
+func userDev(k uint64) uint64 {
+	major, minor := k>>20, k&0xfffff
+	return (minor & 0xff) | (major&0xfff)<<8 | (minor&^0xff)<<12 | (major&^0xfff)<<32
+}
+
+// procPID extracts PID from /proc/PID/mem or /proc/PID/task/TID/mem.
+func procPID(p string) uint32 {
+	rest, ok := strings.CutPrefix(p, "/proc/")
+	if !ok {
+		return 0
+	}
+	id, _, _ := strings.Cut(rest, "/")
+	n, err := strconv.ParseUint(id, 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(n)
+}

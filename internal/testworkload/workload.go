@@ -1,0 +1,189 @@
+// Package testworkload performs, in a process of its own, each action the
+// sensors watch, and reports what it did so a test can find the events.
+// A test binary calls Main from TestMain; Run re-executes the test binary
+// in workload mode. It needs no other binary, so it runs the same on the
+// host and in the VM.
+package testworkload
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+const envMode = "VIGIL_TESTWORKLOAD"
+
+// Report is what the workload did.
+type Report struct {
+	PID          int    `json:"pid"`
+	Exe          string `json:"exe"`
+	ExecPID      int    `json:"exec_pid"`       // child that exec'd Exe in "noop" mode
+	MappedFile   string `json:"mapped_file"`    // file mapped PROT_EXEC
+	MprotectAddr uint64 `json:"mprotect_addr"`  // anonymous page made executable
+	TargetPID    int    `json:"target_pid"`     // child traced and written
+	ProcMemPath  string `json:"proc_mem_path"`  // /proc/TARGET/mem opened for write
+	VMWritevDone bool   `json:"vm_writev_done"` // process_vm_writev succeeded
+}
+
+// Main runs the workload when the process was started by Run, and exits.
+// Otherwise it returns at once. Call it first in TestMain.
+func Main() {
+	switch os.Getenv(envMode) {
+	case "":
+		return
+	case "noop":
+		os.Exit(0)
+	case "sleep":
+		time.Sleep(30 * time.Second)
+		os.Exit(0)
+	case "all":
+		r, err := all(os.Getenv("VIGIL_TESTWORKLOAD_MAP"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "workload:", err)
+			os.Exit(1)
+		}
+		json.NewEncoder(os.Stdout).Encode(r)
+		os.Exit(0)
+	case "burst":
+		n, _ := strconv.Atoi(os.Getenv("VIGIL_TESTWORKLOAD_N"))
+		burst(n)
+		os.Exit(0)
+	}
+	fmt.Fprintln(os.Stderr, "workload: unknown mode", os.Getenv(envMode))
+	os.Exit(2)
+}
+
+// Run runs the whole workload in a new process; mapFile is the file it
+// maps executable.
+func Run(mapFile string) (*Report, error) {
+	cmd := exec.Command(self())
+	cmd.Env = append(os.Environ(), envMode+"=all", "VIGIL_TESTWORKLOAD_MAP="+mapFile)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("workload: %w", err)
+	}
+	var r Report
+	if err := json.Unmarshal(out, &r); err != nil {
+		return nil, fmt.Errorf("workload output %q: %w", out, err)
+	}
+	return &r, nil
+}
+
+// Burst makes n mprotect(PROT_EXEC) calls in a new process, as fast as it
+// can: each is one event.
+func Burst(n int) error {
+	cmd := exec.Command(self())
+	cmd.Env = append(os.Environ(), envMode+"=burst", "VIGIL_TESTWORKLOAD_N="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	return cmd.Run()
+}
+
+func self() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return os.Args[0]
+	}
+	return exe
+}
+
+func all(mapFile string) (*Report, error) {
+	r := &Report{PID: os.Getpid(), Exe: self(), MappedFile: mapFile}
+
+	// exec
+	noop := exec.Command(r.Exe)
+	noop.Env = append(os.Environ(), envMode+"=noop")
+	if err := noop.Run(); err != nil {
+		return nil, fmt.Errorf("exec: %w", err)
+	}
+	r.ExecPID = noop.ProcessState.Pid()
+
+	// image load: a file mapped executable
+	f, err := os.Open(mapFile)
+	if err != nil {
+		return nil, err
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_EXEC, unix.MAP_PRIVATE)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("mmap %s: %w", mapFile, err)
+	}
+	unix.Munmap(mem)
+
+	// memory made executable: anonymous RW page, then RX
+	page, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("mmap anon: %w", err)
+	}
+	page[0] = 0xc3 // ret
+	if err := unix.Mprotect(page, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+		return nil, fmt.Errorf("mprotect: %w", err)
+	}
+	r.MprotectAddr = addrOf(page)
+	unix.Munmap(page)
+
+	// code injection into a child
+	child := exec.Command(r.Exe)
+	child.Env = append(os.Environ(), envMode+"=sleep")
+	if err := child.Start(); err != nil {
+		return nil, err
+	}
+	defer func() { child.Process.Kill(); child.Wait() }()
+	r.TargetPID = child.Process.Pid
+	if err := ptraceAttachDetach(r.TargetPID); err != nil {
+		return nil, err
+	}
+	r.ProcMemPath = fmt.Sprintf("/proc/%d/mem", r.TargetPID)
+	memf, err := os.OpenFile(r.ProcMemPath, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", r.ProcMemPath, err)
+	}
+	memf.Close()
+	// process_vm_writev of one byte into the child's copy of a page that
+	// exists in both (the binary is the same, not relocated: Go binaries are
+	// not PIE by default).
+	buf := []byte{0}
+	local := []unix.Iovec{{Base: &buf[0], Len: 1}}
+	remote := []unix.RemoteIovec{{Base: uintptr(addrOfByte(&scratch[0])), Len: 1}}
+	if _, err := unix.ProcessVMWritev(r.TargetPID, local, remote, 0); err == nil {
+		r.VMWritevDone = true
+	}
+	return r, nil
+}
+
+var scratch [64]byte
+
+func ptraceAttachDetach(pid int) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := unix.PtraceAttach(pid); err != nil {
+		return fmt.Errorf("ptrace attach %d: %w", pid, err)
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+		return fmt.Errorf("wait %d: %w", pid, err)
+	}
+	return unix.PtraceDetach(pid)
+}
+
+func burst(n int) {
+	page, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		os.Exit(1)
+	}
+	for i := 0; i < n; i++ {
+		unix.Mprotect(page, unix.PROT_READ|unix.PROT_EXEC)
+		unix.Mprotect(page, unix.PROT_READ|unix.PROT_WRITE)
+	}
+}
+
+func addrOf(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&b[0]))) }
+
+func addrOfByte(p *byte) uintptr { return uintptr(unsafe.Pointer(p)) }
