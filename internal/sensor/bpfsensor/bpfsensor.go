@@ -285,6 +285,11 @@ func (s *Sensor) track(ev *vigilv1.Event) {
 		s.cache.Fork(p.Pid, d.Fork.ChildPid, 0)
 	}
 	s.cache.Enrich(p)
+	if in := ev.GetInject(); in != nil && in.TargetPid != 0 {
+		if t, ok := s.cache.Lookup(in.TargetPid); ok {
+			in.TargetExe = t.Exe
+		}
+	}
 	if _, ok := ev.Detail.(*vigilv1.Event_Exit); ok {
 		s.cache.Exit(p.Pid)
 	}

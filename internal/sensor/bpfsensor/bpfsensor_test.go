@@ -2,11 +2,9 @@ package bpfsensor
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -59,59 +57,6 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 }
 
-func statID(t *testing.T, path string) (dev, ino uint64) {
-	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Dev, st.Ino
-}
-
-// expectation is one event a test waits for.
-type expectation struct {
-	name  string
-	match func(*vigilv1.Event) bool
-	check func(*vigilv1.Event) error
-	seen  *vigilv1.Event
-}
-
-// await reads events until every expectation matched or the deadline.
-func await(t *testing.T, events <-chan *vigilv1.Event, exps []*expectation) {
-	t.Helper()
-	deadline := time.After(20 * time.Second)
-	left := len(exps)
-	for left > 0 {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				t.Fatal("event stream closed")
-			}
-			for _, e := range exps {
-				if e.seen == nil && e.match(ev) {
-					e.seen = ev
-					left--
-				}
-			}
-		case <-deadline:
-			for _, e := range exps {
-				if e.seen == nil {
-					t.Errorf("no %s event", e.name)
-				}
-			}
-			t.FailNow()
-		}
-	}
-	for _, e := range exps {
-		if e.check == nil {
-			continue
-		}
-		if err := e.check(e.seen); err != nil {
-			t.Errorf("%s: %v\nevent: %v", e.name, err, e.seen)
-		}
-	}
-}
-
 func TestSensorSeesWorkload(t *testing.T) {
 	s := startSensor(t, Config{})
 	want := sensor.BackendTracepoint
@@ -130,130 +75,26 @@ func TestSensorSeesWorkload(t *testing.T) {
 	lib := filepath.Join(t.TempDir(), "libvigiltest.so")
 	copyFile(t, exe, lib)
 	lib, _ = filepath.EvalSymlinks(lib)
-	exeDev, exeIno := statID(t, exe)
-	libDev, libIno := statID(t, lib)
-
 	r, err := testworkload.Run(lib)
 	if err != nil {
 		t.Fatal(err)
 	}
-	me := uint32(os.Getpid())
-	pid := uint32(r.PID)
-	target := uint32(r.TargetPID)
-
-	exps := []*expectation{
-		{
-			name:  "exec",
-			match: func(e *vigilv1.Event) bool { return e.Kind == "exec" && e.Process.Pid == uint32(r.ExecPID) },
-			check: func(e *vigilv1.Event) error {
-				f := e.GetExec().GetFile()
-				if f.GetPath() != exe || f.GetInode() != exeIno || f.GetDev() != exeDev {
-					return fmt.Errorf("file %v, want %s dev %d inode %d", f, exe, exeDev, exeIno)
-				}
-				if e.Process.Ppid != pid || e.Process.Exe != exe {
-					return fmt.Errorf("process %v: want ppid %d exe %s", e.Process, pid, exe)
-				}
-				a := e.Process.Ancestry
-				if len(a) < 2 || a[0].Pid != pid || a[0].Exe != exe || a[1].Pid != me {
-					return fmt.Errorf("ancestry %v: want %d (%s), then %d", a, pid, exe, me)
-				}
-				if len(e.GetExec().Argv) == 0 || e.GetExec().Cwd == "" {
-					return fmt.Errorf("argv %q cwd %q", e.GetExec().Argv, e.GetExec().Cwd)
-				}
-				return nil
-			},
-		},
-		{
-			name: "fork",
-			match: func(e *vigilv1.Event) bool {
-				return e.Kind == "fork" && e.GetFork().ChildPid == uint32(r.ExecPID)
-			},
-			check: func(e *vigilv1.Event) error {
-				if e.Process.Pid != pid {
-					return fmt.Errorf("forked by %d, want %d", e.Process.Pid, pid)
-				}
-				return nil
-			},
-		},
-		{
-			name:  "exit",
-			match: func(e *vigilv1.Event) bool { return e.Kind == "exit" && e.Process.Pid == uint32(r.ExecPID) },
-			check: func(e *vigilv1.Event) error {
-				if x := e.GetExit(); x.Code != 0 || x.Signal != 0 {
-					return fmt.Errorf("exit %v, want code 0", x)
-				}
-				return nil
-			},
-		},
-		{
-			name: "image_load",
-			match: func(e *vigilv1.Event) bool {
-				return e.Kind == "image_load" && e.Process.Pid == pid && e.GetImageLoad().GetFile().GetPath() == lib
-			},
-			check: func(e *vigilv1.Event) error {
-				f := e.GetImageLoad().File
-				if f.Inode != libIno || f.Dev != libDev {
-					return fmt.Errorf("file %v, want dev %d inode %d", f, libDev, libIno)
-				}
-				if len(e.Process.Ancestry) == 0 || e.Process.Ancestry[0].Pid != me {
-					return fmt.Errorf("ancestry %v, want parent %d", e.Process.Ancestry, me)
-				}
-				return nil
-			},
-		},
-		{
-			name: "mem_exec",
-			match: func(e *vigilv1.Event) bool {
-				m := e.GetMemExec()
-				return m != nil && e.Process.Pid == pid && m.Syscall == "mprotect" &&
-					r.MprotectAddr >= m.Addr && r.MprotectAddr < m.Addr+m.Len
-			},
-			check: func(e *vigilv1.Event) error {
-				if m := e.GetMemExec(); !m.Anonymous || m.Prot&0x4 == 0 {
-					return fmt.Errorf("mem_exec %v: want anonymous, PROT_EXEC", m)
-				}
-				return nil
-			},
-		},
-		{
-			name: "ptrace_attach",
-			match: func(e *vigilv1.Event) bool {
-				return e.GetInject().GetMethod() == "ptrace_attach" && e.Process.Pid == pid
-			},
-			check: func(e *vigilv1.Event) error {
-				if e.GetInject().TargetPid != target {
-					return fmt.Errorf("target %d, want %d", e.GetInject().TargetPid, target)
-				}
-				return nil
-			},
-		},
-		{
-			name: "proc_mem_write",
-			match: func(e *vigilv1.Event) bool {
-				return e.GetInject().GetMethod() == "proc_mem_write" && e.Process.Pid == pid
-			},
-			check: func(e *vigilv1.Event) error {
-				in := e.GetInject()
-				if in.TargetPid != target || e.GetInject().TargetPid == 0 {
-					return fmt.Errorf("target %d, want %d", in.TargetPid, target)
-				}
-				return nil
-			},
-		},
-		{
-			name: "process_vm_writev",
-			match: func(e *vigilv1.Event) bool {
-				return e.GetInject().GetMethod() == "process_vm_writev" && e.Process.Pid == pid
-			},
-			check: func(e *vigilv1.Event) error {
-				if e.GetInject().TargetPid != target {
-					return fmt.Errorf("target %d, want %d", e.GetInject().TargetPid, target)
-				}
-				return nil
-			},
-		},
+	exps := r.Expect(exe, lib)
+	deadline := time.After(20 * time.Second)
+	for !testworkload.AllSeen(exps) {
+		select {
+		case ev, ok := <-s.Events():
+			if !ok {
+				t.Fatal("event stream closed")
+			}
+			testworkload.Match(exps, ev)
+		case <-deadline:
+			t.Fatalf("missing events: %v", testworkload.Missing(exps))
+		}
 	}
-	await(t, s.Events(), exps)
+	for _, err := range testworkload.Check(exps) {
+		t.Error(err)
+	}
 }
 
 // TestSensorReportsLoss overflows a one-page ring buffer and expects the
