@@ -43,19 +43,12 @@ const (
 	ObserveOnly   = "observe only"
 )
 
-// Guarantee says what one kind of control can do on this kernel, and why.
-type Guarantee struct {
-	Control string
-	Level   string
-	Why     string
-}
-
 // Report is what the kernel offers.
 type Report struct {
 	KernelRelease string
 	BPFLSM        bool
 	Features      []*vigilv1.Feature
-	Guarantees    []Guarantee
+	Guarantees    []*vigilv1.Guarantee
 }
 
 // Has reports whether the named feature is available.
@@ -181,32 +174,32 @@ func lockdown() (string, error) {
 // guarantees derives, from the features, what each control can do. This
 // is the one place that states it; doctor prints it and the agent reports
 // it.
-func guarantees(r Report) []Guarantee {
+func guarantees(r Report) []*vigilv1.Guarantee {
 	lsm := r.BPFLSM
 	fan := r.Has(FeatureFanotifyPerm)
 	kill := r.Has(FeatureSendSignal) && r.Has(FeatureTPBTF)
 	sysTP := r.Has(FeatureSyscallTP)
 	const noLSM = "BPF LSM is not available"
-	var g []Guarantee
-	pick := func(control string, lsmWhy string, fallbacks ...Guarantee) {
+	var g []*vigilv1.Guarantee
+	pick := func(control string, lsmWhy string, fallbacks ...*vigilv1.Guarantee) {
 		if lsm {
-			g = append(g, Guarantee{control, SyncBlock, lsmWhy})
+			g = append(g, &vigilv1.Guarantee{Control: control, Level: SyncBlock, Why: lsmWhy})
 			return
 		}
 		for _, f := range fallbacks {
-			if f.Level != "" {
+			if f != nil {
 				f.Control = control
 				g = append(g, f)
 				return
 			}
 		}
-		g = append(g, Guarantee{control, ObserveOnly, noLSM + " and no fallback can stop it here"})
+		g = append(g, &vigilv1.Guarantee{Control: control, Level: ObserveOnly, Why: noLSM + " and no fallback can stop it here"})
 	}
-	when := func(ok bool, level, why string) Guarantee {
+	when := func(ok bool, level, why string) *vigilv1.Guarantee {
 		if !ok {
-			return Guarantee{}
+			return nil
 		}
-		return Guarantee{Level: level, Why: why}
+		return &vigilv1.Guarantee{Level: level, Why: why}
 	}
 	pick("exec control", "lsm/bprm_check_security denies before the new program runs",
 		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_EXEC_PERM denies execve on marked filesystems (not mmap, not memfd)"),
@@ -220,6 +213,6 @@ func guarantees(r Report) []Guarantee {
 	pick("protected files (persistence paths)", "lsm/file_open, lsm/inode_* deny writes, renames and unlinks",
 		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_PERM denies opens for write on marked filesystems; rename, unlink, chmod are observed only"))
 	pick("tamper protection of the agent", "lsm/task_kill, lsm/ptrace_access_check, lsm/bpf, lsm/file_* deny",
-		Guarantee{Level: ObserveOnly, Why: noLSM + "; root can stop the agent, attempts are reported while it runs"})
+		&vigilv1.Guarantee{Level: ObserveOnly, Why: noLSM + "; root can stop the agent, attempts are reported while it runs"})
 	return g
 }

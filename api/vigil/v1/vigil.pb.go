@@ -1536,6 +1536,129 @@ func (x *EventsRequest) GetLatest() bool {
 	return false
 }
 
+// DoctorResponse is `vigil doctor -o json`: what this kernel offers and the
+// guarantee each kind of control can give here.
+type DoctorResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KernelRelease string                 `protobuf:"bytes,1,opt,name=kernel_release,json=kernelRelease,proto3" json:"kernel_release,omitempty"`
+	Features      []*Feature             `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
+	Guarantees    []*Guarantee           `protobuf:"bytes,3,rep,name=guarantees,proto3" json:"guarantees,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DoctorResponse) Reset() {
+	*x = DoctorResponse{}
+	mi := &file_vigil_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DoctorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DoctorResponse) ProtoMessage() {}
+
+func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
+func (*DoctorResponse) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DoctorResponse) GetKernelRelease() string {
+	if x != nil {
+		return x.KernelRelease
+	}
+	return ""
+}
+
+func (x *DoctorResponse) GetFeatures() []*Feature {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+func (x *DoctorResponse) GetGuarantees() []*Guarantee {
+	if x != nil {
+		return x.Guarantees
+	}
+	return nil
+}
+
+type Guarantee struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Control string                 `protobuf:"bytes,1,opt,name=control,proto3" json:"control,omitempty"`
+	// level: synchronous block | kill after the fact | observe only
+	Level         string `protobuf:"bytes,2,opt,name=level,proto3" json:"level,omitempty"`
+	Why           string `protobuf:"bytes,3,opt,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Guarantee) Reset() {
+	*x = Guarantee{}
+	mi := &file_vigil_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Guarantee) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Guarantee) ProtoMessage() {}
+
+func (x *Guarantee) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Guarantee.ProtoReflect.Descriptor instead.
+func (*Guarantee) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Guarantee) GetControl() string {
+	if x != nil {
+		return x.Control
+	}
+	return ""
+}
+
+func (x *Guarantee) GetLevel() string {
+	if x != nil {
+		return x.Level
+	}
+	return ""
+}
+
+func (x *Guarantee) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
 var File_vigil_proto protoreflect.FileDescriptor
 
 const file_vigil_proto_rawDesc = "" +
@@ -1667,7 +1790,17 @@ const file_vigil_proto_rawDesc = "" +
 	"\x05limit\x18\x05 \x01(\rR\x05limit\x12\x16\n" +
 	"\x06follow\x18\x06 \x01(\bR\x06follow\x12\x19\n" +
 	"\bafter_id\x18\a \x01(\x04R\aafterId\x12\x16\n" +
-	"\x06latest\x18\b \x01(\bR\x06latest2z\n" +
+	"\x06latest\x18\b \x01(\bR\x06latest\"\x9b\x01\n" +
+	"\x0eDoctorResponse\x12%\n" +
+	"\x0ekernel_release\x18\x01 \x01(\tR\rkernelRelease\x12-\n" +
+	"\bfeatures\x18\x02 \x03(\v2\x11.vigil.v1.FeatureR\bfeatures\x123\n" +
+	"\n" +
+	"guarantees\x18\x03 \x03(\v2\x13.vigil.v1.GuaranteeR\n" +
+	"guarantees\"M\n" +
+	"\tGuarantee\x12\x18\n" +
+	"\acontrol\x18\x01 \x01(\tR\acontrol\x12\x14\n" +
+	"\x05level\x18\x02 \x01(\tR\x05level\x12\x10\n" +
+	"\x03why\x18\x03 \x01(\tR\x03why2z\n" +
 	"\x05Agent\x12;\n" +
 	"\x06Status\x12\x17.vigil.v1.StatusRequest\x1a\x18.vigil.v1.StatusResponse\x124\n" +
 	"\x06Events\x12\x17.vigil.v1.EventsRequest\x1a\x0f.vigil.v1.Event0\x01B2Z0github.com/vigil-hips/vigil/api/vigil/v1;vigilv1b\x06proto3"
@@ -1684,7 +1817,7 @@ func file_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_proto_rawDescData
 }
 
-var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_vigil_proto_goTypes = []any{
 	(*Event)(nil),                 // 0: vigil.v1.Event
 	(*Process)(nil),               // 1: vigil.v1.Process
@@ -1704,11 +1837,13 @@ var file_vigil_proto_goTypes = []any{
 	(*Feature)(nil),               // 15: vigil.v1.Feature
 	(*Counters)(nil),              // 16: vigil.v1.Counters
 	(*EventsRequest)(nil),         // 17: vigil.v1.EventsRequest
-	nil,                           // 18: vigil.v1.Counters.ByKindEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*DoctorResponse)(nil),        // 18: vigil.v1.DoctorResponse
+	(*Guarantee)(nil),             // 19: vigil.v1.Guarantee
+	nil,                           // 20: vigil.v1.Counters.ByKindEntry
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_vigil_proto_depIdxs = []int32{
-	19, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	21, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: vigil.v1.Event.process:type_name -> vigil.v1.Process
 	4,  // 2: vigil.v1.Event.exec:type_name -> vigil.v1.Exec
 	5,  // 3: vigil.v1.Event.fork:type_name -> vigil.v1.Fork
@@ -1725,20 +1860,22 @@ var file_vigil_proto_depIdxs = []int32{
 	3,  // 14: vigil.v1.ImageLoad.file:type_name -> vigil.v1.File
 	3,  // 15: vigil.v1.MemExec.file:type_name -> vigil.v1.File
 	3,  // 16: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
-	19, // 17: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	21, // 17: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
 	15, // 18: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
 	16, // 19: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
-	18, // 20: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
-	19, // 21: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
-	13, // 22: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
-	17, // 23: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
-	14, // 24: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
-	0,  // 25: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
-	24, // [24:26] is the sub-list for method output_type
-	22, // [22:24] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	20, // 20: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
+	21, // 21: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
+	15, // 22: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
+	19, // 23: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
+	13, // 24: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
+	17, // 25: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
+	14, // 26: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
+	0,  // 27: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
+	26, // [26:28] is the sub-list for method output_type
+	24, // [24:26] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_vigil_proto_init() }
@@ -1762,7 +1899,7 @@ func file_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_proto_rawDesc), len(file_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

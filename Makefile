@@ -1,0 +1,64 @@
+# Vigil build and test entry points. `make test` is the one command that
+# runs every test on a fresh machine: it installs what it needs itself.
+SHELL := /bin/bash
+GO ?= go
+export CGO_ENABLED := 0
+
+BIN := $(CURDIR)/bin
+VIGIL := $(BIN)/vigil
+
+# Debian packages the build and tests need (installed when missing).
+BUILD_PKGS := clang llvm libbpf-dev protobuf-compiler
+
+.PHONY: all build deps generate check-generated vet test test-host bench clean
+
+all: build
+
+build: $(VIGIL)
+
+$(VIGIL): FORCE
+	$(GO) build -o $@ ./cmd/vigil
+
+FORCE:
+
+# deps installs the Debian packages that are missing (as root; apt-get
+# update only when something must be installed).
+deps:
+	@missing=""; for p in $(BUILD_PKGS) $(VM_PKGS_DEB); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# generate rebuilds the BPF objects, their Go bindings and the protobuf
+# code. The outputs are committed; check-generated fails when they are
+# stale.
+generate: deps
+	$(GO) build -o $(BIN)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	$(GO) build -o $(BIN)/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	$(GO) generate ./...
+
+check-generated: generate
+	@if ! git diff --quiet -- api internal; then \
+		git --no-pager diff --stat -- api internal; \
+		echo "generated files are stale: run 'make generate' and commit the result" >&2; \
+		exit 1; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+# Host tests: the tracepoint and fanotify paths run for real here (as
+# root); nothing arms a host-wide deny.
+test-host: build
+	$(GO) test -count=1 ./...
+
+test: deps check-generated vet test-host test-vm
+	@echo "make test: all suites passed"
+
+clean:
+	rm -rf bin out
+
+-include mk/vm.mk

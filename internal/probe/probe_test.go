@@ -1,0 +1,56 @@
+package probe
+
+import (
+	"strings"
+	"testing"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+)
+
+func report(lsm bool, have ...string) Report {
+	r := Report{BPFLSM: lsm}
+	for _, h := range have {
+		r.Features = append(r.Features, &vigilv1.Feature{Name: h, Available: true})
+	}
+	r.Guarantees = guarantees(r)
+	return r
+}
+
+func level(t *testing.T, r Report, control string) *vigilv1.Guarantee {
+	t.Helper()
+	for _, g := range r.Guarantees {
+		if strings.HasPrefix(g.Control, control) {
+			return g
+		}
+	}
+	t.Fatalf("no guarantee for %q in %v", control, r.Guarantees)
+	return nil
+}
+
+func TestGuarantees(t *testing.T) {
+	all := []string{FeatureFanotifyPerm, FeatureSendSignal, FeatureTPBTF, FeatureSyscallTP}
+	for _, tc := range []struct {
+		name    string
+		r       Report
+		control string
+		want    string
+		why     string
+	}{
+		{"lsm exec", report(true, all...), "exec control", SyncBlock, "lsm/bprm_check_security"},
+		{"lsm tamper", report(true), "tamper protection", SyncBlock, "lsm/task_kill"},
+		{"fanotify exec", report(false, all...), "exec control", SyncBlock, "FAN_OPEN_EXEC_PERM"},
+		{"kill exec", report(false, FeatureSendSignal, FeatureTPBTF), "exec control", KillAfterExec, "bpf_send_signal"},
+		{"nothing exec", report(false), "exec control", ObserveOnly, "no fallback"},
+		{"no lsm mmap", report(false, all...), "executable mappings", KillAfterExec, "killed"},
+		{"no lsm tamper", report(false, all...), "tamper protection", ObserveOnly, "root can stop"},
+		{"no lsm files", report(false, all...), "protected files", SyncBlock, "rename, unlink, chmod are observed only"},
+	} {
+		g := level(t, tc.r, tc.control)
+		if g.Level != tc.want || !strings.Contains(g.Why, tc.why) {
+			t.Errorf("%s: got %q (%s), want %q mentioning %q", tc.name, g.Level, g.Why, tc.want, tc.why)
+		}
+		if !tc.r.BPFLSM && !strings.Contains(g.Why, "BPF LSM is not available") {
+			t.Errorf("%s: without BPF LSM the reason must say so: %s", tc.name, g.Why)
+		}
+	}
+}
