@@ -53,7 +53,7 @@ vet:
 # Host tests: the tracepoint and fanotify paths run for real here (as
 # root); nothing arms a host-wide deny.
 test-host: build
-	$(GO) test -count=1 ./...
+	VIGIL_BIN=$(VIGIL) $(GO) test -count=1 ./...
 
 test: deps check-generated vet test-host test-vm
 	@echo "make test: all suites passed"

@@ -89,6 +89,9 @@ func Run() Report {
 	mode, err := lockdown()
 	add(FeatureLockdown, err, mode)
 	_, err = os.Stat("/proc/modules")
+	if err != nil {
+		err = errors.New("no /proc/modules: kernel built without module support")
+	}
 	add(FeatureKernelModules, err, "/proc/modules")
 
 	r.Guarantees = guarantees(r)
@@ -112,6 +115,9 @@ func BPFLSM() error {
 			asm.Return(),
 		},
 	})
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("bpf is listed as an active LSM (%s) but the kernel refuses LSM programs (EPERM)", kernel.LSMList())
+	}
 	if err != nil {
 		return fmt.Errorf("bpf is an active LSM but loading an LSM program fails: %w", err)
 	}
