@@ -1,0 +1,416 @@
+// Package agent runs the Vigil agent: it attaches the sensors and carries
+// their events to the event store, the JSON-lines file, the metrics and the
+// API's followers, and serves the API.
+//
+// The pipeline is one goroutine: events are batched, each batch is stored
+// (one transaction, which assigns the ids), then written to the JSON-lines
+// file and published to followers. Publishing only stored events is what
+// lets a follower that falls behind catch up from the store.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/metrics"
+	"github.com/vigil-hips/vigil/internal/sensor"
+	"github.com/vigil-hips/vigil/internal/server"
+	"github.com/vigil-hips/vigil/internal/store"
+)
+
+// Pipeline tuning.
+const (
+	batchSize     = 512                    // events per store transaction, at most
+	flushInterval = 100 * time.Millisecond // longest an event waits for its batch
+	drainTimeout  = 5 * time.Second        // on stop, how long to wait for the sensor to close its channel
+	stopTimeout   = 5 * time.Second        // on stop, how long API calls may take to finish
+	storeTimeout  = 30 * time.Second       // one store operation
+)
+
+// Kernel is what the kernel offers, for Status.
+type Kernel struct {
+	Release  string // uname -r; filled in by the agent when empty
+	Features []*vigilv1.Feature
+}
+
+// Deps are the agent's collaborators.
+type Deps struct {
+	// NewSensor creates the (not yet started) sensor. Required.
+	NewSensor func() (sensor.Sensor, error)
+	// Kernel probes the kernel once at start. Optional.
+	Kernel func() Kernel
+	// Logger receives the agent's logs. Optional.
+	Logger *slog.Logger
+	// Version is reported by Status.
+	Version string
+}
+
+// Run runs the agent until ctx is done or the sensor fails. The API socket
+// is served before the sensor is attached, so `vigil status` can tell an
+// agent that is starting from one that is not running; Status reports
+// sensors_attached once it is. On return everything is flushed and closed.
+func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("agent config: %w", err)
+	}
+	if deps.NewSensor == nil {
+		return errors.New("agent: no sensor constructor")
+	}
+	log := deps.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &agent{
+		cfg:     cfg,
+		log:     log,
+		version: deps.Version,
+		started: time.Now(),
+		metrics: metrics.New(),
+		broker:  server.NewBroker(),
+	}
+	var cleanups []func() error
+	defer func() {
+		for _, c := range slices.Backward(cleanups) {
+			err = errors.Join(err, c())
+		}
+	}()
+
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	lock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, lock.Close)
+
+	dbPath := filepath.Join(cfg.StateDir, "events.db")
+	a.store, err = store.Open(ctx, dbPath)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, a.store.Close)
+
+	if cfg.JSONLPath != "" {
+		a.jsonl, err = openJSONL(cfg.JSONLPath)
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, a.jsonl.close)
+	}
+
+	// Background services (API, metrics, pruning) stop when svcCtx is
+	// cancelled, after the pipeline has flushed.
+	svcCtx, stopServices := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	svcErr := make(chan error, 2)
+	cleanups = append(cleanups, func() error {
+		stopServices()
+		wg.Wait()
+		close(svcErr)
+		var errs []error
+		for e := range svcErr {
+			errs = append(errs, e)
+		}
+		return errors.Join(errs...)
+	})
+
+	if cfg.MetricsAddr != "" {
+		ln, err := metrics.Listen(cfg.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			if err := a.metrics.Serve(svcCtx, ln); err != nil {
+				svcErr <- err
+			}
+		})
+	}
+
+	// Probed once, before the API serves Status.
+	if deps.Kernel != nil {
+		a.kernel = deps.Kernel()
+	}
+	if a.kernel.Release == "" {
+		a.kernel.Release = unameRelease()
+	}
+
+	srv, err := server.New(server.Config{Store: a.store, Broker: a.broker, Status: a.status})
+	if err != nil {
+		return err
+	}
+	ln, err := server.Listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	wg.Go(func() {
+		if err := srv.Serve(ln); err != nil {
+			svcErr <- err
+		}
+	})
+	wg.Go(func() {
+		<-svcCtx.Done()
+		// Followers end when the broker closes; then calls drain.
+		a.broker.Close()
+		sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		defer cancel()
+		srv.Stop(sctx)
+	})
+	wg.Go(func() { a.pruneLoop(svcCtx) })
+	log.Info("agent serving", "socket", cfg.Socket, "state_dir", cfg.StateDir,
+		"metrics_addr", cfg.MetricsAddr, "jsonl", cfg.JSONLPath, "pid", os.Getpid(), "version", deps.Version)
+
+	s, err := deps.NewSensor()
+	if err != nil {
+		return fmt.Errorf("sensor: %w", err)
+	}
+	cleanups = append(cleanups, func() error {
+		if err := s.Close(); err != nil {
+			return fmt.Errorf("sensor close: %w", err)
+		}
+		return nil
+	})
+	if err := s.Start(ctx); err != nil {
+		return fmt.Errorf("sensor start: %w", err)
+	}
+	a.sensor.Store(&s)
+	a.setAttached(true)
+	info := s.Info()
+	log.Info("sensors attached", "backend", info.Backend, "hooks", len(info.Hooks), "missing_hooks", len(info.MissingHooks))
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("systemd notification failed", "err", err)
+	}
+
+	err = a.pipeline(ctx, s)
+	a.setAttached(false)
+	if nerr := sdNotify("STOPPING=1"); nerr != nil {
+		log.Warn("systemd notification failed", "err", nerr)
+	}
+	if err != nil {
+		log.Error("agent stopping", "err", err)
+	} else {
+		log.Info("agent stopping")
+	}
+	return err
+}
+
+// agent is the running agent's state shared by the pipeline, the pruner
+// and the API.
+type agent struct {
+	cfg     Config
+	log     *slog.Logger
+	version string
+	started time.Time
+	kernel  Kernel
+
+	store   *store.Store
+	jsonl   *jsonlWriter
+	metrics *metrics.Metrics
+	broker  *server.Broker
+
+	sensor    atomic.Pointer[sensor.Sensor]
+	attached  atomic.Bool
+	stored    atomic.Uint64
+	storeErrs atomic.Uint64
+	lastLost  uint64 // pipeline goroutine only
+	storeBad  bool   // pipeline goroutine only: the last append failed
+	jsonlBad  bool   // pipeline goroutine only: the last write failed
+}
+
+func (a *agent) setAttached(v bool) {
+	a.attached.Store(v)
+	if v {
+		a.metrics.SensorAttached.Set(1)
+	} else {
+		a.metrics.SensorAttached.Set(0)
+	}
+}
+
+// pipeline carries events from s until ctx is done (then drains what the
+// sensor still delivers) or the sensor's channel closes on its own (an
+// error).
+func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
+	events := s.Events()
+	batch := make([]*vigilv1.Event, 0, batchSize)
+	tick := time.NewTicker(flushInterval)
+	defer tick.Stop()
+	add := func(ev *vigilv1.Event) {
+		if ev.GetTime() == nil {
+			ev.Time = timestamppb.Now()
+		}
+		if fixUTF8(ev.ProtoReflect()) {
+			a.log.Debug("event had invalid UTF-8, replaced", "seq", ev.GetSeq(), "kind", ev.GetKind())
+		}
+		a.metrics.Events.WithLabelValues(ev.GetKind()).Inc()
+		batch = append(batch, ev)
+		if len(batch) == batchSize {
+			a.flush(s, batch)
+			batch = make([]*vigilv1.Event, 0, batchSize)
+		}
+	}
+	flush := func() {
+		if len(batch) > 0 {
+			a.flush(s, batch)
+			batch = make([]*vigilv1.Event, 0, batchSize)
+		}
+		a.updateLost(s)
+	}
+
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				flush()
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("sensor stopped delivering events")
+			}
+			add(ev)
+		case <-tick.C:
+			flush()
+		case <-ctx.Done():
+			// The sensor closes its channel once it sees ctx done; take
+			// what it still has.
+			drain := time.NewTimer(drainTimeout)
+			defer drain.Stop()
+			for {
+				select {
+				case ev, ok := <-events:
+					if !ok {
+						flush()
+						return nil
+					}
+					add(ev)
+				case <-tick.C:
+					flush()
+				case <-drain.C:
+					flush()
+					a.log.Warn("sensor did not close its event channel in time", "timeout", drainTimeout)
+					return nil
+				}
+			}
+		}
+	}
+}
+
+// flush stores batch, then writes it to the JSON-lines file and publishes
+// it. Events that could not be stored (id 0) still go to both.
+func (a *agent) flush(s sensor.Sensor, batch []*vigilv1.Event) {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	err := a.store.Append(ctx, batch)
+	cancel()
+	if err != nil {
+		a.storeErrs.Add(1)
+		a.metrics.StoreErrors.Inc()
+		if !a.storeBad {
+			a.log.Error("storing events failed; events go on to followers and the jsonl file unstored",
+				"err", err, "events", len(batch))
+		}
+	} else {
+		a.stored.Add(uint64(len(batch)))
+		a.metrics.EventsStored.Add(float64(len(batch)))
+		if a.storeBad {
+			a.log.Info("storing events works again", "store_errors", a.storeErrs.Load())
+		}
+	}
+	a.storeBad = err != nil
+
+	if a.jsonl != nil {
+		err := a.jsonl.write(batch)
+		if err != nil && !a.jsonlBad {
+			a.log.Error("writing the jsonl output failed", "err", err, "path", a.cfg.JSONLPath)
+		} else if err == nil && a.jsonlBad {
+			a.log.Info("writing the jsonl output works again", "path", a.cfg.JSONLPath)
+		}
+		a.jsonlBad = err != nil
+	}
+	a.broker.Publish(batch)
+}
+
+// updateLost moves the lost-events counter to the sensor's count.
+func (a *agent) updateLost(s sensor.Sensor) {
+	lost := s.Stats().Lost
+	if lost > a.lastLost {
+		a.metrics.EventsLost.Add(float64(lost - a.lastLost))
+		a.lastLost = lost
+	}
+}
+
+// pruneLoop prunes the store to the retention bounds, at start and every
+// PruneInterval.
+func (a *agent) pruneLoop(ctx context.Context) {
+	r := a.cfg.Retention
+	if r.MaxAge <= 0 && r.MaxRows <= 0 {
+		return
+	}
+	t := time.NewTicker(a.cfg.PruneInterval)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		n, err := a.store.Prune(pctx, r, time.Now())
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			a.storeErrs.Add(1)
+			a.metrics.StoreErrors.Inc()
+			a.log.Error("pruning the event store failed", "err", err, "pruned", n)
+		case n > 0:
+			a.log.Debug("pruned the event store", "pruned", n,
+				"max_age", r.MaxAge, "max_rows", r.MaxRows)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// status answers the API's Status call.
+func (a *agent) status(context.Context) *vigilv1.StatusResponse {
+	r := &vigilv1.StatusResponse{
+		Version:         a.version,
+		AgentPid:        uint32(os.Getpid()),
+		StartedAt:       timestamppb.New(a.started),
+		SensorsAttached: a.attached.Load(),
+		KernelRelease:   a.kernel.Release,
+		Features:        a.kernel.Features,
+		Counters: &vigilv1.Counters{
+			EventsStored: a.stored.Load(),
+			StoreErrors:  a.storeErrs.Load(),
+		},
+	}
+	if p := a.sensor.Load(); p != nil {
+		s := *p
+		info, stats := s.Info(), s.Stats()
+		r.Backend = info.Backend
+		r.Hooks = info.Hooks
+		r.MissingHooks = info.MissingHooks
+		r.Counters.EventsReceived = stats.Received
+		r.Counters.EventsLost = stats.Lost
+		r.Counters.ByKind = maps.Clone(stats.ByKind)
+	}
+	return r
+}
+
+func unameRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}

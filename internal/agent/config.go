@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/vigil-hips/vigil/internal/store"
+)
+
+// Defaults.
+const (
+	DefaultStateDir      = "/var/lib/vigil"
+	DefaultSocket        = "/run/vigil/vigil.sock"
+	DefaultPruneInterval = time.Minute
+	DefaultBackend       = "auto"
+)
+
+// maxSocketPath is the longest path a unix socket address holds
+// (sizeof(sun_path) - 1 on Linux).
+const maxSocketPath = 107
+
+// Config configures the agent. Start from DefaultConfig; Run validates.
+type Config struct {
+	// StateDir holds the event store (events.db) and the agent lock.
+	StateDir string
+	// Socket is the path of the API unix socket.
+	Socket string
+	// Retention bounds the event store; zero fields mean no bound.
+	Retention store.Retention
+	// PruneInterval is how often the store is pruned to Retention.
+	PruneInterval time.Duration
+	// JSONLPath, when set, is a file every event is appended to, as one
+	// JSON object a line (the same form as `vigil events -o json`).
+	JSONLPath string
+	// MetricsAddr, when set, is the host:port Prometheus metrics are served
+	// on at /metrics.
+	MetricsAddr string
+	// Backend is the sensor backend: auto, lsm or tracepoint.
+	Backend string
+	// RingBufBytes is the kernel ring buffer size: 0 for the sensor's
+	// default, else a power of two and a multiple of the page size.
+	RingBufBytes int
+}
+
+// DefaultConfig returns the default configuration.
+func DefaultConfig() Config {
+	return Config{
+		StateDir: DefaultStateDir,
+		Socket:   DefaultSocket,
+		Retention: store.Retention{
+			MaxAge:  store.DefaultMaxAge,
+			MaxRows: store.DefaultMaxRows,
+		},
+		PruneInterval: DefaultPruneInterval,
+		Backend:       DefaultBackend,
+	}
+}
+
+// Validate reports every problem with c.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if c.StateDir == "" {
+		bad("state dir: must be set")
+	} else if !filepath.IsAbs(c.StateDir) {
+		bad("state dir %q: must be an absolute path", c.StateDir)
+	}
+	switch {
+	case c.Socket == "":
+		bad("socket: must be set")
+	case !filepath.IsAbs(c.Socket):
+		bad("socket %q: must be an absolute path", c.Socket)
+	case len(c.Socket) > maxSocketPath:
+		bad("socket %q: longer than %d bytes, the limit of a unix socket path", c.Socket, maxSocketPath)
+	}
+	if c.Retention.MaxAge < 0 {
+		bad("retention max age %s: must not be negative (0 keeps events of any age)", c.Retention.MaxAge)
+	}
+	if c.Retention.MaxRows < 0 {
+		bad("retention max rows %d: must not be negative (0 keeps any number)", c.Retention.MaxRows)
+	}
+	if (c.Retention.MaxAge > 0 || c.Retention.MaxRows > 0) && c.PruneInterval < time.Second {
+		bad("prune interval %s: must be at least 1s when a retention bound is set", c.PruneInterval)
+	}
+	if c.JSONLPath != "" && !filepath.IsAbs(c.JSONLPath) {
+		bad("jsonl path %q: must be an absolute path", c.JSONLPath)
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad("metrics address %q: want host:port (e.g. 127.0.0.1:9090): %v", c.MetricsAddr, err)
+		}
+	}
+	switch c.Backend {
+	case "auto", "lsm", "tracepoint":
+	default:
+		bad("backend %q: want auto, lsm or tracepoint", c.Backend)
+	}
+	if n := c.RingBufBytes; n != 0 {
+		page := os.Getpagesize()
+		if n < 0 || bits.OnesCount(uint(n)) != 1 || n%page != 0 {
+			bad("ring buffer size %d: want 0 (default) or a power of two that is a multiple of the page size (%d)", n, page)
+		}
+	}
+	return errors.Join(errs...)
+}

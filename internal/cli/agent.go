@@ -1,0 +1,76 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigil-hips/vigil/internal/agent"
+	"github.com/vigil-hips/vigil/internal/sensor"
+)
+
+func newAgentCmd(opts Options, g *globals) *cobra.Command {
+	cfg := agent.DefaultConfig()
+	maxAge := durationFlag(cfg.Retention.MaxAge)
+	pruneEvery := durationFlag(cfg.PruneInterval)
+	var logLevel, logFormat string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the agent in the foreground",
+		Long: `Run the agent in the foreground: attach the sensors, store their events,
+and serve the API on the socket. Stops on SIGINT or SIGTERM.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Socket = g.socket
+			cfg.Retention.MaxAge = maxAge.get()
+			cfg.PruneInterval = pruneEvery.get()
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			logger, err := newLogger(cmd.ErrOrStderr(), logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			if opts.NewSensor == nil {
+				return errors.New("this build has no sensor")
+			}
+			return agent.Run(cmd.Context(), cfg, agent.Deps{
+				NewSensor: func() (sensor.Sensor, error) { return opts.NewSensor(cfg, logger) },
+				Kernel:    opts.Kernel,
+				Logger:    logger,
+				Version:   opts.Version,
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the event store and the agent lock")
+	f.Var(maxAge, "retention-max-age", "prune events older than this (e.g. 7d, 12h; 0: no age limit)")
+	f.Int64Var(&cfg.Retention.MaxRows, "retention-max-rows", cfg.Retention.MaxRows, "keep at most this many events (0: no limit)")
+	f.Var(pruneEvery, "prune-interval", "how often to prune the event store")
+	f.StringVar(&cfg.JSONLPath, "jsonl", "", "also append every event to this file, one JSON object a line")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
+	f.StringVar(&cfg.Backend, "backend", cfg.Backend, "sensor backend: auto, lsm or tracepoint")
+	f.IntVar(&cfg.RingBufBytes, "ringbuf-bytes", 0, "kernel ring buffer size in bytes, a power of two (0: the sensor's default)")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	hopts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, hopts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
