@@ -184,6 +184,10 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		return nil
 	})
 	if err := s.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			log.Info("agent stopped while attaching the sensors")
+			return nil
+		}
 		return fmt.Errorf("sensor start: %w", err)
 	}
 	a.sensor.Store(&s)
