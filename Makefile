@@ -61,4 +61,10 @@ test: deps check-generated vet test-host test-vm
 clean:
 	rm -rf bin out
 
--include mk/vm.mk
+# The VM suite: these packages run in qemu on each kernel, with bin/vigil
+# in the image for the end-to-end tests.
+VM_PKGS := ./tools/vmtest/vmcheck/... ./internal/sensor/bpfsensor/... ./test/e2e/...
+VMTEST_INCLUDE := bin/vigil:/usr/bin/vigil
+include mk/vm.mk
+
+test-vm: build

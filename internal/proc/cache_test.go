@@ -4,8 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"time"
 	"testing"
+	"time"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 )

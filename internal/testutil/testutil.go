@@ -12,15 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
+	"github.com/vigil-hips/vigil/internal/probe"
 )
 
 // BPFLSMMarker starts the line RequireBPFLSM prints before deciding. The VM
@@ -93,42 +90,8 @@ var (
 // BPFLSMUsable returns nil if BPF LSM is active and an LSM program can be
 // loaded and attached, else why not. It probes once per process.
 func BPFLSMUsable() error {
-	bpfLSMOnce.Do(func() { bpfLSMErr = probeBPFLSM() })
+	bpfLSMOnce.Do(func() { bpfLSMErr = probe.BPFLSM() })
 	return bpfLSMErr
-}
-
-func probeBPFLSM() error {
-	lsms, err := ActiveLSMs()
-	if err != nil {
-		return fmt.Errorf("cannot read the active LSMs: %w", err)
-	}
-	if !slices.Contains(lsms, "bpf") {
-		return fmt.Errorf("\"bpf\" is not among the active LSMs %q (boot with lsm=...,bpf)", strings.Join(lsms, ","))
-	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:       "testutil_probe",
-		Type:       ebpf.LSM,
-		AttachType: ebpf.AttachLSMMac,
-		AttachTo:   "file_open",
-		License:    "GPL",
-		// return 0 (allow): within [-4095, 0], as 6.12's verifier requires.
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-	})
-	if errors.Is(err, syscall.EPERM) {
-		// cilium/ebpf suggests RLIMIT_MEMLOCK for any EPERM; on the
-		// kernels this project meets (5.11+, memcg accounting) the kernel
-		// simply refuses LSM programs.
-		return fmt.Errorf("\"bpf\" is an active LSM, but the kernel refuses to load an lsm/file_open program: %w", syscall.EPERM)
-	}
-	if err != nil {
-		return fmt.Errorf("\"bpf\" is an active LSM, but loading an lsm/file_open program failed: %w", err)
-	}
-	defer prog.Close()
-	l, err := link.AttachLSM(link.LSMOptions{Program: prog})
-	if err != nil {
-		return fmt.Errorf("\"bpf\" is an active LSM, but attaching an lsm/file_open program failed: %w", err)
-	}
-	return l.Close()
 }
 
 // ActiveLSMs returns the kernel's active LSMs in order, from

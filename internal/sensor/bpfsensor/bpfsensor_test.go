@@ -11,6 +11,7 @@ import (
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/probe"
 	"github.com/vigil-hips/vigil/internal/sensor"
+	"github.com/vigil-hips/vigil/internal/testutil"
 	"github.com/vigil-hips/vigil/internal/testworkload"
 )
 
@@ -21,9 +22,7 @@ func TestMain(m *testing.M) {
 
 func startSensor(t *testing.T, cfg Config) *Sensor {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("loading BPF needs root")
-	}
+	testutil.RequireRoot(t)
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +56,8 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 }
 
-func TestSensorSeesWorkload(t *testing.T) {
+// TestSensorAutoBackend: auto picks lsm exactly where LSM programs load.
+func TestSensorAutoBackend(t *testing.T) {
 	s := startSensor(t, Config{})
 	want := sensor.BackendTracepoint
 	if probe.BPFLSM() == nil {
@@ -66,7 +66,33 @@ func TestSensorSeesWorkload(t *testing.T) {
 	if s.Info().Backend != want {
 		t.Fatalf("backend %s, want %s", s.Info().Backend, want)
 	}
+}
 
+// TestTracepointBackend runs everywhere, the VM included.
+func TestTracepointBackend(t *testing.T) {
+	s := startSensor(t, Config{Backend: sensor.BackendTracepoint})
+	seesWorkload(t, s, map[string]string{
+		"image_load":     "tracepoint/syscalls/sys_enter_mmap",
+		"mem_exec":       "tracepoint/syscalls/sys_enter_mprotect",
+		"proc_mem_write": "tracepoint/syscalls/sys_exit_openat",
+	})
+}
+
+// TestLSMBackend needs BPF LSM: it skips on the host and must run in the VM.
+func TestLSMBackend(t *testing.T) {
+	testutil.RequireBPFLSM(t)
+	s := startSensor(t, Config{Backend: sensor.BackendLSM})
+	seesWorkload(t, s, map[string]string{
+		"image_load":     "lsm/mmap_file",
+		"mem_exec":       "lsm/file_mprotect",
+		"proc_mem_write": "lsm/file_open",
+	})
+}
+
+// seesWorkload runs the workload and checks every event it must cause,
+// and that the named events came from the named hooks.
+func seesWorkload(t *testing.T, s *Sensor, hooks map[string]string) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +101,7 @@ func TestSensorSeesWorkload(t *testing.T) {
 	lib := filepath.Join(t.TempDir(), "libvigiltest.so")
 	copyFile(t, exe, lib)
 	lib, _ = filepath.EvalSymlinks(lib)
+
 	r, err := testworkload.Run(lib)
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +121,14 @@ func TestSensorSeesWorkload(t *testing.T) {
 	}
 	for _, err := range testworkload.Check(exps) {
 		t.Error(err)
+	}
+	for _, e := range exps {
+		if want, ok := hooks[e.Name]; ok && e.Seen.Hook != want {
+			t.Errorf("%s came from %s, want %s", e.Name, e.Seen.Hook, want)
+		}
+		if e.Seen.Backend != s.Info().Backend {
+			t.Errorf("%s: backend %q, want %q", e.Name, e.Seen.Backend, s.Info().Backend)
+		}
 	}
 }
 
