@@ -8,8 +8,10 @@ package testworkload
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"time"
@@ -187,3 +189,32 @@ func burst(n int) {
 func addrOf(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&b[0]))) }
 
 func addrOfByte(p *byte) uintptr { return uintptr(unsafe.Pointer(p)) }
+
+// Prepare returns the resolved path of the workload binary (this test
+// binary) and of a copy of it in dir, named like a shared library, for
+// the workload to map executable: a file with an inode of its own.
+func Prepare(dir string) (exe, lib string, err error) {
+	exe, err = filepath.EvalSymlinks(self())
+	if err != nil {
+		return "", "", err
+	}
+	lib = filepath.Join(dir, "libvigiltest.so")
+	in, err := os.Open(exe)
+	if err != nil {
+		return "", "", err
+	}
+	defer in.Close()
+	out, err := os.Create(lib)
+	if err != nil {
+		return "", "", err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return "", "", err
+	}
+	if err := out.Close(); err != nil {
+		return "", "", err
+	}
+	lib, err = filepath.EvalSymlinks(lib)
+	return exe, lib, err
+}

@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -171,34 +170,6 @@ func (a *agent) status() *vigilv1.StatusResponse {
 	return st
 }
 
-func resolved(t *testing.T, p string) string {
-	t.Helper()
-	r, err := filepath.EvalSymlinks(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestAgentRecordsWorkload: exec, shared library mapping, mprotect to
 // PROT_EXEC, ptrace attach, /proc/PID/mem write and process_vm_writev
 // each appear in `vigil events -o json` with path, inode, pid, parent and
@@ -212,15 +183,10 @@ func TestAgentRecordsWorkload(t *testing.T) {
 	if testutil.InVM() && st.Backend != "lsm" {
 		t.Fatalf("backend %q in the VM, where BPF LSM is on: want lsm", st.Backend)
 	}
-	exe, err := os.Executable()
+	exe, lib, err := testworkload.Prepare(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	exe = resolved(t, exe)
-	lib := filepath.Join(t.TempDir(), "libvigil-e2e.so")
-	copyFile(t, exe, lib)
-	lib = resolved(t, lib)
-
 	r, err := testworkload.Run(lib)
 	if err != nil {
 		t.Fatal(err)
@@ -312,31 +278,26 @@ func TestDoctor(t *testing.T) {
 	if lsm.Available != wantLSM {
 		t.Fatalf("bpf_lsm available=%v, want %v (%s)", lsm.Available, wantLSM, lsm.Detail)
 	}
-	var exec *vigilv1.Guarantee
+	var execControl *vigilv1.Guarantee
 	for _, g := range d.Guarantees {
 		if g.Control == "exec control" {
-			exec = g
+			execControl = g
 		}
 	}
-	if exec == nil {
+	if execControl == nil {
 		t.Fatalf("doctor has no guarantee for exec control: %v", d)
 	}
-	if wantLSM && (exec.Level != "synchronous block" || !strings.Contains(exec.Why, "lsm/")) {
-		t.Errorf("exec control with BPF LSM: %v", exec)
+	if wantLSM && (execControl.Level != "synchronous block" || !strings.Contains(execControl.Why, "lsm/")) {
+		t.Errorf("exec control with BPF LSM: %v", execControl)
 	}
-	if !wantLSM && !strings.Contains(exec.Why, "BPF LSM is not available") {
-		t.Errorf("exec control without BPF LSM does not say why: %v", exec)
+	if !wantLSM && !strings.Contains(execControl.Why, "BPF LSM is not available") {
+		t.Errorf("exec control without BPF LSM does not say why: %v", execControl)
 	}
-	human, err := exec2(vigilBin(t), "doctor")
+	human, err := exec.Command(vigilBin(t), "doctor").CombinedOutput()
 	if err != nil {
-		t.Fatalf("vigil doctor: %v", err)
+		t.Fatalf("vigil doctor: %v\n%s", err, human)
 	}
-	if wantLSM != strings.Contains(human, "BPF LSM: active") {
+	if wantLSM != strings.Contains(string(human), "BPF LSM: active") {
 		t.Errorf("human doctor output disagrees with JSON:\n%s", human)
 	}
-}
-
-func exec2(bin string, args ...string) (string, error) {
-	out, err := exec.Command(bin, args...).CombinedOutput()
-	return string(out), err
 }

@@ -2,9 +2,7 @@ package bpfsensor
 
 import (
 	"context"
-	"io"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -34,26 +32,6 @@ func startSensor(t *testing.T, cfg Config) *Sensor {
 	}
 	t.Cleanup(func() { cancel(); s.Close() })
 	return s.(*Sensor)
-}
-
-// copyFile copies src to dst; the copy is a file of its own inode.
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestSensorAutoBackend: auto picks lsm exactly where LSM programs load.
@@ -93,15 +71,10 @@ func TestLSMBackend(t *testing.T) {
 // and that the named events came from the named hooks.
 func seesWorkload(t *testing.T, s *Sensor, hooks map[string]string) {
 	t.Helper()
-	exe, err := os.Executable()
+	exe, lib, err := testworkload.Prepare(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	exe, _ = filepath.EvalSymlinks(exe)
-	lib := filepath.Join(t.TempDir(), "libvigiltest.so")
-	copyFile(t, exe, lib)
-	lib, _ = filepath.EvalSymlinks(lib)
-
 	r, err := testworkload.Run(lib)
 	if err != nil {
 		t.Fatal(err)
