@@ -7,6 +7,7 @@ package testworkload
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +18,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,6 +56,14 @@ func Main() {
 		}
 		json.NewEncoder(os.Stdout).Encode(r)
 		os.Exit(0)
+	case "kernel":
+		r, err := kernelOps(os.Getenv("VIGIL_TESTWORKLOAD_MODULE"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "workload:", err)
+			os.Exit(1)
+		}
+		json.NewEncoder(os.Stdout).Encode(r)
+		os.Exit(0)
 	case "burst":
 		n, _ := strconv.Atoi(os.Getenv("VIGIL_TESTWORKLOAD_N"))
 		burst(n)
@@ -77,6 +88,64 @@ func Run(mapFile string) (*Report, error) {
 		return nil, fmt.Errorf("workload output %q: %w", out, err)
 	}
 	return &r, nil
+}
+
+// KernelReport is what the kernel workload did.
+type KernelReport struct {
+	PID          int    `json:"pid"`
+	BPFProgName  string `json:"bpf_prog_name"` // a socket filter loaded by that name
+	KcoreOpened  bool   `json:"kcore_opened"`
+	ModuleFile   string `json:"module_file"` // passed to finit_module
+	ModuleLoaded bool   `json:"module_loaded"`
+}
+
+// RunKernel loads a BPF program, opens /proc/kcore and, when module is
+// not empty, calls finit_module on it, in a new process.
+func RunKernel(module string) (*KernelReport, error) {
+	cmd := exec.Command(self())
+	cmd.Env = append(os.Environ(), envMode+"=kernel", "VIGIL_TESTWORKLOAD_MODULE="+module)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("kernel workload: %w", err)
+	}
+	var r KernelReport
+	if err := json.Unmarshal(out, &r); err != nil {
+		return nil, fmt.Errorf("kernel workload output %q: %w", out, err)
+	}
+	return &r, nil
+}
+
+func kernelOps(module string) (*KernelReport, error) {
+	r := &KernelReport{PID: os.Getpid(), BPFProgName: "vigil_wl_prog"}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         r.BPFProgName,
+		Type:         ebpf.SocketFilter,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load bpf program: %w", err)
+	}
+	prog.Close()
+	if f, err := os.Open("/proc/kcore"); err == nil {
+		r.KcoreOpened = true
+		f.Close()
+	}
+	if module != "" {
+		r.ModuleFile = module
+		f, err := os.Open(module)
+		if err != nil {
+			return nil, err
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		r.ModuleLoaded = err == nil || errors.Is(err, unix.EEXIST)
+		if !r.ModuleLoaded {
+			return nil, fmt.Errorf("finit_module %s: %w", module, err)
+		}
+	}
+	return r, nil
 }
 
 // Burst makes n mprotect(PROT_EXEC) calls in a new process, as fast as it

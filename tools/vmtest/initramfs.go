@@ -335,9 +335,10 @@ type initScript struct {
 	Dir     string   // working directory for the test
 	Command []string // test binary and its arguments
 	Dmesg   bool     // print the kernel log after the test
-	// NoTmpfs lists tmpfs mounts (/tmp, /run) to leave out because the
-	// working directory is below them and a mount would hide it.
-	NoTmpfs []string
+	// Carry lists tmpfs mount points (/tmp, /run) the working directory is
+	// below: their initramfs content is copied onto the new tmpfs, so the
+	// guest gets a tmpfs there (as tests expect) and keeps the directory.
+	Carry []string
 }
 
 func (s initScript) startMarker() string { return "vmtest-start-" + s.Nonce }
@@ -371,8 +372,9 @@ mnt debugfs debugfs /sys/kernel/debug
 mnt cgroup2 cgroup2 /sys/fs/cgroup
 `)
 	for _, d := range []string{"/tmp", "/run"} {
-		if slices.Contains(s.NoTmpfs, d) {
-			fmt.Fprintf(&b, "echo 'vmtest: note: %s is not a tmpfs: the working directory is below it'\n", d)
+		if slices.Contains(s.Carry, d) {
+			keep := "/.vmtest-carry" + strings.ReplaceAll(d, "/", "-")
+			fmt.Fprintf(&b, "mv %[1]s %[2]s && mnt tmpfs tmpfs %[1]s && cp -a %[2]s/. %[1]s/ && rm -rf %[2]s\n", d, keep)
 			continue
 		}
 		fmt.Fprintf(&b, "mnt tmpfs tmpfs %s\n", d)

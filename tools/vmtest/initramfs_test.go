@@ -179,7 +179,7 @@ func TestInitScript(t *testing.T) {
 		Env:     []string{"VIGIL_IN_VM=1", "X=it's"},
 		Dir:     "/tmp/pkg dir",
 		Command: []string{"/vmtest/p.test", "-test.run=^A$"},
-		NoTmpfs: []string{"/tmp"},
+		Carry:   []string{"/tmp"},
 	}
 	got := s.render()
 	for _, want := range []string{
@@ -194,14 +194,15 @@ func TestInitScript(t *testing.T) {
 		"mnt tracefs tracefs /sys/kernel/tracing\n",
 		"mnt cgroup2 cgroup2 /sys/fs/cgroup\n",
 		"mnt tmpfs tmpfs /run\n",
+		"mv /tmp /.vmtest-carry-tmp && mnt tmpfs tmpfs /tmp && cp -a /.vmtest-carry-tmp/. /tmp/ && rm -rf /.vmtest-carry-tmp\n",
 		"poweroff -f\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("init script lacks %q:\n%s", want, got)
 		}
 	}
-	if strings.Contains(got, "mnt tmpfs tmpfs /tmp\n") {
-		t.Error("mounts a tmpfs over the working directory")
+	if strings.Contains(got, "\nmnt tmpfs tmpfs /tmp\n") {
+		t.Error("mounts a tmpfs over the working directory without carrying it over")
 	}
 	if _, err := exec.LookPath("sh"); err == nil {
 		if out, err := exec.Command("sh", "-n", "-c", got).CombinedOutput(); err != nil {

@@ -357,7 +357,7 @@ func (r *runner) buildInitramfs(k Kernel, bin string, args []string, cwd, root, 
 	}
 	for _, d := range []string{"/tmp", "/run"} {
 		if cwd == d || strings.HasPrefix(cwd, d+"/") {
-			s.NoTmpfs = append(s.NoTmpfs, d)
+			s.Carry = append(s.Carry, d)
 		}
 	}
 	if err := a.bytes("/init", 0o755, []byte(s.render())); err != nil {

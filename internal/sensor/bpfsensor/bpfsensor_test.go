@@ -2,11 +2,18 @@ package bpfsensor
 
 import (
 	"context"
+	"debug/elf"
+	"io/fs"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/kernel"
 	"github.com/vigil-hips/vigil/internal/probe"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/testutil"
@@ -153,4 +160,142 @@ func TestSensorReportsLoss(t *testing.T) {
 		t.Fatalf("no hole in the sequence numbers")
 	}
 	t.Logf("gap %v, %d sequence holes", g, holes)
+}
+
+// awaitEvents reads s's events until every matcher matched once, or fails
+// the test naming those that did not.
+func awaitEvents(t *testing.T, s *Sensor, want map[string]func(*vigilv1.Event) bool) map[string]*vigilv1.Event {
+	t.Helper()
+	seen := make(map[string]*vigilv1.Event)
+	deadline := time.After(20 * time.Second)
+	for len(seen) < len(want) {
+		select {
+		case ev, ok := <-s.Events():
+			if !ok {
+				t.Fatal("event stream closed")
+			}
+			for name, match := range want {
+				if seen[name] == nil && match(ev) {
+					seen[name] = ev
+				}
+			}
+		case <-deadline:
+			for name := range want {
+				if seen[name] == nil {
+					t.Errorf("no %s event", name)
+				}
+			}
+			t.FailNow()
+		}
+	}
+	return seen
+}
+
+// findModule returns a kernel module file of the running kernel, or "".
+func findModule(name string) string {
+	var found string
+	root := "/lib/modules/" + kernel.Release()
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && d.Name() == name {
+			found = p
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return found
+}
+
+// TestKernelTamperingEvents: a BPF program load, an open of /proc/kcore
+// and a kernel module load are each reported.
+func TestKernelTamperingEvents(t *testing.T) {
+	s := startSensor(t, Config{})
+	module := findModule("dummy.ko")
+	if module == "" && testutil.InVM() {
+		t.Fatal("no dummy.ko in the VM: the runner should have put it in /lib/modules")
+	}
+	r, err := testworkload.RunKernel(module)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := uint32(r.PID)
+	want := map[string]func(*vigilv1.Event) bool{
+		"bpf_prog_load": func(e *vigilv1.Event) bool {
+			k := e.GetKernel()
+			return e.Process.Pid == pid && k.GetOp() == "bpf_prog_load" && k.BpfProgName == r.BPFProgName &&
+				k.BpfProgType == uint32(ebpf.SocketFilter)
+		},
+	}
+	if r.KcoreOpened {
+		want["kcore_open"] = func(e *vigilv1.Event) bool {
+			return e.Process.Pid == pid && e.GetKernel().GetOp() == "kcore_open" &&
+				e.GetKernel().GetFile().GetPath() == "/proc/kcore"
+		}
+	} else if testutil.InVM() {
+		t.Fatal("/proc/kcore could not be opened in the VM")
+	} else {
+		t.Log("/proc/kcore could not be opened here; not checked")
+	}
+	if r.ModuleLoaded {
+		want["module_load"] = func(e *vigilv1.Event) bool {
+			return e.Process.Pid == pid && e.GetKernel().GetOp() == "module_load" &&
+				e.GetKernel().GetFile().GetPath() == r.ModuleFile
+		}
+	} else {
+		t.Log("this kernel has no modules; module load not checked")
+	}
+	awaitEvents(t, s, want)
+}
+
+// dynamicProgram returns a dynamically linked program, or "".
+func dynamicProgram() string {
+	for _, p := range []string{"/opt/vigil-test/true", "/usr/bin/true"} {
+		f, err := elf.Open(p)
+		if err != nil {
+			continue
+		}
+		dynamic := false
+		for _, prog := range f.Progs {
+			dynamic = dynamic || prog.Type == elf.PT_INTERP
+		}
+		f.Close()
+		if dynamic {
+			return p
+		}
+	}
+	return ""
+}
+
+// TestDirectLoaderCall: `ld.so ./prog` execs the loader, which maps the
+// program itself: that mapping is an image_load of the program.
+func TestDirectLoaderCall(t *testing.T) {
+	const loader = "/lib64/ld-linux-x86-64.so.2"
+	prog := dynamicProgram()
+	if prog == "" {
+		if testutil.InVM() {
+			t.Fatal("no dynamically linked program in the VM image")
+		}
+		t.Skip("no dynamically linked program here")
+	}
+	s := startSensor(t, Config{})
+	ldso, err := filepath.EvalSymlinks(loader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, _ = filepath.EvalSymlinks(prog)
+	cmd := exec.Command(loader, prog)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", loader, prog, err, out)
+	}
+	pid := uint32(cmd.ProcessState.Pid())
+	got := awaitEvents(t, s, map[string]func(*vigilv1.Event) bool{
+		"exec of the loader": func(e *vigilv1.Event) bool {
+			return e.Kind == "exec" && e.Process.Pid == pid
+		},
+		"image_load of the program": func(e *vigilv1.Event) bool {
+			return e.Kind == "image_load" && e.Process.Pid == pid && e.GetImageLoad().GetFile().GetPath() == prog
+		},
+	})
+	if p := got["exec of the loader"].GetExec().GetFile().GetPath(); p != ldso {
+		t.Errorf("exec file %q, want the loader %q", p, ldso)
+	}
 }
