@@ -148,7 +148,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		a.kernel.Release = unameRelease()
 	}
 
-	srv, err := server.New(server.Config{Store: a.store, Broker: a.broker, Status: a.status})
+	a.metrics.CollectRuleHits(a.ruleHits)
+	srv, err := server.New(server.Config{Store: a.store, Broker: a.broker, Status: a.status,
+		ApplyPolicy: a.applyPolicy, BadPolicy: ErrBadPolicy})
 	if err != nil {
 		return err
 	}
@@ -191,9 +193,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		return fmt.Errorf("sensor start: %w", err)
 	}
 	a.sensor.Store(&s)
-	a.setAttached(true)
 	info := s.Info()
 	log.Info("sensors attached", "backend", info.Backend, "hooks", len(info.Hooks), "missing_hooks", len(info.MissingHooks))
+	// The policy is in force before the agent says it is ready.
+	if err := a.startPolicy(); err != nil {
+		return err
+	}
+	a.setAttached(true)
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("systemd notification failed", "err", err)
 	}
@@ -226,6 +232,7 @@ type agent struct {
 	broker  *server.Broker
 
 	sensor    atomic.Pointer[sensor.Sensor]
+	policy    policyState
 	attached  atomic.Bool
 	stored    atomic.Uint64
 	storeErrs atomic.Uint64
@@ -408,6 +415,7 @@ func (a *agent) status(context.Context) *vigilv1.StatusResponse {
 		r.Counters.EventsLost = stats.Lost
 		r.Counters.ByKind = maps.Clone(stats.ByKind)
 	}
+	r.Policy = a.policyStatus()
 	return r
 }
 

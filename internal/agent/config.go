@@ -45,6 +45,9 @@ type Config struct {
 	// RingBufBytes is the kernel ring buffer size: 0 for the sensor's
 	// default, else a power of two and a multiple of the page size.
 	RingBufBytes int
+	// PolicyPath is a policy file to enforce from the start. Empty: the
+	// last policy applied (kept in StateDir), if any.
+	PolicyPath string
 }
 
 // DefaultConfig returns the default configuration.

@@ -167,8 +167,14 @@ func eventDetail(ev *vigilv1.Event) string {
 		if d.Exec.GetArgvTruncated() {
 			s += " …"
 		}
-		if in := d.Exec.GetInterpreter().GetPath(); in != "" {
-			s += " (interpreter " + in + ")"
+		if fn := d.Exec.GetFilename(); fn != "" && fn != d.Exec.GetFile().GetPath() {
+			s += " (as " + fn + ")"
+		}
+		return s
+	case *vigilv1.Event_FileModify:
+		s := d.FileModify.GetOp() + " " + d.FileModify.GetFile().GetPath()
+		if np := d.FileModify.GetNewPath(); np != "" {
+			s += " → " + np
 		}
 		return s
 	case *vigilv1.Event_Fork:

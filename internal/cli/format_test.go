@@ -68,8 +68,10 @@ func TestFormatEvent(t *testing.T) {
 	}{
 		{&vigilv1.Event{Id: 1, Kind: "exec", Process: proc, Detail: &vigilv1.Event_Exec{Exec: &vigilv1.Exec{
 			Argv: []string{"sh", "-c", "echo $HOME", ""}, ArgvTruncated: true,
-			Interpreter: &vigilv1.File{Path: "/bin/sh"}}}},
-			`/usr/bin/bash  sh -c "echo $HOME" "" … (interpreter /bin/sh)`},
+			File: &vigilv1.File{Path: "/usr/bin/dash"}, Filename: "/bin/sh"}}},
+			`/usr/bin/bash  sh -c "echo $HOME" "" … (as /bin/sh)`},
+		{&vigilv1.Event{Kind: "file_modify", Process: proc, Detail: &vigilv1.Event_FileModify{FileModify: &vigilv1.FileModify{
+			Op: "rename", File: &vigilv1.File{Path: "/tmp/x"}, NewPath: "/etc/sudoers.d/x"}}}, "rename /tmp/x → /etc/sudoers.d/x"},
 		{&vigilv1.Event{Kind: "exit", Process: proc, Detail: &vigilv1.Event_Exit{Exit: &vigilv1.Exit{Signal: 9}}}, "killed by signal 9"},
 		{&vigilv1.Event{Kind: "exit", Process: proc, Detail: &vigilv1.Event_Exit{Exit: &vigilv1.Exit{Code: 3}}}, "exit code 3"},
 		{&vigilv1.Event{Kind: "image_load", Process: proc, Detail: &vigilv1.Event_ImageLoad{ImageLoad: &vigilv1.ImageLoad{File: &vigilv1.File{Path: "/lib/libc.so.6"}}}}, "maps /lib/libc.so.6"},

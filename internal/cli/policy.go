@@ -14,23 +14,64 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/policy"
 )
 
-// NewPolicyCmd returns `vigil policy`: policy files checked and tried on
-// events offline, without an agent.
-func NewPolicyCmd() *cobra.Command {
+// newPolicyCmd returns `vigil policy`: policy files checked and tried on
+// events offline, and applied to the running agent.
+func newPolicyCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Check policy files and try them on events (offline)",
-		Long: `Check policy files and try them on recorded events. These commands need no
-running agent. The language is described in docs/policy.md.`,
+		Short: "Check, try and apply policy files",
+		Long: `Check policy files and try them on recorded events (offline: no agent
+needed), and apply one to the running agent. The language is described in
+docs/policy.md.`,
 	}
-	cmd.AddCommand(newPolicyCheckCmd(), newPolicyTestCmd())
+	cmd.AddCommand(newPolicyCheckCmd(), newPolicyTestCmd(), newPolicyApplyCmd(g))
 	return cmd
+}
+
+// newPolicyApplyCmd is `vigil policy apply FILE`.
+func newPolicyApplyCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "apply FILE",
+		Short: "Make FILE the policy the running agent enforces",
+		Long: `Send FILE to the running agent, which parses, validates and compiles it and
+then swaps it in atomically. A policy that is refused (reported with
+file:line:column) changes nothing: the policy in force stays in force.
+The agent keeps the policy applied and enforces it again after a restart.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			content, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := dial(g.socket)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := c.ApplyPolicy(cmd.Context(), &vigilv1.ApplyPolicyRequest{Name: args[0], Content: content})
+			if err != nil {
+				if st, ok := status.FromError(err); ok && st.Code() == codes.InvalidArgument {
+					return errors.New(st.Message())
+				}
+				return c.explain(err)
+			}
+			p := resp.GetPolicy()
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: in force (%s, mode %s, digest %s)\n",
+				args[0], plural(len(p.GetRules()), "rule"), p.GetMode(), p.GetDigest())
+			for _, w := range p.GetWarnings() {
+				fmt.Fprintf(cmd.OutOrStdout(), "warning: %s\n", w)
+			}
+			return nil
+		},
+	}
 }
 
 func newPolicyCheckCmd() *cobra.Command {

@@ -17,7 +17,7 @@ const hardening = "../../examples/policies/hardening.yaml"
 
 func runPolicy(t *testing.T, stdin string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	cmd := NewPolicyCmd()
+	cmd := newPolicyCmd(&globals{socket: "/nonexistent/vigil.sock"})
 	cmd.SetArgs(args)
 	var out, errOut bytes.Buffer
 	cmd.SetOut(&out)

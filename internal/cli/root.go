@@ -46,6 +46,7 @@ func New(opts Options) *cobra.Command {
 		newStatusCmd(g),
 		newEventsCmd(g),
 		newVersionCmd(opts, g),
+		newPolicyCmd(g),
 	)
 	return root
 }

@@ -100,3 +100,24 @@ func (m *Metrics) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	return nil
 }
+
+var ruleHitsDesc = prometheus.NewDesc("vigil_policy_rule_hits_total",
+	"Decisions made by each rule of the policy in force, counted in the kernel, since the policy was applied.",
+	[]string{"rule"}, nil)
+
+// ruleHits collects per-rule hit counters from a source at scrape time.
+type ruleHits func() map[string]uint64
+
+func (ruleHits) Describe(ch chan<- *prometheus.Desc) { ch <- ruleHitsDesc }
+
+func (f ruleHits) Collect(ch chan<- prometheus.Metric) {
+	for rule, n := range f() {
+		ch <- prometheus.MustNewConstMetric(ruleHitsDesc, prometheus.CounterValue, float64(n), rule)
+	}
+}
+
+// CollectRuleHits registers source as the per-rule hit counters,
+// read at each scrape. It is called once.
+func (m *Metrics) CollectRuleHits(source func() map[string]uint64) {
+	m.Registry.MustRegister(ruleHits(source))
+}

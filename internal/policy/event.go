@@ -7,14 +7,13 @@ import (
 )
 
 // FromEvent converts a recorded event (vigil.v1.Event) into the Input the
-// kernel decided, for the kinds the API has today: exec, image_load,
-// mem_exec, inject and kernel. What the event does not carry stays unknown:
+// kernel decided, for the kinds policy decides: exec, image_load,
+// mem_exec, inject, kernel and file_modify. What the event does not carry
+// stays unknown:
 //
-//   - exec: the event's process is the new image, so the caller's
-//     executable (Input.Process.Exe) is unknown; its uid, cgroup and
-//     ancestry are the event's (exec changes none of them).
-//   - mem_exec: PrevProt is 0 (the event has the new protection only).
-//   - inject: the target's start time is 0.
+//   - exec: the caller's executable is the event's caller_exe (empty when
+//     the agent did not know it); uid, cgroup and ancestry are the event's
+//     (exec changes none of them).
 //   - every kind: the executable's dev and inode are 0.
 func FromEvent(ev *vigilv1.Event) (Input, error) {
 	p := ev.GetProcess()
@@ -36,7 +35,7 @@ func FromEvent(ev *vigilv1.Event) (Input, error) {
 	switch d := ev.GetDetail().(type) {
 	case *vigilv1.Event_Exec:
 		detail = KindExec
-		in.Process.Exe = File{}
+		in.Process.Exe = File{Path: d.Exec.GetCallerExe()}
 		in.File = file(d.Exec.GetFile())
 	case *vigilv1.Event_ImageLoad:
 		detail = KindImageLoad
@@ -45,15 +44,21 @@ func FromEvent(ev *vigilv1.Event) (Input, error) {
 		detail = KindMemExec
 		in.File = file(d.MemExec.GetFile())
 		in.Prot = Prot(d.MemExec.GetProt())
+		in.PrevProt = Prot(d.MemExec.GetPrevProt())
 		in.Anonymous = d.MemExec.GetAnonymous()
 	case *vigilv1.Event_Inject:
 		detail = KindInject
 		in.Op = d.Inject.GetMethod()
-		in.Target = Target{Pid: d.Inject.GetTargetPid(), Exe: d.Inject.GetTargetExe()}
+		in.Target = Target{Pid: d.Inject.GetTargetPid(), StartTimeNs: d.Inject.GetTargetStartTimeNs(), Exe: d.Inject.GetTargetExe()}
 	case *vigilv1.Event_Kernel:
 		detail = KindKernel
 		in.Op = d.Kernel.GetOp()
 		in.File = file(d.Kernel.GetFile())
+	case *vigilv1.Event_FileModify:
+		detail = KindFileModify
+		in.Op = d.FileModify.GetOp()
+		in.File = file(d.FileModify.GetFile())
+		in.NewPath = d.FileModify.GetNewPath()
 	default:
 		return Input{}, fmt.Errorf("%s events are not decided by policy", kindName(ev.GetKind()))
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/policy"
 )
 
 // Backend names.
@@ -43,4 +44,15 @@ type Stats struct {
 	Received uint64            // events read from the kernel
 	Lost     uint64            // events the kernel could not queue
 	ByKind   map[string]uint64 // received, by kind
+}
+
+// Enforcer is a sensor that can enforce a policy in the kernel.
+type Enforcer interface {
+	// Enforce makes p the policy in force, atomically: on error the
+	// previous policy stays in force. Warnings name the parts of p the
+	// kernel cannot hold right now.
+	Enforce(p *policy.Policy) (warnings []string, err error)
+	// RuleHits returns, by rule id, the decisions each rule of the policy
+	// in force has made since it was applied.
+	RuleHits() (map[string]uint64, error)
 }

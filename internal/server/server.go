@@ -26,7 +26,7 @@ import (
 // Kinds are the event kinds the API knows (the Event.kind comment in
 // vigil.proto). Queries for other kinds are refused, so a typo is an error
 // rather than an empty result.
-var Kinds = []string{"exec", "fork", "exit", "image_load", "mem_exec", "inject", "kernel", "gap"}
+var Kinds = []string{"exec", "fork", "exit", "image_load", "mem_exec", "inject", "kernel", "file_modify", "gap"}
 
 // Config is what the server serves.
 type Config struct {
@@ -34,6 +34,11 @@ type Config struct {
 	Broker *Broker
 	// Status returns the agent's current status.
 	Status func(ctx context.Context) *vigilv1.StatusResponse
+	// ApplyPolicy makes a policy file the policy in force. An error
+	// wrapping BadPolicy is the caller's (InvalidArgument); nil: the
+	// server refuses ApplyPolicy (Unimplemented).
+	ApplyPolicy func(name string, content []byte) (*vigilv1.PolicyStatus, error)
+	BadPolicy   error
 }
 
 // Server is the gRPC Agent service.
@@ -75,6 +80,29 @@ func (s *Server) Stop(ctx context.Context) {
 		s.grpc.Stop()
 		<-done
 	}
+}
+
+// ApplyPolicy implements vigilv1.AgentServer.
+func (s *Server) ApplyPolicy(ctx context.Context, req *vigilv1.ApplyPolicyRequest) (*vigilv1.ApplyPolicyResponse, error) {
+	if s.cfg.ApplyPolicy == nil {
+		return nil, status.Error(codes.Unimplemented, "this agent does not take policies")
+	}
+	if len(req.Content) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "empty policy")
+	}
+	name := req.Name
+	if name == "" {
+		name = "policy"
+	}
+	st, err := s.cfg.ApplyPolicy(name, req.Content)
+	if err != nil {
+		code := codes.FailedPrecondition
+		if s.cfg.BadPolicy != nil && errors.Is(err, s.cfg.BadPolicy) {
+			code = codes.InvalidArgument
+		}
+		return nil, status.Error(code, err.Error())
+	}
+	return &vigilv1.ApplyPolicyResponse{Policy: st}, nil
 }
 
 // Status implements vigilv1.AgentServer.

@@ -287,3 +287,17 @@ func Prepare(dir string) (exe, lib string, err error) {
 	lib, err = filepath.EvalSymlinks(lib)
 	return exe, lib, err
 }
+
+// Noop executes prog, a copy of the workload binary, in "noop" mode: it
+// exits 0 at once. The error is the exec's own (e.g. EPERM) when the exec
+// fails.
+func Noop(prog string) error {
+	cmd := exec.Command(prog)
+	cmd.Env = append(os.Environ(), envMode+"=noop")
+	err := cmd.Run()
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

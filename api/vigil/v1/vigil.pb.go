@@ -35,7 +35,8 @@ type Event struct {
 	// in the kernel leave holes in the numbering; a "gap" record reports them.
 	Seq  uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	// kind: exec | fork | exit | image_load | mem_exec | inject | kernel | gap
+	// kind: exec | fork | exit | image_load | mem_exec | inject | kernel |
+	// file_modify | gap
 	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	// backend that produced the event: lsm | tracepoint | agent
 	Backend string `protobuf:"bytes,4,opt,name=backend,proto3" json:"backend,omitempty"`
@@ -53,6 +54,7 @@ type Event struct {
 	//	*Event_Inject
 	//	*Event_Kernel
 	//	*Event_Gap
+	//	*Event_FileModify
 	Detail isEvent_Detail `protobuf_oneof:"detail"`
 	// verdict is set when a policy decided about the action.
 	Verdict *Verdict `protobuf:"bytes,30,opt,name=verdict,proto3" json:"verdict,omitempty"`
@@ -216,6 +218,15 @@ func (x *Event) GetGap() *Gap {
 	return nil
 }
 
+func (x *Event) GetFileModify() *FileModify {
+	if x != nil {
+		if x, ok := x.Detail.(*Event_FileModify); ok {
+			return x.FileModify
+		}
+	}
+	return nil
+}
+
 func (x *Event) GetVerdict() *Verdict {
 	if x != nil {
 		return x.Verdict
@@ -266,6 +277,10 @@ type Event_Gap struct {
 	Gap *Gap `protobuf:"bytes,17,opt,name=gap,proto3,oneof"`
 }
 
+type Event_FileModify struct {
+	FileModify *FileModify `protobuf:"bytes,18,opt,name=file_modify,json=fileModify,proto3,oneof"`
+}
+
 func (*Event_Exec) isEvent_Detail() {}
 
 func (*Event_Fork) isEvent_Detail() {}
@@ -281,6 +296,8 @@ func (*Event_Inject) isEvent_Detail() {}
 func (*Event_Kernel) isEvent_Detail() {}
 
 func (*Event_Gap) isEvent_Detail() {}
+
+func (*Event_FileModify) isEvent_Detail() {}
 
 // Process is the acting process (thread group).
 type Process struct {
@@ -534,12 +551,14 @@ func (x *File) GetInode() uint64 {
 
 type Exec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	File          *File                  `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`         // the file executed (after #! resolution: the script)
-	Filename      string                 `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"` // the name given to execve
+	File          *File                  `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`         // the image now running (for a #! script: the interpreter)
+	Filename      string                 `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"` // the name given to execve (for a script: the script)
 	Argv          []string               `protobuf:"bytes,3,rep,name=argv,proto3" json:"argv,omitempty"`
 	ArgvTruncated bool                   `protobuf:"varint,4,opt,name=argv_truncated,json=argvTruncated,proto3" json:"argv_truncated,omitempty"`
 	Cwd           string                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	Interpreter   *File                  `protobuf:"bytes,6,opt,name=interpreter,proto3" json:"interpreter,omitempty"` // set when the kernel ran an interpreter (#!, ELF PT_INTERP is not reported here)
+	// caller_exe: the executable of the process before this exec (what
+	// policy calls the acting process of an exec).
+	CallerExe     string `protobuf:"bytes,7,opt,name=caller_exe,json=callerExe,proto3" json:"caller_exe,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -609,11 +628,11 @@ func (x *Exec) GetCwd() string {
 	return ""
 }
 
-func (x *Exec) GetInterpreter() *File {
+func (x *Exec) GetCallerExe() string {
 	if x != nil {
-		return x.Interpreter
+		return x.CallerExe
 	}
-	return nil
+	return ""
 }
 
 type Fork struct {
@@ -791,7 +810,8 @@ type MemExec struct {
 	Len           uint64                 `protobuf:"varint,3,opt,name=len,proto3" json:"len,omitempty"`
 	Prot          uint32                 `protobuf:"varint,4,opt,name=prot,proto3" json:"prot,omitempty"`
 	Anonymous     bool                   `protobuf:"varint,5,opt,name=anonymous,proto3" json:"anonymous,omitempty"`
-	File          *File                  `protobuf:"bytes,6,opt,name=file,proto3" json:"file,omitempty"` // backing file, if any
+	File          *File                  `protobuf:"bytes,6,opt,name=file,proto3" json:"file,omitempty"`                          // backing file, if any
+	PrevProt      uint32                 `protobuf:"varint,7,opt,name=prev_prot,json=prevProt,proto3" json:"prev_prot,omitempty"` // mprotect: the protection the memory had (PROT_* bits)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -868,17 +888,25 @@ func (x *MemExec) GetFile() *File {
 	return nil
 }
 
+func (x *MemExec) GetPrevProt() uint32 {
+	if x != nil {
+		return x.PrevProt
+	}
+	return 0
+}
+
 // Inject: one process writing into another's memory or taking control of it.
 type Inject struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// method: ptrace_attach | ptrace_seize | ptrace_poke | ptrace_setregs |
 	// process_vm_writev | proc_mem_write
-	Method        string `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
-	TargetPid     uint32 `protobuf:"varint,2,opt,name=target_pid,json=targetPid,proto3" json:"target_pid,omitempty"`
-	TargetExe     string `protobuf:"bytes,3,opt,name=target_exe,json=targetExe,proto3" json:"target_exe,omitempty"`
-	Request       uint64 `protobuf:"varint,4,opt,name=request,proto3" json:"request,omitempty"` // ptrace request number, when method is ptrace_*
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Method            string `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	TargetPid         uint32 `protobuf:"varint,2,opt,name=target_pid,json=targetPid,proto3" json:"target_pid,omitempty"`
+	TargetExe         string `protobuf:"bytes,3,opt,name=target_exe,json=targetExe,proto3" json:"target_exe,omitempty"`
+	Request           uint64 `protobuf:"varint,4,opt,name=request,proto3" json:"request,omitempty"`                                                  // ptrace request number, when method is ptrace_*
+	TargetStartTimeNs uint64 `protobuf:"varint,5,opt,name=target_start_time_ns,json=targetStartTimeNs,proto3" json:"target_start_time_ns,omitempty"` // with target_pid, identifies the target
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Inject) Reset() {
@@ -939,10 +967,18 @@ func (x *Inject) GetRequest() uint64 {
 	return 0
 }
 
+func (x *Inject) GetTargetStartTimeNs() uint64 {
+	if x != nil {
+		return x.TargetStartTimeNs
+	}
+	return 0
+}
+
 // KernelOp: an attempt to change or read the running kernel.
 type KernelOp struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// op: bpf_prog_load | module_load | kexec_load | dev_mem_open | kcore_open
+	// op: bpf_prog_load | module_load | kexec_load | dev_mem_open | kcore_open |
+	// tracefs_write
 	Op            string `protobuf:"bytes,1,opt,name=op,proto3" json:"op,omitempty"`
 	File          *File  `protobuf:"bytes,2,opt,name=file,proto3" json:"file,omitempty"` // module or kexec image file, or the device opened
 	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
@@ -1078,19 +1114,86 @@ func (x *Gap) GetLostTotal() uint64 {
 	return 0
 }
 
+// FileModify: a change to a file a policy rule is about (reported only
+// for those: persistence paths and the like).
+type FileModify struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// op: open_write | truncate | rename | unlink | chmod | chown | link | create
+	Op            string `protobuf:"bytes,1,opt,name=op,proto3" json:"op,omitempty"`
+	File          *File  `protobuf:"bytes,2,opt,name=file,proto3" json:"file,omitempty"`
+	NewPath       string `protobuf:"bytes,3,opt,name=new_path,json=newPath,proto3" json:"new_path,omitempty"` // rename: the new name; link: the file linked
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileModify) Reset() {
+	*x = FileModify{}
+	mi := &file_vigil_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileModify) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileModify) ProtoMessage() {}
+
+func (x *FileModify) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileModify.ProtoReflect.Descriptor instead.
+func (*FileModify) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FileModify) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *FileModify) GetFile() *File {
+	if x != nil {
+		return x.File
+	}
+	return nil
+}
+
+func (x *FileModify) GetNewPath() string {
+	if x != nil {
+		return x.NewPath
+	}
+	return ""
+}
+
 type Verdict struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Action        string                 `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`                        // allow | deny | kill | alert
-	Rule          string                 `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`                            // rule id that decided
-	Mode          string                 `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`                            // monitor | enforce
-	DecidedBy     string                 `protobuf:"bytes,4,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"` // lsm | fanotify | kill_after_exec | userspace
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Action string                 `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"` // allow | deny | kill | alert
+	Rule   string                 `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`     // rule id that decided
+	Mode   string                 `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`     // monitor | enforce
+	// decided_by: lsm | fanotify | kill_after_exec | observe (recorded only:
+	// this kernel offers no way to enforce it here)
+	DecidedBy     string `protobuf:"bytes,4,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	Refused       bool   `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"` // the action was actually refused (or killed)
+	Policy        string `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`    // digest of the policy that decided
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_vigil_proto_msgTypes[12]
+	mi := &file_vigil_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1205,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[12]
+	mi := &file_vigil_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1218,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{12}
+	return file_vigil_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Verdict) GetAction() string {
@@ -1146,6 +1249,20 @@ func (x *Verdict) GetDecidedBy() string {
 	return ""
 }
 
+func (x *Verdict) GetRefused() bool {
+	if x != nil {
+		return x.Refused
+	}
+	return false
+}
+
+func (x *Verdict) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1154,7 +1271,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_vigil_proto_msgTypes[13]
+	mi := &file_vigil_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1283,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[13]
+	mi := &file_vigil_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1296,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{13}
+	return file_vigil_proto_rawDescGZIP(), []int{14}
 }
 
 type StatusResponse struct {
@@ -1194,13 +1311,14 @@ type StatusResponse struct {
 	Hooks           []string               `protobuf:"bytes,8,rep,name=hooks,proto3" json:"hooks,omitempty"`                                   // attached hooks
 	MissingHooks    []string               `protobuf:"bytes,9,rep,name=missing_hooks,json=missingHooks,proto3" json:"missing_hooks,omitempty"` // hooks this kernel did not offer
 	Counters        *Counters              `protobuf:"bytes,10,opt,name=counters,proto3" json:"counters,omitempty"`
+	Policy          *PolicyStatus          `protobuf:"bytes,11,opt,name=policy,proto3" json:"policy,omitempty"` // unset: no policy
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_vigil_proto_msgTypes[14]
+	mi := &file_vigil_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1330,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[14]
+	mi := &file_vigil_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1343,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{14}
+	return file_vigil_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1298,6 +1416,173 @@ func (x *StatusResponse) GetCounters() *Counters {
 	return nil
 }
 
+func (x *StatusResponse) GetPolicy() *PolicyStatus {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type PolicyStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Digest        string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"` // sha256 of the policy's canonical form
+	Mode          string                 `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`     // the policy's default mode
+	Source        string                 `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"` // file name it was applied from
+	AppliedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=applied_at,json=appliedAt,proto3" json:"applied_at,omitempty"`
+	Rules         []*RuleHits            `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`       // in policy order
+	Warnings      []string               `protobuf:"bytes,7,rep,name=warnings,proto3" json:"warnings,omitempty"` // parts the kernel could not hold
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyStatus) Reset() {
+	*x = PolicyStatus{}
+	mi := &file_vigil_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyStatus) ProtoMessage() {}
+
+func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
+func (*PolicyStatus) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PolicyStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PolicyStatus) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *PolicyStatus) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *PolicyStatus) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *PolicyStatus) GetAppliedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AppliedAt
+	}
+	return nil
+}
+
+func (x *PolicyStatus) GetRules() []*RuleHits {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *PolicyStatus) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+type RuleHits struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rule          string                 `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	Action        string                 `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	Mode          string                 `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	Hits          uint64                 `protobuf:"varint,4,opt,name=hits,proto3" json:"hits,omitempty"` // decisions this rule made since the policy was applied
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuleHits) Reset() {
+	*x = RuleHits{}
+	mi := &file_vigil_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuleHits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuleHits) ProtoMessage() {}
+
+func (x *RuleHits) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
+func (*RuleHits) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RuleHits) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *RuleHits) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *RuleHits) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *RuleHits) GetHits() uint64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
 type Feature struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1309,7 +1594,7 @@ type Feature struct {
 
 func (x *Feature) Reset() {
 	*x = Feature{}
-	mi := &file_vigil_proto_msgTypes[15]
+	mi := &file_vigil_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1606,7 @@ func (x *Feature) String() string {
 func (*Feature) ProtoMessage() {}
 
 func (x *Feature) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[15]
+	mi := &file_vigil_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1619,7 @@ func (x *Feature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Feature.ProtoReflect.Descriptor instead.
 func (*Feature) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{15}
+	return file_vigil_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Feature) GetName() string {
@@ -1371,7 +1656,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_vigil_proto_msgTypes[16]
+	mi := &file_vigil_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1668,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[16]
+	mi := &file_vigil_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1681,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{16}
+	return file_vigil_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Counters) GetEventsReceived() uint64 {
@@ -1452,7 +1737,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1749,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1762,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{17}
+	return file_vigil_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *EventsRequest) GetKinds() []string {
@@ -1536,6 +1821,102 @@ func (x *EventsRequest) GetLatest() bool {
 	return false
 }
 
+type ApplyPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`       // file name, for error positions
+	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"` // the policy file (YAML)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyPolicyRequest) Reset() {
+	*x = ApplyPolicyRequest{}
+	mi := &file_vigil_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyPolicyRequest) ProtoMessage() {}
+
+func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
+func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ApplyPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ApplyPolicyRequest) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+type ApplyPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *PolicyStatus          `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyPolicyResponse) Reset() {
+	*x = ApplyPolicyResponse{}
+	mi := &file_vigil_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyPolicyResponse) ProtoMessage() {}
+
+func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
+func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ApplyPolicyResponse) GetPolicy() *PolicyStatus {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 // DoctorResponse is `vigil doctor -o json`: what this kernel offers and the
 // guarantee each kind of control can give here.
 type DoctorResponse struct {
@@ -1549,7 +1930,7 @@ type DoctorResponse struct {
 
 func (x *DoctorResponse) Reset() {
 	*x = DoctorResponse{}
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1561,7 +1942,7 @@ func (x *DoctorResponse) String() string {
 func (*DoctorResponse) ProtoMessage() {}
 
 func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1574,7 +1955,7 @@ func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
 func (*DoctorResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{18}
+	return file_vigil_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DoctorResponse) GetKernelRelease() string {
@@ -1610,7 +1991,7 @@ type Guarantee struct {
 
 func (x *Guarantee) Reset() {
 	*x = Guarantee{}
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +2003,7 @@ func (x *Guarantee) String() string {
 func (*Guarantee) ProtoMessage() {}
 
 func (x *Guarantee) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +2016,7 @@ func (x *Guarantee) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Guarantee.ProtoReflect.Descriptor instead.
 func (*Guarantee) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{19}
+	return file_vigil_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Guarantee) GetControl() string {
@@ -1663,7 +2044,7 @@ var File_vigil_proto protoreflect.FileDescriptor
 
 const file_vigil_proto_rawDesc = "" +
 	"\n" +
-	"\vvigil.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
+	"\vvigil.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x05\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
@@ -1680,7 +2061,9 @@ const file_vigil_proto_rawDesc = "" +
 	"\bmem_exec\x18\x0e \x01(\v2\x11.vigil.v1.MemExecH\x00R\amemExec\x12*\n" +
 	"\x06inject\x18\x0f \x01(\v2\x10.vigil.v1.InjectH\x00R\x06inject\x12,\n" +
 	"\x06kernel\x18\x10 \x01(\v2\x12.vigil.v1.KernelOpH\x00R\x06kernel\x12!\n" +
-	"\x03gap\x18\x11 \x01(\v2\r.vigil.v1.GapH\x00R\x03gap\x12+\n" +
+	"\x03gap\x18\x11 \x01(\v2\r.vigil.v1.GapH\x00R\x03gap\x127\n" +
+	"\vfile_modify\x18\x12 \x01(\v2\x14.vigil.v1.FileModifyH\x00R\n" +
+	"fileModify\x12+\n" +
 	"\averdict\x18\x1e \x01(\v2\x11.vigil.v1.VerdictR\averdict\x12\x0e\n" +
 	"\x02id\x18\x1f \x01(\x04R\x02idB\b\n" +
 	"\x06detail\"\x90\x02\n" +
@@ -1704,14 +2087,15 @@ const file_vigil_proto_rawDesc = "" +
 	"\x04File\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x10\n" +
 	"\x03dev\x18\x02 \x01(\x04R\x03dev\x12\x14\n" +
-	"\x05inode\x18\x03 \x01(\x04R\x05inode\"\xc5\x01\n" +
+	"\x05inode\x18\x03 \x01(\x04R\x05inode\"\xb2\x01\n" +
 	"\x04Exec\x12\"\n" +
 	"\x04file\x18\x01 \x01(\v2\x0e.vigil.v1.FileR\x04file\x12\x1a\n" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x12\n" +
 	"\x04argv\x18\x03 \x03(\tR\x04argv\x12%\n" +
 	"\x0eargv_truncated\x18\x04 \x01(\bR\rargvTruncated\x12\x10\n" +
-	"\x03cwd\x18\x05 \x01(\tR\x03cwd\x120\n" +
-	"\vinterpreter\x18\x06 \x01(\v2\x0e.vigil.v1.FileR\vinterpreter\"#\n" +
+	"\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x1d\n" +
+	"\n" +
+	"caller_exe\x18\a \x01(\tR\tcallerExe\"#\n" +
 	"\x04Fork\x12\x1b\n" +
 	"\tchild_pid\x18\x01 \x01(\rR\bchildPid\"S\n" +
 	"\x04Exit\x12\x12\n" +
@@ -1722,21 +2106,23 @@ const file_vigil_proto_rawDesc = "" +
 	"\tImageLoad\x12\"\n" +
 	"\x04file\x18\x01 \x01(\v2\x0e.vigil.v1.FileR\x04file\x12\x12\n" +
 	"\x04prot\x18\x02 \x01(\rR\x04prot\x12\x14\n" +
-	"\x05flags\x18\x03 \x01(\rR\x05flags\"\x9f\x01\n" +
+	"\x05flags\x18\x03 \x01(\rR\x05flags\"\xbc\x01\n" +
 	"\aMemExec\x12\x18\n" +
 	"\asyscall\x18\x01 \x01(\tR\asyscall\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\x04R\x04addr\x12\x10\n" +
 	"\x03len\x18\x03 \x01(\x04R\x03len\x12\x12\n" +
 	"\x04prot\x18\x04 \x01(\rR\x04prot\x12\x1c\n" +
 	"\tanonymous\x18\x05 \x01(\bR\tanonymous\x12\"\n" +
-	"\x04file\x18\x06 \x01(\v2\x0e.vigil.v1.FileR\x04file\"x\n" +
+	"\x04file\x18\x06 \x01(\v2\x0e.vigil.v1.FileR\x04file\x12\x1b\n" +
+	"\tprev_prot\x18\a \x01(\rR\bprevProt\"\xa9\x01\n" +
 	"\x06Inject\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x1d\n" +
 	"\n" +
 	"target_pid\x18\x02 \x01(\rR\ttargetPid\x12\x1d\n" +
 	"\n" +
 	"target_exe\x18\x03 \x01(\tR\ttargetExe\x12\x18\n" +
-	"\arequest\x18\x04 \x01(\x04R\arequest\"\x9e\x01\n" +
+	"\arequest\x18\x04 \x01(\x04R\arequest\x12/\n" +
+	"\x14target_start_time_ns\x18\x05 \x01(\x04R\x11targetStartTimeNs\"\x9e\x01\n" +
 	"\bKernelOp\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\"\n" +
 	"\x04file\x18\x02 \x01(\v2\x0e.vigil.v1.FileR\x04file\x12\x16\n" +
@@ -1747,14 +2133,21 @@ const file_vigil_proto_rawDesc = "" +
 	"\x04lost\x18\x01 \x01(\x04R\x04lost\x12\x1b\n" +
 	"\tafter_seq\x18\x02 \x01(\x04R\bafterSeq\x12\x1d\n" +
 	"\n" +
-	"lost_total\x18\x03 \x01(\x04R\tlostTotal\"h\n" +
+	"lost_total\x18\x03 \x01(\x04R\tlostTotal\"[\n" +
+	"\n" +
+	"FileModify\x12\x0e\n" +
+	"\x02op\x18\x01 \x01(\tR\x02op\x12\"\n" +
+	"\x04file\x18\x02 \x01(\v2\x0e.vigil.v1.FileR\x04file\x12\x19\n" +
+	"\bnew_path\x18\x03 \x01(\tR\anewPath\"\x9a\x01\n" +
 	"\aVerdict\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x12\n" +
 	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x1d\n" +
 	"\n" +
-	"decided_by\x18\x04 \x01(\tR\tdecidedBy\"\x0f\n" +
-	"\rStatusRequest\"\x88\x03\n" +
+	"decided_by\x18\x04 \x01(\tR\tdecidedBy\x12\x18\n" +
+	"\arefused\x18\x05 \x01(\bR\arefused\x12\x16\n" +
+	"\x06policy\x18\x06 \x01(\tR\x06policy\"\x0f\n" +
+	"\rStatusRequest\"\xb8\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1b\n" +
 	"\tagent_pid\x18\x02 \x01(\rR\bagentPid\x129\n" +
@@ -1767,7 +2160,22 @@ const file_vigil_proto_rawDesc = "" +
 	"\x05hooks\x18\b \x03(\tR\x05hooks\x12#\n" +
 	"\rmissing_hooks\x18\t \x03(\tR\fmissingHooks\x12.\n" +
 	"\bcounters\x18\n" +
-	" \x01(\v2\x12.vigil.v1.CountersR\bcounters\"S\n" +
+	" \x01(\v2\x12.vigil.v1.CountersR\bcounters\x12.\n" +
+	"\x06policy\x18\v \x01(\v2\x16.vigil.v1.PolicyStatusR\x06policy\"\xe7\x01\n" +
+	"\fPolicyStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x129\n" +
+	"\n" +
+	"applied_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\x12(\n" +
+	"\x05rules\x18\x06 \x03(\v2\x12.vigil.v1.RuleHitsR\x05rules\x12\x1a\n" +
+	"\bwarnings\x18\a \x03(\tR\bwarnings\"^\n" +
+	"\bRuleHits\x12\x12\n" +
+	"\x04rule\x18\x01 \x01(\tR\x04rule\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x12\n" +
+	"\x04hits\x18\x04 \x01(\x04R\x04hits\"S\n" +
 	"\aFeature\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\bR\tavailable\x12\x16\n" +
@@ -1790,7 +2198,12 @@ const file_vigil_proto_rawDesc = "" +
 	"\x05limit\x18\x05 \x01(\rR\x05limit\x12\x16\n" +
 	"\x06follow\x18\x06 \x01(\bR\x06follow\x12\x19\n" +
 	"\bafter_id\x18\a \x01(\x04R\aafterId\x12\x16\n" +
-	"\x06latest\x18\b \x01(\bR\x06latest\"\x9b\x01\n" +
+	"\x06latest\x18\b \x01(\bR\x06latest\"B\n" +
+	"\x12ApplyPolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"E\n" +
+	"\x13ApplyPolicyResponse\x12.\n" +
+	"\x06policy\x18\x01 \x01(\v2\x16.vigil.v1.PolicyStatusR\x06policy\"\x9b\x01\n" +
 	"\x0eDoctorResponse\x12%\n" +
 	"\x0ekernel_release\x18\x01 \x01(\tR\rkernelRelease\x12-\n" +
 	"\bfeatures\x18\x02 \x03(\v2\x11.vigil.v1.FeatureR\bfeatures\x123\n" +
@@ -1800,10 +2213,11 @@ const file_vigil_proto_rawDesc = "" +
 	"\tGuarantee\x12\x18\n" +
 	"\acontrol\x18\x01 \x01(\tR\acontrol\x12\x14\n" +
 	"\x05level\x18\x02 \x01(\tR\x05level\x12\x10\n" +
-	"\x03why\x18\x03 \x01(\tR\x03why2z\n" +
+	"\x03why\x18\x03 \x01(\tR\x03why2\xc6\x01\n" +
 	"\x05Agent\x12;\n" +
 	"\x06Status\x12\x17.vigil.v1.StatusRequest\x1a\x18.vigil.v1.StatusResponse\x124\n" +
-	"\x06Events\x12\x17.vigil.v1.EventsRequest\x1a\x0f.vigil.v1.Event0\x01B2Z0github.com/vigil-hips/vigil/api/vigil/v1;vigilv1b\x06proto3"
+	"\x06Events\x12\x17.vigil.v1.EventsRequest\x1a\x0f.vigil.v1.Event0\x01\x12J\n" +
+	"\vApplyPolicy\x12\x1c.vigil.v1.ApplyPolicyRequest\x1a\x1d.vigil.v1.ApplyPolicyResponseB2Z0github.com/vigil-hips/vigil/api/vigil/v1;vigilv1b\x06proto3"
 
 var (
 	file_vigil_proto_rawDescOnce sync.Once
@@ -1817,7 +2231,7 @@ func file_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_proto_rawDescData
 }
 
-var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_vigil_proto_goTypes = []any{
 	(*Event)(nil),                 // 0: vigil.v1.Event
 	(*Process)(nil),               // 1: vigil.v1.Process
@@ -1831,19 +2245,24 @@ var file_vigil_proto_goTypes = []any{
 	(*Inject)(nil),                // 9: vigil.v1.Inject
 	(*KernelOp)(nil),              // 10: vigil.v1.KernelOp
 	(*Gap)(nil),                   // 11: vigil.v1.Gap
-	(*Verdict)(nil),               // 12: vigil.v1.Verdict
-	(*StatusRequest)(nil),         // 13: vigil.v1.StatusRequest
-	(*StatusResponse)(nil),        // 14: vigil.v1.StatusResponse
-	(*Feature)(nil),               // 15: vigil.v1.Feature
-	(*Counters)(nil),              // 16: vigil.v1.Counters
-	(*EventsRequest)(nil),         // 17: vigil.v1.EventsRequest
-	(*DoctorResponse)(nil),        // 18: vigil.v1.DoctorResponse
-	(*Guarantee)(nil),             // 19: vigil.v1.Guarantee
-	nil,                           // 20: vigil.v1.Counters.ByKindEntry
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*FileModify)(nil),            // 12: vigil.v1.FileModify
+	(*Verdict)(nil),               // 13: vigil.v1.Verdict
+	(*StatusRequest)(nil),         // 14: vigil.v1.StatusRequest
+	(*StatusResponse)(nil),        // 15: vigil.v1.StatusResponse
+	(*PolicyStatus)(nil),          // 16: vigil.v1.PolicyStatus
+	(*RuleHits)(nil),              // 17: vigil.v1.RuleHits
+	(*Feature)(nil),               // 18: vigil.v1.Feature
+	(*Counters)(nil),              // 19: vigil.v1.Counters
+	(*EventsRequest)(nil),         // 20: vigil.v1.EventsRequest
+	(*ApplyPolicyRequest)(nil),    // 21: vigil.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),   // 22: vigil.v1.ApplyPolicyResponse
+	(*DoctorResponse)(nil),        // 23: vigil.v1.DoctorResponse
+	(*Guarantee)(nil),             // 24: vigil.v1.Guarantee
+	nil,                           // 25: vigil.v1.Counters.ByKindEntry
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
 }
 var file_vigil_proto_depIdxs = []int32{
-	21, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	26, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: vigil.v1.Event.process:type_name -> vigil.v1.Process
 	4,  // 2: vigil.v1.Event.exec:type_name -> vigil.v1.Exec
 	5,  // 3: vigil.v1.Event.fork:type_name -> vigil.v1.Fork
@@ -1853,29 +2272,36 @@ var file_vigil_proto_depIdxs = []int32{
 	9,  // 7: vigil.v1.Event.inject:type_name -> vigil.v1.Inject
 	10, // 8: vigil.v1.Event.kernel:type_name -> vigil.v1.KernelOp
 	11, // 9: vigil.v1.Event.gap:type_name -> vigil.v1.Gap
-	12, // 10: vigil.v1.Event.verdict:type_name -> vigil.v1.Verdict
-	2,  // 11: vigil.v1.Process.ancestry:type_name -> vigil.v1.Ancestor
-	3,  // 12: vigil.v1.Exec.file:type_name -> vigil.v1.File
-	3,  // 13: vigil.v1.Exec.interpreter:type_name -> vigil.v1.File
+	12, // 10: vigil.v1.Event.file_modify:type_name -> vigil.v1.FileModify
+	13, // 11: vigil.v1.Event.verdict:type_name -> vigil.v1.Verdict
+	2,  // 12: vigil.v1.Process.ancestry:type_name -> vigil.v1.Ancestor
+	3,  // 13: vigil.v1.Exec.file:type_name -> vigil.v1.File
 	3,  // 14: vigil.v1.ImageLoad.file:type_name -> vigil.v1.File
 	3,  // 15: vigil.v1.MemExec.file:type_name -> vigil.v1.File
 	3,  // 16: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
-	21, // 17: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	15, // 18: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
-	16, // 19: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
-	20, // 20: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
-	21, // 21: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
-	15, // 22: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
-	19, // 23: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
-	13, // 24: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
-	17, // 25: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
-	14, // 26: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
-	0,  // 27: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
-	26, // [26:28] is the sub-list for method output_type
-	24, // [24:26] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	3,  // 17: vigil.v1.FileModify.file:type_name -> vigil.v1.File
+	26, // 18: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	18, // 19: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
+	19, // 20: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
+	16, // 21: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
+	26, // 22: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
+	17, // 23: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
+	25, // 24: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
+	26, // 25: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
+	16, // 26: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
+	18, // 27: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
+	24, // 28: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
+	14, // 29: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
+	20, // 30: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
+	21, // 31: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
+	15, // 32: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
+	0,  // 33: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
+	22, // 34: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
+	32, // [32:35] is the sub-list for method output_type
+	29, // [29:32] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_vigil_proto_init() }
@@ -1892,6 +2318,7 @@ func file_vigil_proto_init() {
 		(*Event_Inject)(nil),
 		(*Event_Kernel)(nil),
 		(*Event_Gap)(nil),
+		(*Event_FileModify)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1899,7 +2326,7 @@ func file_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_proto_rawDesc), len(file_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,8 +23,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Agent_Status_FullMethodName = "/vigil.v1.Agent/Status"
-	Agent_Events_FullMethodName = "/vigil.v1.Agent/Events"
+	Agent_Status_FullMethodName      = "/vigil.v1.Agent/Status"
+	Agent_Events_FullMethodName      = "/vigil.v1.Agent/Events"
+	Agent_ApplyPolicy_FullMethodName = "/vigil.v1.Agent/ApplyPolicy"
 )
 
 // AgentClient is the client API for Agent service.
@@ -36,6 +37,10 @@ type AgentClient interface {
 	// Events returns stored events matching the filter, oldest first; with
 	// follow set it then streams new events as they arrive.
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
+	// ApplyPolicy replaces the policy in force, atomically: a policy that
+	// does not parse, validate or compile is refused (InvalidArgument, with
+	// file:line:column) and the policy in force stays in force.
+	ApplyPolicy(ctx context.Context, in *ApplyPolicyRequest, opts ...grpc.CallOption) (*ApplyPolicyResponse, error)
 }
 
 type agentClient struct {
@@ -75,6 +80,16 @@ func (c *agentClient) Events(ctx context.Context, in *EventsRequest, opts ...grp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_EventsClient = grpc.ServerStreamingClient[Event]
 
+func (c *agentClient) ApplyPolicy(ctx context.Context, in *ApplyPolicyRequest, opts ...grpc.CallOption) (*ApplyPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplyPolicyResponse)
+	err := c.cc.Invoke(ctx, Agent_ApplyPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -84,6 +99,10 @@ type AgentServer interface {
 	// Events returns stored events matching the filter, oldest first; with
 	// follow set it then streams new events as they arrive.
 	Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error
+	// ApplyPolicy replaces the policy in force, atomically: a policy that
+	// does not parse, validate or compile is refused (InvalidArgument, with
+	// file:line:column) and the policy in force stays in force.
+	ApplyPolicy(context.Context, *ApplyPolicyRequest) (*ApplyPolicyResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -99,6 +118,9 @@ func (UnimplementedAgentServer) Status(context.Context, *StatusRequest) (*Status
 }
 func (UnimplementedAgentServer) Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error {
 	return status.Error(codes.Unimplemented, "method Events not implemented")
+}
+func (UnimplementedAgentServer) ApplyPolicy(context.Context, *ApplyPolicyRequest) (*ApplyPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApplyPolicy not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -150,6 +172,24 @@ func _Agent_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_EventsServer = grpc.ServerStreamingServer[Event]
 
+func _Agent_ApplyPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApplyPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ApplyPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ApplyPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ApplyPolicy(ctx, req.(*ApplyPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -160,6 +200,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Agent_Status_Handler,
+		},
+		{
+			MethodName: "ApplyPolicy",
+			Handler:    _Agent_ApplyPolicy_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -80,7 +80,11 @@ type Sensor struct {
 	done       chan struct{} // closed by Close
 	readerDone chan struct{} // closed when read returns
 
+	policyMu sync.Mutex // serializes ApplyPolicy
+	version  uint32     // of the last policy applied
+
 	mu        sync.Mutex
+	policies  map[uint32]loadedPolicy // by version, for decoding verdicts
 	info      sensor.Info
 	received  uint64
 	lost      uint64
@@ -115,6 +119,7 @@ func New(cfg Config) (sensor.Sensor, error) {
 		done:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 		byKind:     make(map[string]uint64),
+		policies:   make(map[uint32]loadedPolicy),
 	}, nil
 }
 
@@ -131,6 +136,13 @@ func (s *Sensor) Start(ctx context.Context) error {
 	}
 	if err := spec.Variables[sensorVarAgentTgid].Set(uint32(os.Getpid())); err != nil {
 		return fmt.Errorf("bpf sensor: set agent_tgid: %w", err)
+	}
+	lsm := uint32(0)
+	if s.backend == sensor.BackendLSM {
+		lsm = 1
+	}
+	if err := spec.Variables[sensorVarLsmBackend].Set(lsm); err != nil {
+		return fmt.Errorf("bpf sensor: set lsm_backend: %w", err)
 	}
 	spec.Maps[sensorMapEvents].MaxEntries = uint32(s.cfg.RingBufBytes)
 	wanted := selectPrograms(s.backend)
@@ -220,7 +232,7 @@ func attach(prog *ebpf.Program, section string) (link.Link, error) {
 func (s *Sensor) read(ctx context.Context) {
 	defer close(s.readerDone)
 	defer close(s.out)
-	dec := &decoder{backend: s.backend, bootToWall: bootToWall()}
+	dec := &decoder{backend: s.backend, bootToWall: bootToWall(), ruleOf: s.ruleOf}
 	const pollLoss = 200 * time.Millisecond
 	var lastLost, maxSeq uint64
 	checkLoss := func() {
@@ -280,6 +292,9 @@ func (s *Sensor) track(ev *vigilv1.Event) {
 	p := ev.Process
 	switch d := ev.Detail.(type) {
 	case *vigilv1.Event_Exec:
+		if before, ok := s.cache.Lookup(p.Pid); ok {
+			d.Exec.CallerExe = before.Exe
+		}
 		s.cache.Exec(p.Pid, p.Ppid, p.StartTimeNs, p.Exe)
 	case *vigilv1.Event_Fork:
 		s.cache.Fork(p.Pid, d.Fork.ChildPid, 0)
@@ -288,6 +303,7 @@ func (s *Sensor) track(ev *vigilv1.Event) {
 	if in := ev.GetInject(); in != nil && in.TargetPid != 0 {
 		if t, ok := s.cache.Lookup(in.TargetPid); ok {
 			in.TargetExe = t.Exe
+			in.TargetStartTimeNs = t.StartTime
 		}
 	}
 	if _, ok := ev.Detail.(*vigilv1.Event_Exit); ok {

@@ -37,45 +37,83 @@ var kindNames = map[sensorEventKind]string{
 	sensorEventKindKIND_MEMEXEC: "mem_exec",
 	sensorEventKindKIND_INJECT:  "inject",
 	sensorEventKindKIND_KERNEL:  "kernel",
+	sensorEventKindKIND_FILE:    "file_modify",
 }
 
 var opNames = map[sensorEventOp]string{
-	sensorEventOpOP_MMAP:           "mmap",
-	sensorEventOpOP_MPROTECT:       "mprotect",
-	sensorEventOpOP_PTRACE_ATTACH:  "ptrace_attach",
-	sensorEventOpOP_PTRACE_SEIZE:   "ptrace_seize",
-	sensorEventOpOP_PTRACE_POKE:    "ptrace_poke",
-	sensorEventOpOP_PTRACE_SETREGS: "ptrace_setregs",
-	sensorEventOpOP_VM_WRITEV:      "process_vm_writev",
-	sensorEventOpOP_PROC_MEM:       "proc_mem_write",
-	sensorEventOpOP_BPF_PROG_LOAD:  "bpf_prog_load",
-	sensorEventOpOP_MODULE_LOAD:    "module_load",
-	sensorEventOpOP_KEXEC_LOAD:     "kexec_load",
-	sensorEventOpOP_DEV_MEM:        "dev_mem_open",
-	sensorEventOpOP_KCORE:          "kcore_open",
+	sensorEventOpOP_MMAP:            "mmap",
+	sensorEventOpOP_MPROTECT:        "mprotect",
+	sensorEventOpOP_PTRACE_ATTACH:   "ptrace_attach",
+	sensorEventOpOP_PTRACE_SEIZE:    "ptrace_seize",
+	sensorEventOpOP_PTRACE_POKE:     "ptrace_poke",
+	sensorEventOpOP_PTRACE_SETREGS:  "ptrace_setregs",
+	sensorEventOpOP_VM_WRITEV:       "process_vm_writev",
+	sensorEventOpOP_PROC_MEM:        "proc_mem_write",
+	sensorEventOpOP_BPF_PROG_LOAD:   "bpf_prog_load",
+	sensorEventOpOP_MODULE_LOAD:     "module_load",
+	sensorEventOpOP_KEXEC_LOAD:      "kexec_load",
+	sensorEventOpOP_DEV_MEM:         "dev_mem_open",
+	sensorEventOpOP_KCORE:           "kcore_open",
+	sensorEventOpOP_TRACEFS_WRITE:   "tracefs_write",
+	sensorEventOpOP_FILE_OPEN_WRITE: "open_write",
+	sensorEventOpOP_FILE_TRUNCATE:   "truncate",
+	sensorEventOpOP_FILE_RENAME:     "rename",
+	sensorEventOpOP_FILE_UNLINK:     "unlink",
+	sensorEventOpOP_FILE_CHMOD:      "chmod",
+	sensorEventOpOP_FILE_CHOWN:      "chown",
+	sensorEventOpOP_FILE_LINK:       "link",
+	sensorEventOpOP_FILE_CREATE:     "create",
+	sensorEventOpOP_EXEC:            "exec",
+	sensorEventOpOP_PTRACE_TRACEME:  "ptrace_traceme",
 }
 
 // hookNames are the hooks as users see them (status, doctor, events).
 var hookNames = map[sensorEventHook]string{
-	sensorEventHookHOOK_SCHED_EXEC:         "tp_btf/sched_process_exec",
-	sensorEventHookHOOK_SCHED_FORK:         "tp_btf/sched_process_fork",
-	sensorEventHookHOOK_SCHED_EXIT:         "tp_btf/sched_process_exit",
-	sensorEventHookHOOK_LSM_MMAP_FILE:      "lsm/mmap_file",
-	sensorEventHookHOOK_LSM_FILE_MPROTECT:  "lsm/file_mprotect",
-	sensorEventHookHOOK_LSM_FILE_OPEN:      "lsm/file_open",
-	sensorEventHookHOOK_TP_MMAP:            "tracepoint/syscalls/sys_enter_mmap",
-	sensorEventHookHOOK_TP_MPROTECT:        "tracepoint/syscalls/sys_enter_mprotect",
-	sensorEventHookHOOK_TP_OPENAT:          "tracepoint/syscalls/sys_exit_openat",
-	sensorEventHookHOOK_TP_OPENAT2:         "tracepoint/syscalls/sys_exit_openat2",
-	sensorEventHookHOOK_TP_OPEN:            "tracepoint/syscalls/sys_exit_open",
-	sensorEventHookHOOK_TP_PTRACE:          "tracepoint/syscalls/sys_enter_ptrace",
-	sensorEventHookHOOK_TP_VM_WRITEV:       "tracepoint/syscalls/sys_enter_process_vm_writev",
-	sensorEventHookHOOK_TP_BPF:             "tracepoint/syscalls/sys_enter_bpf",
-	sensorEventHookHOOK_TP_INIT_MODULE:     "tracepoint/syscalls/sys_enter_init_module",
-	sensorEventHookHOOK_TP_FINIT_MODULE:    "tracepoint/syscalls/sys_enter_finit_module",
-	sensorEventHookHOOK_TP_KEXEC_LOAD:      "tracepoint/syscalls/sys_enter_kexec_load",
-	sensorEventHookHOOK_TP_KEXEC_FILE_LOAD: "tracepoint/syscalls/sys_enter_kexec_file_load",
+	sensorEventHookHOOK_SCHED_EXEC:           "tp_btf/sched_process_exec",
+	sensorEventHookHOOK_SCHED_FORK:           "tp_btf/sched_process_fork",
+	sensorEventHookHOOK_SCHED_EXIT:           "tp_btf/sched_process_exit",
+	sensorEventHookHOOK_LSM_MMAP_FILE:        "lsm/mmap_file",
+	sensorEventHookHOOK_LSM_FILE_MPROTECT:    "lsm/file_mprotect",
+	sensorEventHookHOOK_LSM_FILE_OPEN:        "lsm/file_open",
+	sensorEventHookHOOK_TP_MMAP:              "tracepoint/syscalls/sys_enter_mmap",
+	sensorEventHookHOOK_TP_MPROTECT:          "tracepoint/syscalls/sys_enter_mprotect",
+	sensorEventHookHOOK_TP_OPENAT:            "tracepoint/syscalls/sys_exit_openat",
+	sensorEventHookHOOK_TP_OPENAT2:           "tracepoint/syscalls/sys_exit_openat2",
+	sensorEventHookHOOK_TP_OPEN:              "tracepoint/syscalls/sys_exit_open",
+	sensorEventHookHOOK_TP_PTRACE:            "tracepoint/syscalls/sys_enter_ptrace",
+	sensorEventHookHOOK_TP_VM_WRITEV:         "tracepoint/syscalls/sys_enter_process_vm_writev",
+	sensorEventHookHOOK_TP_BPF:               "tracepoint/syscalls/sys_enter_bpf",
+	sensorEventHookHOOK_TP_INIT_MODULE:       "tracepoint/syscalls/sys_enter_init_module",
+	sensorEventHookHOOK_TP_FINIT_MODULE:      "tracepoint/syscalls/sys_enter_finit_module",
+	sensorEventHookHOOK_TP_KEXEC_LOAD:        "tracepoint/syscalls/sys_enter_kexec_load",
+	sensorEventHookHOOK_TP_KEXEC_FILE_LOAD:   "tracepoint/syscalls/sys_enter_kexec_file_load",
+	sensorEventHookHOOK_LSM_BPRM_CHECK:       "lsm/bprm_check_security",
+	sensorEventHookHOOK_LSM_PTRACE_ACCESS:    "lsm/ptrace_access_check",
+	sensorEventHookHOOK_LSM_PTRACE_TRACEME:   "lsm/ptrace_traceme",
+	sensorEventHookHOOK_LSM_BPF:              "lsm/bpf",
+	sensorEventHookHOOK_LSM_KERNEL_READ_FILE: "lsm/kernel_read_file",
+	sensorEventHookHOOK_LSM_KERNEL_LOAD_DATA: "lsm/kernel_load_data",
+	sensorEventHookHOOK_LSM_PATH_UNLINK:      "lsm/path_unlink",
+	sensorEventHookHOOK_LSM_PATH_RMDIR:       "lsm/path_rmdir",
+	sensorEventHookHOOK_LSM_PATH_MKDIR:       "lsm/path_mkdir",
+	sensorEventHookHOOK_LSM_PATH_MKNOD:       "lsm/path_mknod",
+	sensorEventHookHOOK_LSM_PATH_SYMLINK:     "lsm/path_symlink",
+	sensorEventHookHOOK_LSM_PATH_LINK:        "lsm/path_link",
+	sensorEventHookHOOK_LSM_PATH_RENAME:      "lsm/path_rename",
+	sensorEventHookHOOK_LSM_PATH_CHMOD:       "lsm/path_chmod",
+	sensorEventHookHOOK_LSM_PATH_CHOWN:       "lsm/path_chown",
+	sensorEventHookHOOK_LSM_PATH_TRUNCATE:    "lsm/path_truncate",
 }
+
+var actionNames = map[uint8]string{
+	uint8(sensorVerdictActionACT_ALLOW): "allow",
+	uint8(sensorVerdictActionACT_DENY):  "deny",
+	uint8(sensorVerdictActionACT_KILL):  "kill",
+	uint8(sensorVerdictActionACT_ALERT): "alert",
+}
+
+// decidedBy names enum decided_by (sensor.h).
+var decidedBy = map[uint8]string{1: "lsm", 2: "kill_after_exec", 3: "observe"}
 
 // decoder turns ring buffer records into events. It is pure apart from
 // the clock offset fixed at construction.
@@ -83,6 +121,8 @@ type decoder struct {
 	backend string
 	// bootToWall converts CLOCK_BOOTTIME ns to wall-clock time.
 	bootToWall time.Duration
+	// ruleOf names the rule and policy of a verdict; nil: unnamed.
+	ruleOf func(version uint32, index uint16) (rule, digest string)
 }
 
 // decode parses one record. The returned event has no ancestry yet.
@@ -175,6 +215,7 @@ func (d *decoder) decode(rec []byte) (*vigilv1.Event, error) {
 			Prot:      uint32(h.Arg2),
 			Anonymous: h.Flags&flagAnon != 0,
 			File:      file(),
+			PrevProt:  uint32(h.Arg3), // mprotect: vm_flags' VM_READ|VM_WRITE|VM_EXEC are PROT_* bits
 		}}
 	case sensorEventKindKIND_INJECT:
 		in := &vigilv1.Inject{Method: opNames[h.Op]}
@@ -196,6 +237,27 @@ func (d *decoder) decode(rec []byte) (*vigilv1.Event, error) {
 			k.BpfProgName = cString(str(strName))
 		}
 		ev.Detail = &vigilv1.Event_Kernel{Kernel: k}
+	case sensorEventKindKIND_FILE:
+		ev.Detail = &vigilv1.Event_FileModify{FileModify: &vigilv1.FileModify{
+			Op:      opNames[h.Op],
+			File:    file(),
+			NewPath: joinPath(str(strPath2), h.Flags&(flagPath0Trunc<<strPath2) != 0),
+		}}
+	}
+	if name, ok := actionNames[h.Action]; ok {
+		v := &vigilv1.Verdict{
+			Action:    name,
+			Mode:      "monitor",
+			DecidedBy: decidedBy[h.DecidedBy],
+			Refused:   h.Denied != 0,
+		}
+		if h.Enforce != 0 {
+			v.Mode = "enforce"
+		}
+		if d.ruleOf != nil {
+			v.Rule, v.Policy = d.ruleOf(h.PolicyVersion, h.RuleIndex)
+		}
+		ev.Verdict = v
 	}
 	return ev, nil
 }

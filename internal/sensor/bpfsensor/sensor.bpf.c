@@ -22,6 +22,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 // Set by the loader before load.
 volatile const __u32 agent_tgid = 0;
+// 1 when the lsm backend is loaded: decisions are made in LSM hooks;
+// otherwise exec rules are enforced by killing the new image.
+volatile const __u32 lsm_backend = 0;
 
 // Read by the agent.
 __u64 seq_counter = 0;
@@ -71,8 +74,10 @@ struct sys_exit_ctx {
 };
 
 #define FMODE_WRITE 0x2
+#define PROT_WRITE 0x2
 #define PROT_EXEC 0x4
 #define MAP_ANONYMOUS 0x20
+#define VM_WRITE 0x2
 #define VM_EXEC 0x4
 #define S_IFMT 00170000
 #define S_IFCHR 0020000
@@ -128,7 +133,13 @@ static __always_inline void submit(struct event_buf *b, __u32 len)
 	if (len > DATA_MAX)
 		len = DATA_MAX;
 	b->h.data_len = len;
-	if (bpf_ringbuf_output(&events, b, sizeof(b->h) + len, 0) < 0)
+	__u64 size = sizeof(b->h) + len;
+	// Bound the register passed to the helper itself: the verifier can
+	// lose the bound of len when the compiler reuses another register.
+	if (size > sizeof(b->h) + DATA_MAX)
+		size = sizeof(b->h) + DATA_MAX;
+	asm volatile("" : "+r"(size));
+	if (bpf_ringbuf_output(&events, b, size, 0) < 0)
 		__sync_fetch_and_add(&lost_events, 1);
 }
 
@@ -236,20 +247,130 @@ static __always_inline struct file *fd_file(__u64 fd)
 	return file;
 }
 
+#include "policy.bpf.h"
+
+#define EPERM 1
+#define SIGKILL 9
+
+// record copies a verdict into an event header.
+static __always_inline void record(struct event_hdr *h, struct verdict *v, __u8 by, int refused)
+{
+	if (!v->action)
+		return;
+	h->action = v->action;
+	h->enforce = v->enforce;
+	h->rule_index = v->rule_index;
+	h->policy_version = v->version;
+	h->decided_by = by;
+	h->denied = refused;
+}
+
+// refuse ends an action the policy refused: kill also kills the caller.
+static __always_inline int refuse(struct verdict *v)
+{
+	if (v->action == ACT_KILL)
+		bpf_send_signal(SIGKILL);
+	return -EPERM;
+}
+
+// Verdicts of lsm/bprm_check_security, by thread, for the exec event
+// that follows a successful exec.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct verdict);
+} exec_verdicts SEC(".maps");
+
 // ------------------------------------------------------------- processes
+
+static __always_inline __u32 put_exec(struct event_buf *b, struct linux_binprm *bprm)
+{
+	__u32 off = put_file(b, 0, STR_PATH, BPF_CORE_READ(bprm, file));
+	return put_kstr(b, off, STR_NAME, BPF_CORE_READ(bprm, filename));
+}
+
+// lsm/bprm_check_security decides an exec before the new image replaces
+// the caller (for a #! script: once for the script, once for the
+// interpreter).
+SEC("lsm/bprm_check_security")
+int BPF_PROG(lsm_bprm_check, struct linux_binprm *bprm)
+{
+	if (is_agent())
+		return 0;
+	struct file *file = BPF_CORE_READ(bprm, file);
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){
+		.kind = KIND_EXEC,
+		.op = OP_EXEC,
+		.tmnt = (__u64)BPF_CORE_READ(file, f_path.mnt),
+		.tdentry = (__u64)BPF_CORE_READ(file, f_path.dentry),
+	};
+	struct verdict v = {};
+	int no = decide(f, &v);
+	if (!v.action)
+		return 0;
+	if (!no) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		struct verdict *prev = bpf_map_lookup_elem(&exec_verdicts, &tid);
+		if (!prev || prev->action < v.action)
+			bpf_map_update_elem(&exec_verdicts, &tid, &v, BPF_ANY);
+		return 0;
+	}
+	// Refused: there will be no sched_process_exec; report it here.
+	struct event_buf *b = new_event(KIND_EXEC, HOOK_LSM_BPRM_CHECK);
+	if (b) {
+		b->h.op = OP_EXEC;
+		record(&b->h, &v, BY_LSM, 1);
+		submit(b, put_exec(b, bprm));
+	}
+	return refuse(&v);
+}
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(sched_process_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	if (is_agent())
 		return 0;
+	struct file *file = BPF_CORE_READ(bprm, file);
+	struct verdict v = {};
+	int killed = 0;
+	__u8 by = BY_LSM;
+	if (lsm_backend) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		struct verdict *pv = bpf_map_lookup_elem(&exec_verdicts, &tid);
+		if (pv) {
+			v = *pv;
+			bpf_map_delete_elem(&exec_verdicts, &tid);
+		}
+	} else {
+		// No LSM: the last resort is to kill the new image before it
+		// runs user code. The process's facts are its pre-exec ones.
+		struct facts *f = facts_buf();
+		if (!f)
+			return 0;
+		*f = (struct facts){
+			.kind = KIND_EXEC,
+			.op = OP_EXEC,
+			.tmnt = (__u64)BPF_CORE_READ(file, f_path.mnt),
+			.tdentry = (__u64)BPF_CORE_READ(file, f_path.dentry),
+			.pre_exec = 1,
+		};
+		by = BY_KILL_AFTER_EXEC;
+		if (decide(f, &v)) {
+			bpf_send_signal(SIGKILL);
+			killed = 1;
+		}
+	}
+	facts_on_exec(p, file);
+
 	struct event_buf *b = new_event(KIND_EXEC, HOOK_SCHED_EXEC);
 	if (!b)
 		return 0;
-	__u32 off = 0;
-	off = put_file(b, off, STR_PATH, BPF_CORE_READ(bprm, file));
-	off = put_kstr(b, off, STR_NAME, BPF_CORE_READ(bprm, filename));
-
+	record(&b->h, &v, by, killed);
+	__u32 off = put_exec(b, bprm);
 	struct fs_struct *fs = BPF_CORE_READ(p, fs);
 	off = put_path(b, off, STR_PATH2, BPF_CORE_READ(fs, pwd.mnt), BPF_CORE_READ(fs, pwd.dentry));
 
@@ -282,6 +403,7 @@ int BPF_PROG(sched_process_fork, struct task_struct *parent, struct task_struct 
 		return 0; // a new thread, not a new process
 	if (is_agent())
 		return 0;
+	facts_on_fork(parent, BPF_CORE_READ(child, tgid));
 	struct event_buf *b = new_event(KIND_FORK, HOOK_SCHED_FORK);
 	if (!b)
 		return 0;
@@ -297,6 +419,8 @@ int BPF_PROG(sched_process_exit, struct task_struct *p)
 	// Report the process once, when its last thread exits.
 	if (BPF_CORE_READ(p, signal, live.counter) != 0)
 		return 0;
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+	bpf_map_delete_elem(&procs, &tgid);
 	if (is_agent())
 		return 0;
 	struct event_buf *b = new_event(KIND_EXIT, HOOK_SCHED_EXIT);
@@ -313,7 +437,7 @@ int BPF_PROG(sched_process_exit, struct task_struct *p)
 // ------------------------------------------------------ executable memory
 
 static __always_inline void mmap_event(__u32 hook, struct file *file, __u64 addr, __u64 len,
-				       __u64 prot, __u64 flags)
+				       __u64 prot, __u64 flags, struct verdict *v, int refused)
 {
 	struct event_buf *b = new_event(file ? KIND_IMAGE : KIND_MEMEXEC, hook);
 	if (!b)
@@ -323,6 +447,8 @@ static __always_inline void mmap_event(__u32 hook, struct file *file, __u64 addr
 	b->h.arg1 = len;
 	b->h.arg2 = prot;
 	b->h.arg3 = flags;
+	if (v)
+		record(&b->h, v, BY_LSM, refused);
 	__u32 off = 0;
 	if (file)
 		off = put_file(b, off, STR_PATH, file);
@@ -332,7 +458,7 @@ static __always_inline void mmap_event(__u32 hook, struct file *file, __u64 addr
 }
 
 static __always_inline void mprotect_event(__u32 hook, struct vm_area_struct___v *vma, __u64 addr,
-					   __u64 len, __u64 prot)
+					   __u64 len, __u64 prot, struct verdict *v, int refused)
 {
 	struct event_buf *b = new_event(KIND_MEMEXEC, hook);
 	if (!b)
@@ -341,6 +467,9 @@ static __always_inline void mprotect_event(__u32 hook, struct vm_area_struct___v
 	b->h.arg0 = addr;
 	b->h.arg1 = len;
 	b->h.arg2 = prot;
+	b->h.arg3 = vma ? BPF_CORE_READ(vma, vm_flags) & 7 : 0; // VM_READ|VM_WRITE|VM_EXEC = PROT_*
+	if (v)
+		record(&b->h, v, BY_LSM, refused);
 	__u32 off = 0;
 	struct file *file = vma ? BPF_CORE_READ(vma, vm_file) : NULL;
 	if (file)
@@ -356,8 +485,23 @@ int BPF_PROG(lsm_mmap_file, struct file *file, unsigned long reqprot, unsigned l
 {
 	if (!(prot & PROT_EXEC) || is_agent())
 		return 0;
-	mmap_event(HOOK_LSM_MMAP_FILE, file, 0, 0, prot, flags);
-	return 0;
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){
+		.kind = file ? KIND_IMAGE : KIND_MEMEXEC,
+		.op = OP_MMAP,
+		.writable = !!(prot & PROT_WRITE),
+		.anon = !file,
+	};
+	if (file) {
+		f->tmnt = (__u64)BPF_CORE_READ(file, f_path.mnt);
+		f->tdentry = (__u64)BPF_CORE_READ(file, f_path.dentry);
+	}
+	struct verdict v = {};
+	int no = decide(f, &v);
+	mmap_event(HOOK_LSM_MMAP_FILE, file, 0, 0, prot, flags, &v, no);
+	return no ? refuse(&v) : 0;
 }
 
 SEC("lsm/file_mprotect")
@@ -365,11 +509,28 @@ int BPF_PROG(lsm_file_mprotect, struct vm_area_struct *vma_, unsigned long reqpr
 	     unsigned long prot)
 {
 	struct vm_area_struct___v *vma = (void *)vma_;
-	if (!(prot & PROT_EXEC) || (BPF_CORE_READ(vma, vm_flags) & VM_EXEC) || is_agent())
+	__u64 vm_flags = BPF_CORE_READ(vma, vm_flags);
+	if (!(prot & PROT_EXEC) || (vm_flags & VM_EXEC) || is_agent())
 		return 0;
+	struct file *file = BPF_CORE_READ(vma, vm_file);
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){
+		.kind = KIND_MEMEXEC,
+		.op = OP_MPROTECT,
+		.writable = (vm_flags & VM_WRITE) || (prot & PROT_WRITE),
+		.anon = !file,
+	};
+	if (file) {
+		f->tmnt = (__u64)BPF_CORE_READ(file, f_path.mnt);
+		f->tdentry = (__u64)BPF_CORE_READ(file, f_path.dentry);
+	}
+	struct verdict v = {};
+	int no = decide(f, &v);
 	__u64 start = BPF_CORE_READ(vma, vm_start);
-	mprotect_event(HOOK_LSM_FILE_MPROTECT, vma, start, BPF_CORE_READ(vma, vm_end) - start, prot);
-	return 0;
+	mprotect_event(HOOK_LSM_FILE_MPROTECT, vma, start, BPF_CORE_READ(vma, vm_end) - start, prot, &v, no);
+	return no ? refuse(&v) : 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_mmap")
@@ -384,7 +545,7 @@ int tp_sys_enter_mmap(struct sys_enter_ctx *ctx)
 		if (!file)
 			return 0; // bad fd: the mmap fails
 	}
-	mmap_event(HOOK_TP_MMAP, file, ctx->args[0], ctx->args[1], prot, flags);
+	mmap_event(HOOK_TP_MMAP, file, ctx->args[0], ctx->args[1], prot, flags, NULL, 0);
 	return 0;
 }
 
@@ -414,56 +575,107 @@ int tp_sys_enter_mprotect(struct sys_enter_ctx *ctx)
 	bpf_find_vma(task, info.addr, find_vma_cb, &info, 0);
 	if (info.vma && (info.flags & VM_EXEC))
 		return 0; // already executable: nothing is added
-	mprotect_event(HOOK_TP_MPROTECT, info.vma, ctx->args[0], ctx->args[1], prot);
+	mprotect_event(HOOK_TP_MPROTECT, info.vma, ctx->args[0], ctx->args[1], prot, NULL, 0);
 	return 0;
 }
 
 // ------------------------------------------------------------ file opens
 
-// open_event reports opens that read or change kernel memory, or write
-// another process's memory: /proc/PID/mem for write, /dev/mem, /dev/kmem,
-// /dev/port, /proc/kcore.
-static __always_inline void open_event(__u32 hook, struct file *file)
+// proc_task returns the task a /proc/PID/... inode belongs to.
+static __always_inline struct task_struct *proc_task(struct inode *inode)
+{
+	struct proc_inode *pi = container_of(inode, struct proc_inode, vfs_inode);
+	struct pid *pid = BPF_CORE_READ(pi, pid);
+	if (!pid)
+		return NULL;
+	struct hlist_node *first = BPF_CORE_READ(pid, tasks[PIDTYPE_PID].first);
+	if (!first)
+		return NULL;
+	return container_of(first, struct task_struct, pid_links[PIDTYPE_PID]);
+}
+
+#define TRACEFS_MAGIC 0x74726163
+
+// classify_open says what an open is: an injection (/proc/PID/mem for
+// write), a kernel read or change (/dev/mem, /dev/kmem, /dev/port,
+// /proc/kcore, tracefs for write), or a file modification (any open for
+// write). It returns the kind, or 0.
+static __always_inline __u32 classify_open(struct file *file, __u32 *op)
 {
 	struct inode *inode = BPF_CORE_READ(file, f_inode);
 	__u32 mode = BPF_CORE_READ(inode, i_mode);
-	__u32 kind = 0, op = 0;
+	__u32 fmode = BPF_CORE_READ(file, f_mode);
+	__u64 magic = BPF_CORE_READ(inode, i_sb, s_magic);
 
 	if ((mode & S_IFMT) == S_IFCHR) {
 		__u32 rdev = BPF_CORE_READ(inode, i_rdev);
 		if (rdev == MKDEV(1, 1) || rdev == MKDEV(1, 2) || rdev == MKDEV(1, 4)) {
-			kind = KIND_KERNEL;
-			op = OP_DEV_MEM;
+			*op = OP_DEV_MEM;
+			return KIND_KERNEL;
 		}
-	} else if (BPF_CORE_READ(inode, i_sb, s_magic) == PROC_SUPER_MAGIC) {
+	} else if (magic == PROC_SUPER_MAGIC) {
 		char name[8] = {};
 		bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(file, f_path.dentry, d_name.name));
-		if (name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 0 &&
-		    (BPF_CORE_READ(file, f_mode) & FMODE_WRITE)) {
-			kind = KIND_INJECT;
-			op = OP_PROC_MEM;
-		} else if (name[0] == 'k' && name[1] == 'c' && name[2] == 'o' && name[3] == 'r' &&
-			   name[4] == 'e' && name[5] == 0) {
-			kind = KIND_KERNEL;
-			op = OP_KCORE;
+		if (name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 0 && (fmode & FMODE_WRITE)) {
+			*op = OP_PROC_MEM;
+			return KIND_INJECT;
 		}
+		if (name[0] == 'k' && name[1] == 'c' && name[2] == 'o' && name[3] == 'r' && name[4] == 'e' &&
+		    name[5] == 0) {
+			*op = OP_KCORE;
+			return KIND_KERNEL;
+		}
+	} else if (magic == TRACEFS_MAGIC && (fmode & FMODE_WRITE)) {
+		*op = OP_TRACEFS_WRITE;
+		return KIND_KERNEL;
 	}
-	if (!kind)
-		return;
+	if (fmode & FMODE_WRITE) {
+		*op = OP_FILE_OPEN_WRITE;
+		return KIND_FILE;
+	}
+	return 0;
+}
+
+static __always_inline void open_event(__u32 hook, struct file *file, __u32 kind, __u32 op,
+				       struct verdict *v, int refused)
+{
 	struct event_buf *b = new_event(kind, hook);
 	if (!b)
 		return;
 	b->h.op = op;
 	b->h.arg0 = BPF_CORE_READ(file, f_mode);
+	if (v)
+		record(&b->h, v, BY_LSM, refused);
 	submit(b, put_file(b, 0, STR_PATH, file));
 }
 
 SEC("lsm/file_open")
 int BPF_PROG(lsm_file_open, struct file *file)
 {
-	if (!is_agent())
-		open_event(HOOK_LSM_FILE_OPEN, file);
-	return 0;
+	if (is_agent())
+		return 0;
+	__u32 op = 0;
+	__u32 kind = classify_open(file, &op);
+	if (!kind)
+		return 0;
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){
+		.kind = kind,
+		.op = op,
+		.tmnt = (__u64)BPF_CORE_READ(file, f_path.mnt),
+		.tdentry = (__u64)BPF_CORE_READ(file, f_path.dentry),
+	};
+	if (op == OP_PROC_MEM)
+		f->ttask = (__u64)proc_task(BPF_CORE_READ(file, f_inode));
+	struct verdict v = {};
+	int no = decide(f, &v);
+	// Every open for write is a file modification, but only those a rule
+	// is about are worth an event.
+	if (kind != KIND_FILE || v.action)
+		open_event(HOOK_LSM_FILE_OPEN, file, kind, op, &v, no);
+	return no ? refuse(&v) : 0;
 }
 
 static __always_inline int on_open_exit(struct sys_exit_ctx *ctx, __u32 hook)
@@ -472,8 +684,12 @@ static __always_inline int on_open_exit(struct sys_exit_ctx *ctx, __u32 hook)
 	if (ret < 0 || is_agent())
 		return 0;
 	struct file *file = fd_file(ret);
-	if (file)
-		open_event(hook, file);
+	if (!file)
+		return 0;
+	__u32 op = 0;
+	__u32 kind = classify_open(file, &op);
+	if (kind && kind != KIND_FILE)
+		open_event(hook, file, kind, op, NULL, 0);
 	return 0;
 }
 
@@ -495,7 +711,213 @@ int tp_sys_exit_open(struct sys_exit_ctx *ctx)
 	return on_open_exit(ctx, HOOK_TP_OPEN);
 }
 
+// ------------------------------------------------------ file modification
+
+// file_op decides a change to the entry (dir, dentry), and to a second
+// one for rename and link. Only changes a rule is about are reported.
+static __always_inline int file_op(__u32 hook, __u32 op, const struct path *dir, struct dentry *dentry,
+				   const struct path *dir2, struct dentry *dentry2)
+{
+	if (is_agent())
+		return 0;
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){
+		.kind = KIND_FILE,
+		.op = op,
+		.tmnt = (__u64)BPF_CORE_READ(dir, mnt),
+		.tdentry = (__u64)dentry,
+	};
+	if (dir2) {
+		f->tmnt2 = (__u64)BPF_CORE_READ(dir2, mnt);
+		f->tdentry2 = (__u64)dentry2;
+	}
+	struct verdict v = {};
+	int no = decide(f, &v);
+	if (!v.action)
+		return 0;
+	struct event_buf *b = new_event(KIND_FILE, hook);
+	if (b) {
+		b->h.op = op;
+		record(&b->h, &v, BY_LSM, no);
+		struct inode *inode = BPF_CORE_READ(dentry, d_inode);
+		if (inode) {
+			b->h.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+			b->h.ino = BPF_CORE_READ(inode, i_ino);
+		}
+		__u32 off = put_path(b, 0, STR_PATH, BPF_CORE_READ(dir, mnt), dentry);
+		if (dir2)
+			off = put_path(b, off, STR_PATH2, BPF_CORE_READ(dir2, mnt), dentry2);
+		submit(b, off);
+	}
+	return no ? refuse(&v) : 0;
+}
+
+SEC("lsm/path_unlink")
+int BPF_PROG(lsm_path_unlink, const struct path *dir, struct dentry *dentry)
+{
+	return file_op(HOOK_LSM_PATH_UNLINK, OP_FILE_UNLINK, dir, dentry, NULL, NULL);
+}
+
+SEC("lsm/path_rmdir")
+int BPF_PROG(lsm_path_rmdir, const struct path *dir, struct dentry *dentry)
+{
+	return file_op(HOOK_LSM_PATH_RMDIR, OP_FILE_UNLINK, dir, dentry, NULL, NULL);
+}
+
+SEC("lsm/path_mkdir")
+int BPF_PROG(lsm_path_mkdir, const struct path *dir, struct dentry *dentry, umode_t mode)
+{
+	return file_op(HOOK_LSM_PATH_MKDIR, OP_FILE_CREATE, dir, dentry, NULL, NULL);
+}
+
+SEC("lsm/path_mknod")
+int BPF_PROG(lsm_path_mknod, const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev)
+{
+	return file_op(HOOK_LSM_PATH_MKNOD, OP_FILE_CREATE, dir, dentry, NULL, NULL);
+}
+
+SEC("lsm/path_symlink")
+int BPF_PROG(lsm_path_symlink, const struct path *dir, struct dentry *dentry, const char *old_name)
+{
+	return file_op(HOOK_LSM_PATH_SYMLINK, OP_FILE_CREATE, dir, dentry, NULL, NULL);
+}
+
+SEC("lsm/path_link")
+int BPF_PROG(lsm_path_link, struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry)
+{
+	// The new name is decided; linking a protected file elsewhere too.
+	return file_op(HOOK_LSM_PATH_LINK, OP_FILE_LINK, new_dir, new_dentry, new_dir, old_dentry);
+}
+
+SEC("lsm/path_rename")
+int BPF_PROG(lsm_path_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)
+{
+	return file_op(HOOK_LSM_PATH_RENAME, OP_FILE_RENAME, old_dir, old_dentry, new_dir, new_dentry);
+}
+
+static __always_inline int path_op(__u32 hook, __u32 op, const struct path *path)
+{
+	if (is_agent())
+		return 0;
+	struct vfsmount *mnt = BPF_CORE_READ(path, mnt);
+	struct dentry *dentry = BPF_CORE_READ(path, dentry);
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){
+		.kind = KIND_FILE,
+		.op = op,
+		.tmnt = (__u64)mnt,
+		.tdentry = (__u64)dentry,
+	};
+	struct verdict v = {};
+	int no = decide(f, &v);
+	if (!v.action)
+		return 0;
+	struct event_buf *b = new_event(KIND_FILE, hook);
+	if (b) {
+		b->h.op = op;
+		record(&b->h, &v, BY_LSM, no);
+		struct inode *inode = BPF_CORE_READ(dentry, d_inode);
+		if (inode) {
+			b->h.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+			b->h.ino = BPF_CORE_READ(inode, i_ino);
+		}
+		submit(b, put_path(b, 0, STR_PATH, mnt, dentry));
+	}
+	return no ? refuse(&v) : 0;
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(lsm_path_chmod, const struct path *path, umode_t mode)
+{
+	return path_op(HOOK_LSM_PATH_CHMOD, OP_FILE_CHMOD, path);
+}
+
+SEC("lsm/path_chown")
+int BPF_PROG(lsm_path_chown, const struct path *path)
+{
+	return path_op(HOOK_LSM_PATH_CHOWN, OP_FILE_CHOWN, path);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(lsm_path_truncate, const struct path *path)
+{
+	return path_op(HOOK_LSM_PATH_TRUNCATE, OP_FILE_TRUNCATE, path);
+}
+
 // ---------------------------------------------------------- code injection
+
+struct pt_regs___x86 {
+	unsigned long di;
+	unsigned long orig_ax;
+} __attribute__((preserve_access_index));
+
+#define NR_PTRACE 101
+#define NR_PROCESS_VM_WRITEV 311
+#define PTRACE_MODE_ATTACH 0x02
+
+static __always_inline int inject_event(__u32 hook, __u32 op, struct task_struct *target, __u64 req,
+					struct verdict *v, int refused)
+{
+	struct event_buf *b = new_event(KIND_INJECT, hook);
+	if (!b)
+		return 0;
+	b->h.op = op;
+	b->h.arg0 = BPF_CORE_READ(target, tgid);
+	b->h.arg1 = req;
+	record(&b->h, v, BY_LSM, refused);
+	submit(b, 0);
+	return 0;
+}
+
+// lsm/ptrace_access_check is where ptrace attach and process_vm_writev
+// ask for access to another process; the syscall tells which.
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(lsm_ptrace_access_check, struct task_struct *child, unsigned int mode)
+{
+	if (!(mode & PTRACE_MODE_ATTACH) || is_agent())
+		return 0;
+	struct pt_regs___x86 *regs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u64 nr = BPF_CORE_READ(regs, orig_ax);
+	__u64 req = 0;
+	__u32 op;
+	if (nr == NR_PTRACE) {
+		req = BPF_CORE_READ(regs, di);
+		op = req == PTRACE_SEIZE ? OP_PTRACE_SEIZE : OP_PTRACE_ATTACH;
+	} else if (nr == NR_PROCESS_VM_WRITEV) {
+		op = OP_VM_WRITEV;
+	} else {
+		return 0; // reads, and /proc/PID/mem (decided at file_open)
+	}
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){.kind = KIND_INJECT, .op = op, .ttask = (__u64)child};
+	struct verdict v = {};
+	int no = decide(f, &v);
+	inject_event(HOOK_LSM_PTRACE_ACCESS, op, child, req, &v, no);
+	return no ? refuse(&v) : 0;
+}
+
+// lsm/ptrace_traceme: the caller asks its parent to trace it.
+SEC("lsm/ptrace_traceme")
+int BPF_PROG(lsm_ptrace_traceme, struct task_struct *parent)
+{
+	if (is_agent())
+		return 0;
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){.kind = KIND_INJECT, .op = OP_PTRACE_TRACEME, .ttask = (__u64)parent};
+	struct verdict v = {};
+	int no = decide(f, &v);
+	inject_event(HOOK_LSM_PTRACE_TRACEME, OP_PTRACE_TRACEME, parent, 0, &v, no);
+	return no ? refuse(&v) : 0;
+}
 
 SEC("tracepoint/syscalls/sys_enter_ptrace")
 int tp_sys_enter_ptrace(struct sys_enter_ctx *ctx)
@@ -550,6 +972,91 @@ int tp_sys_enter_process_vm_writev(struct sys_enter_ctx *ctx)
 
 // ------------------------------------------------------- kernel tampering
 
+static __always_inline int kernel_event(__u32 hook, __u32 op, struct file *file, struct verdict *v,
+					int refused)
+{
+	struct event_buf *b = new_event(KIND_KERNEL, hook);
+	if (!b)
+		return 0;
+	b->h.op = op;
+	if (v)
+		record(&b->h, v, BY_LSM, refused);
+	__u32 off = 0;
+	if (file)
+		off = put_file(b, off, STR_PATH, file);
+	submit(b, off);
+	return 0;
+}
+
+SEC("lsm/bpf")
+int BPF_PROG(lsm_bpf, int cmd, union bpf_attr *attr, unsigned int size)
+{
+	if (cmd != BPF_PROG_LOAD || is_agent())
+		return 0;
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){.kind = KIND_KERNEL, .op = OP_BPF_PROG_LOAD};
+	struct verdict v = {};
+	int no = decide(f, &v);
+	struct event_buf *b = new_event(KIND_KERNEL, HOOK_LSM_BPF);
+	if (b) {
+		b->h.op = OP_BPF_PROG_LOAD;
+		b->h.arg0 = BPF_CORE_READ(attr, prog_type);
+		record(&b->h, &v, BY_LSM, no);
+		__u32 off = 0;
+		long n = bpf_probe_read_kernel_str(&b->data[0], 16, attr->prog_name);
+		if (n > 0) {
+			b->h.str_off[STR_NAME] = 0;
+			b->h.str_len[STR_NAME] = n;
+			off = n;
+		}
+		submit(b, off);
+	}
+	return no ? refuse(&v) : 0;
+}
+
+static __always_inline int kernel_load(__u32 hook, __u32 op, struct file *file)
+{
+	struct facts *f = facts_buf();
+	if (!f)
+		return 0;
+	*f = (struct facts){.kind = KIND_KERNEL, .op = op};
+	if (file) {
+		f->tmnt = (__u64)BPF_CORE_READ(file, f_path.mnt);
+		f->tdentry = (__u64)BPF_CORE_READ(file, f_path.dentry);
+	}
+	struct verdict v = {};
+	int no = decide(f, &v);
+	kernel_event(hook, op, file, &v, no);
+	return no ? refuse(&v) : 0;
+}
+
+SEC("lsm/kernel_read_file")
+int BPF_PROG(lsm_kernel_read_file, struct file *file, enum kernel_read_file_id id, bool contents)
+{
+	if (is_agent())
+		return 0;
+	if (id == bpf_core_enum_value(enum kernel_read_file_id, READING_MODULE))
+		return kernel_load(HOOK_LSM_KERNEL_READ_FILE, OP_MODULE_LOAD, file);
+	if (id == bpf_core_enum_value(enum kernel_read_file_id, READING_KEXEC_IMAGE) ||
+	    id == bpf_core_enum_value(enum kernel_read_file_id, READING_KEXEC_INITRAMFS))
+		return kernel_load(HOOK_LSM_KERNEL_READ_FILE, OP_KEXEC_LOAD, file);
+	return 0;
+}
+
+SEC("lsm/kernel_load_data")
+int BPF_PROG(lsm_kernel_load_data, enum kernel_load_data_id id, bool contents)
+{
+	if (is_agent())
+		return 0;
+	if (id == bpf_core_enum_value(enum kernel_load_data_id, LOADING_MODULE))
+		return kernel_load(HOOK_LSM_KERNEL_LOAD_DATA, OP_MODULE_LOAD, NULL);
+	if (id == bpf_core_enum_value(enum kernel_load_data_id, LOADING_KEXEC_IMAGE))
+		return kernel_load(HOOK_LSM_KERNEL_LOAD_DATA, OP_KEXEC_LOAD, NULL);
+	return 0;
+}
+
 SEC("tracepoint/syscalls/sys_enter_bpf")
 int tp_sys_enter_bpf(struct sys_enter_ctx *ctx)
 {
@@ -578,16 +1085,7 @@ static __always_inline int kernel_file_event(__u32 hook, __u32 op, long fd)
 {
 	if (is_agent())
 		return 0;
-	struct event_buf *b = new_event(KIND_KERNEL, hook);
-	if (!b)
-		return 0;
-	b->h.op = op;
-	__u32 off = 0;
-	struct file *file = fd >= 0 ? fd_file(fd) : NULL;
-	if (file)
-		off = put_file(b, off, STR_PATH, file);
-	submit(b, off);
-	return 0;
+	return kernel_event(hook, op, fd >= 0 ? fd_file(fd) : NULL, NULL, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_init_module")

@@ -26,6 +26,7 @@ enum event_kind {
 	KIND_MEMEXEC = 5,
 	KIND_INJECT = 6,
 	KIND_KERNEL = 7,
+	KIND_FILE = 8,
 };
 
 enum event_op {
@@ -43,6 +44,17 @@ enum event_op {
 	OP_KEXEC_LOAD = 11,
 	OP_DEV_MEM = 12,
 	OP_KCORE = 13,
+	OP_TRACEFS_WRITE = 14,
+	OP_FILE_OPEN_WRITE = 15,
+	OP_FILE_TRUNCATE = 16,
+	OP_FILE_RENAME = 17,
+	OP_FILE_UNLINK = 18,
+	OP_FILE_CHMOD = 19,
+	OP_FILE_CHOWN = 20,
+	OP_FILE_LINK = 21,
+	OP_FILE_CREATE = 22,
+	OP_EXEC = 23,
+	OP_PTRACE_TRACEME = 24,
 };
 
 enum event_hook {
@@ -64,6 +76,132 @@ enum event_hook {
 	HOOK_TP_FINIT_MODULE = 16,
 	HOOK_TP_KEXEC_LOAD = 17,
 	HOOK_TP_KEXEC_FILE_LOAD = 18,
+	HOOK_LSM_BPRM_CHECK = 19,
+	HOOK_LSM_PTRACE_ACCESS = 20,
+	HOOK_LSM_PTRACE_TRACEME = 21,
+	HOOK_LSM_BPF = 22,
+	HOOK_LSM_KERNEL_READ_FILE = 23,
+	HOOK_LSM_KERNEL_LOAD_DATA = 24,
+	HOOK_LSM_PATH_UNLINK = 25,
+	HOOK_LSM_PATH_RMDIR = 26,
+	HOOK_LSM_PATH_MKDIR = 27,
+	HOOK_LSM_PATH_MKNOD = 28,
+	HOOK_LSM_PATH_SYMLINK = 29,
+	HOOK_LSM_PATH_LINK = 30,
+	HOOK_LSM_PATH_RENAME = 31,
+	HOOK_LSM_PATH_CHMOD = 32,
+	HOOK_LSM_PATH_CHOWN = 33,
+	HOOK_LSM_PATH_TRUNCATE = 34,
+};
+
+// ---------------------------------------------------------------- policy
+//
+// A policy is compiled (compile.go) into a rule array and identity sets,
+// written into the inactive one of two slots, then made active by one
+// aligned store to policy_cfg.active_slot. A decision reads the slot once.
+
+#define MAX_RULES 512 // per slot, after except blocks and uid lists expand
+#define NSLOTS 2
+#define UID_RANGES 4
+#define ANCESTOR_DEPTH 16
+
+enum verdict_action {
+	ACT_NONE = 0,  // no rule matched: allowed
+	ACT_ALLOW = 1,
+	ACT_DENY = 2,
+	ACT_KILL = 3,
+	ACT_ALERT = 4,
+	ACT_SKIP = 5, // an except block matched: continue at skip_to
+};
+
+enum decided_by {
+	BY_NONE = 0,
+	BY_LSM = 1,
+	BY_KILL_AFTER_EXEC = 2, // tracepoint backend: the new image is killed
+	BY_OBSERVE = 3,         // tracepoint backend: recorded, not enforced
+};
+
+// Event kinds as rule bits: 1 << (enum event_kind).
+#define KIND_BIT(k) (1u << (k))
+
+enum cond_bit {
+	C_EXE = 1 << 0,         // process exe in an exact path set
+	C_EXE_PREFIX = 1 << 1,  // process exe under a prefix set
+	C_ANCESTOR = 1 << 2,    // an ancestor's exe in an exact path set
+	C_UID_RANGE = 1 << 3,         // process uid in a range
+	C_CGROUP = 1 << 4,      // process cgroup at or under a set cgroup
+	C_TPATH = 1 << 5,       // target file in an exact path set
+	C_TPREFIX = 1 << 6,     // target file under a prefix set
+	C_TEXE = 1 << 7,        // target process exe in an exact path set
+	C_NOT_DESC = 1 << 8,    // target process is not a descendant
+	C_PROT_WRITE = 1 << 9,  // memory is or was writable
+	C_ANON = 1 << 10,       // memory is anonymous
+	C_NOT_ANON = 1 << 11,   // memory is file-backed
+	C_OP = 1 << 12,         // event op in ops mask (method, kernel op, file op)
+	C_IS_DESC = 1 << 13,    // target process is a descendant
+};
+
+struct rule {
+	__u32 kinds;             // KIND_BIT(kind) mask
+	enum cond_bit conds;     // mask of enum cond_bit
+	enum verdict_action action;
+	__u8 enforce;
+	__u8 nuid;
+	__u16 skip_to;
+	__u16 rule_index; // the policy rule this entry came from
+	__u16 _pad;
+	__u64 exe_mask;
+	__u64 exe_prefix_mask;
+	__u64 anc_mask;
+	__u64 tpath_mask;
+	__u64 tprefix_mask;
+	__u64 texe_mask;
+	__u64 cgroup_mask;
+	__u64 ops; // 1 << enum event_op
+	__u32 uid_lo[UID_RANGES];
+	__u32 uid_hi[UID_RANGES];
+};
+
+struct slot_cfg {
+	__u32 version; // policy version, nonzero once loaded
+	__u32 nrules;
+	__u32 kinds;   // kinds some rule of the slot is about
+	__u32 _pad;
+};
+
+struct policy_cfg {
+	__u32 active_slot;
+	__u32 _pad;
+	struct slot_cfg slots[NSLOTS];
+};
+
+// path_key names one directory entry by its parent directory's identity
+// and a hash of its name, so a rule keeps holding when the file is
+// replaced (rename over it) or does not exist yet.
+struct path_key {
+	__u64 parent_ino;
+	__u64 name_hash; // FNV-1a 64 of the name
+	__u32 parent_dev; // kernel dev_t
+	__u32 slot;
+};
+
+struct path_bits {
+	__u64 exact;  // sets naming this entry exactly
+	__u64 prefix; // sets naming it as a prefix (it and all below)
+};
+
+struct cgroup_key {
+	__u64 id;
+	__u32 slot;
+	__u32 _pad;
+};
+
+// proc_facts caches what rules ask of a process, for one policy version.
+struct proc_facts {
+	__u64 self;     // path-set bits of the exe
+	__u64 ancestors; // OR of the ancestors' self bits
+	__u32 version;
+	__u32 _pad;
 };
 
 enum event_flag {
@@ -99,5 +237,13 @@ struct event_hdr {
 	__u16 str_len[NSTR];
 	__u32 data_len;
 	char comm[16];
-	__u32 _pad;
+	// verdict: set when a rule matched
+	__u8 action;      // enum verdict_action
+	__u8 enforce;     // the rule's mode: 1 enforce, 0 monitor
+	__u8 decided_by;  // enum decided_by
+	__u8 denied;      // the action was refused
+	__u16 rule_index; // the policy rule
+	__u16 _pad;
+	__u32 policy_version;
+	__u32 _pad2;
 };

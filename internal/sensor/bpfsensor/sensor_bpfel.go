@@ -13,6 +13,32 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type sensorCgroupKey struct {
+	_    structs.HostLayout
+	Id   uint64
+	Slot uint32
+	Pad  uint32
+}
+
+type sensorCondBit uint32
+
+const (
+	sensorCondBitC_EXE        sensorCondBit = 1
+	sensorCondBitC_EXE_PREFIX sensorCondBit = 2
+	sensorCondBitC_ANCESTOR   sensorCondBit = 4
+	sensorCondBitC_UID_RANGE  sensorCondBit = 8
+	sensorCondBitC_CGROUP     sensorCondBit = 16
+	sensorCondBitC_TPATH      sensorCondBit = 32
+	sensorCondBitC_TPREFIX    sensorCondBit = 64
+	sensorCondBitC_TEXE       sensorCondBit = 128
+	sensorCondBitC_NOT_DESC   sensorCondBit = 256
+	sensorCondBitC_PROT_WRITE sensorCondBit = 512
+	sensorCondBitC_ANON       sensorCondBit = 1024
+	sensorCondBitC_NOT_ANON   sensorCondBit = 2048
+	sensorCondBitC_OP         sensorCondBit = 4096
+	sensorCondBitC_IS_DESC    sensorCondBit = 8192
+)
+
 type sensorEventBuf struct {
 	_    structs.HostLayout
 	H    sensorEventHdr
@@ -20,57 +46,81 @@ type sensorEventBuf struct {
 }
 
 type sensorEventHdr struct {
-	_         structs.HostLayout
-	Seq       uint64
-	Ktime     uint64
-	Kind      sensorEventKind
-	Hook      sensorEventHook
-	Op        sensorEventOp
-	Flags     uint32
-	Pid       uint32
-	Tid       uint32
-	Ppid      uint32
-	Uid       uint32
-	Euid      uint32
-	Gid       uint32
-	StartTime uint64
-	CgroupId  uint64
-	Dev       uint64
-	Ino       uint64
-	Dev2      uint64
-	Ino2      uint64
-	Arg0      uint64
-	Arg1      uint64
-	Arg2      uint64
-	Arg3      uint64
-	StrOff    [4]uint16
-	StrLen    [4]uint16
-	DataLen   uint32
-	Comm      [16]int8
-	Pad       uint32
+	_             structs.HostLayout
+	Seq           uint64
+	Ktime         uint64
+	Kind          sensorEventKind
+	Hook          sensorEventHook
+	Op            sensorEventOp
+	Flags         uint32
+	Pid           uint32
+	Tid           uint32
+	Ppid          uint32
+	Uid           uint32
+	Euid          uint32
+	Gid           uint32
+	StartTime     uint64
+	CgroupId      uint64
+	Dev           uint64
+	Ino           uint64
+	Dev2          uint64
+	Ino2          uint64
+	Arg0          uint64
+	Arg1          uint64
+	Arg2          uint64
+	Arg3          uint64
+	StrOff        [4]uint16
+	StrLen        [4]uint16
+	DataLen       uint32
+	Comm          [16]int8
+	Action        uint8
+	Enforce       uint8
+	DecidedBy     uint8
+	Denied        uint8
+	RuleIndex     uint16
+	Pad           uint16
+	PolicyVersion uint32
+	Pad2          uint32
+	_             [4]byte
 }
 
 type sensorEventHook uint32
 
 const (
-	sensorEventHookHOOK_SCHED_EXEC         sensorEventHook = 1
-	sensorEventHookHOOK_SCHED_FORK         sensorEventHook = 2
-	sensorEventHookHOOK_SCHED_EXIT         sensorEventHook = 3
-	sensorEventHookHOOK_LSM_MMAP_FILE      sensorEventHook = 4
-	sensorEventHookHOOK_LSM_FILE_MPROTECT  sensorEventHook = 5
-	sensorEventHookHOOK_LSM_FILE_OPEN      sensorEventHook = 6
-	sensorEventHookHOOK_TP_MMAP            sensorEventHook = 7
-	sensorEventHookHOOK_TP_MPROTECT        sensorEventHook = 8
-	sensorEventHookHOOK_TP_OPENAT          sensorEventHook = 9
-	sensorEventHookHOOK_TP_OPENAT2         sensorEventHook = 10
-	sensorEventHookHOOK_TP_OPEN            sensorEventHook = 11
-	sensorEventHookHOOK_TP_PTRACE          sensorEventHook = 12
-	sensorEventHookHOOK_TP_VM_WRITEV       sensorEventHook = 13
-	sensorEventHookHOOK_TP_BPF             sensorEventHook = 14
-	sensorEventHookHOOK_TP_INIT_MODULE     sensorEventHook = 15
-	sensorEventHookHOOK_TP_FINIT_MODULE    sensorEventHook = 16
-	sensorEventHookHOOK_TP_KEXEC_LOAD      sensorEventHook = 17
-	sensorEventHookHOOK_TP_KEXEC_FILE_LOAD sensorEventHook = 18
+	sensorEventHookHOOK_SCHED_EXEC           sensorEventHook = 1
+	sensorEventHookHOOK_SCHED_FORK           sensorEventHook = 2
+	sensorEventHookHOOK_SCHED_EXIT           sensorEventHook = 3
+	sensorEventHookHOOK_LSM_MMAP_FILE        sensorEventHook = 4
+	sensorEventHookHOOK_LSM_FILE_MPROTECT    sensorEventHook = 5
+	sensorEventHookHOOK_LSM_FILE_OPEN        sensorEventHook = 6
+	sensorEventHookHOOK_TP_MMAP              sensorEventHook = 7
+	sensorEventHookHOOK_TP_MPROTECT          sensorEventHook = 8
+	sensorEventHookHOOK_TP_OPENAT            sensorEventHook = 9
+	sensorEventHookHOOK_TP_OPENAT2           sensorEventHook = 10
+	sensorEventHookHOOK_TP_OPEN              sensorEventHook = 11
+	sensorEventHookHOOK_TP_PTRACE            sensorEventHook = 12
+	sensorEventHookHOOK_TP_VM_WRITEV         sensorEventHook = 13
+	sensorEventHookHOOK_TP_BPF               sensorEventHook = 14
+	sensorEventHookHOOK_TP_INIT_MODULE       sensorEventHook = 15
+	sensorEventHookHOOK_TP_FINIT_MODULE      sensorEventHook = 16
+	sensorEventHookHOOK_TP_KEXEC_LOAD        sensorEventHook = 17
+	sensorEventHookHOOK_TP_KEXEC_FILE_LOAD   sensorEventHook = 18
+	sensorEventHookHOOK_LSM_BPRM_CHECK       sensorEventHook = 19
+	sensorEventHookHOOK_LSM_PTRACE_ACCESS    sensorEventHook = 20
+	sensorEventHookHOOK_LSM_PTRACE_TRACEME   sensorEventHook = 21
+	sensorEventHookHOOK_LSM_BPF              sensorEventHook = 22
+	sensorEventHookHOOK_LSM_KERNEL_READ_FILE sensorEventHook = 23
+	sensorEventHookHOOK_LSM_KERNEL_LOAD_DATA sensorEventHook = 24
+	sensorEventHookHOOK_LSM_PATH_UNLINK      sensorEventHook = 25
+	sensorEventHookHOOK_LSM_PATH_RMDIR       sensorEventHook = 26
+	sensorEventHookHOOK_LSM_PATH_MKDIR       sensorEventHook = 27
+	sensorEventHookHOOK_LSM_PATH_MKNOD       sensorEventHook = 28
+	sensorEventHookHOOK_LSM_PATH_SYMLINK     sensorEventHook = 29
+	sensorEventHookHOOK_LSM_PATH_LINK        sensorEventHook = 30
+	sensorEventHookHOOK_LSM_PATH_RENAME      sensorEventHook = 31
+	sensorEventHookHOOK_LSM_PATH_CHMOD       sensorEventHook = 32
+	sensorEventHookHOOK_LSM_PATH_CHOWN       sensorEventHook = 33
+	sensorEventHookHOOK_LSM_PATH_TRUNCATE    sensorEventHook = 34
 )
 
 type sensorEventKind uint32
@@ -83,36 +133,172 @@ const (
 	sensorEventKindKIND_MEMEXEC sensorEventKind = 5
 	sensorEventKindKIND_INJECT  sensorEventKind = 6
 	sensorEventKindKIND_KERNEL  sensorEventKind = 7
+	sensorEventKindKIND_FILE    sensorEventKind = 8
 )
 
 type sensorEventOp uint32
 
 const (
-	sensorEventOpOP_UNSPEC         sensorEventOp = 0
-	sensorEventOpOP_MMAP           sensorEventOp = 1
-	sensorEventOpOP_MPROTECT       sensorEventOp = 2
-	sensorEventOpOP_PTRACE_ATTACH  sensorEventOp = 3
-	sensorEventOpOP_PTRACE_SEIZE   sensorEventOp = 4
-	sensorEventOpOP_PTRACE_POKE    sensorEventOp = 5
-	sensorEventOpOP_PTRACE_SETREGS sensorEventOp = 6
-	sensorEventOpOP_VM_WRITEV      sensorEventOp = 7
-	sensorEventOpOP_PROC_MEM       sensorEventOp = 8
-	sensorEventOpOP_BPF_PROG_LOAD  sensorEventOp = 9
-	sensorEventOpOP_MODULE_LOAD    sensorEventOp = 10
-	sensorEventOpOP_KEXEC_LOAD     sensorEventOp = 11
-	sensorEventOpOP_DEV_MEM        sensorEventOp = 12
-	sensorEventOpOP_KCORE          sensorEventOp = 13
+	sensorEventOpOP_UNSPEC          sensorEventOp = 0
+	sensorEventOpOP_MMAP            sensorEventOp = 1
+	sensorEventOpOP_MPROTECT        sensorEventOp = 2
+	sensorEventOpOP_PTRACE_ATTACH   sensorEventOp = 3
+	sensorEventOpOP_PTRACE_SEIZE    sensorEventOp = 4
+	sensorEventOpOP_PTRACE_POKE     sensorEventOp = 5
+	sensorEventOpOP_PTRACE_SETREGS  sensorEventOp = 6
+	sensorEventOpOP_VM_WRITEV       sensorEventOp = 7
+	sensorEventOpOP_PROC_MEM        sensorEventOp = 8
+	sensorEventOpOP_BPF_PROG_LOAD   sensorEventOp = 9
+	sensorEventOpOP_MODULE_LOAD     sensorEventOp = 10
+	sensorEventOpOP_KEXEC_LOAD      sensorEventOp = 11
+	sensorEventOpOP_DEV_MEM         sensorEventOp = 12
+	sensorEventOpOP_KCORE           sensorEventOp = 13
+	sensorEventOpOP_TRACEFS_WRITE   sensorEventOp = 14
+	sensorEventOpOP_FILE_OPEN_WRITE sensorEventOp = 15
+	sensorEventOpOP_FILE_TRUNCATE   sensorEventOp = 16
+	sensorEventOpOP_FILE_RENAME     sensorEventOp = 17
+	sensorEventOpOP_FILE_UNLINK     sensorEventOp = 18
+	sensorEventOpOP_FILE_CHMOD      sensorEventOp = 19
+	sensorEventOpOP_FILE_CHOWN      sensorEventOp = 20
+	sensorEventOpOP_FILE_LINK       sensorEventOp = 21
+	sensorEventOpOP_FILE_CREATE     sensorEventOp = 22
+	sensorEventOpOP_EXEC            sensorEventOp = 23
+	sensorEventOpOP_PTRACE_TRACEME  sensorEventOp = 24
+)
+
+type sensorFacts struct {
+	_         structs.HostLayout
+	Kind      uint32
+	Op        uint32
+	Tmnt      uint64
+	Tdentry   uint64
+	Tmnt2     uint64
+	Tdentry2  uint64
+	Ttask     uint64
+	Self      uint64
+	Ancestors uint64
+	Target    uint64
+	TargetExe uint64
+	Cgroups   uint64
+	Uid       uint32
+	NotDesc   uint32
+	Writable  uint32
+	Anon      uint32
+	PreExec   uint32
+	Pad       uint32
+}
+
+type sensorPathBits struct {
+	_      structs.HostLayout
+	Exact  uint64
+	Prefix uint64
+}
+
+type sensorPathKey struct {
+	_         structs.HostLayout
+	ParentIno uint64
+	NameHash  uint64
+	ParentDev uint32
+	Slot      uint32
+}
+
+type sensorPolicyCfg struct {
+	_          structs.HostLayout
+	ActiveSlot uint32
+	Pad        uint32
+	Slots      [2]struct {
+		_       structs.HostLayout
+		Version uint32
+		Nrules  uint32
+		Kinds   uint32
+		Pad     uint32
+	}
+}
+
+type sensorProcFacts struct {
+	_         structs.HostLayout
+	Self      uint64
+	Ancestors uint64
+	Version   uint32
+	Pad       uint32
+}
+
+type sensorRule struct {
+	_             structs.HostLayout
+	Kinds         uint32
+	Conds         sensorCondBit
+	Action        sensorVerdictAction
+	Enforce       uint8
+	Nuid          uint8
+	SkipTo        uint16
+	RuleIndex     uint16
+	Pad           uint16
+	_             [4]byte
+	ExeMask       uint64
+	ExePrefixMask uint64
+	AncMask       uint64
+	TpathMask     uint64
+	TprefixMask   uint64
+	TexeMask      uint64
+	CgroupMask    uint64
+	Ops           uint64
+	UidLo         [4]uint32
+	UidHi         [4]uint32
+}
+
+type sensorVerdict struct {
+	_         structs.HostLayout
+	Action    uint8
+	Enforce   uint8
+	RuleIndex uint16
+	Version   uint32
+}
+
+type sensorVerdictAction uint32
+
+const (
+	sensorVerdictActionACT_NONE  sensorVerdictAction = 0
+	sensorVerdictActionACT_ALLOW sensorVerdictAction = 1
+	sensorVerdictActionACT_DENY  sensorVerdictAction = 2
+	sensorVerdictActionACT_KILL  sensorVerdictAction = 3
+	sensorVerdictActionACT_ALERT sensorVerdictAction = 4
+	sensorVerdictActionACT_SKIP  sensorVerdictAction = 5
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sensorMapCgroupSets                 = "cgroup_sets"
 	sensorMapEvents                     = "events"
+	sensorMapExecVerdicts               = "exec_verdicts"
+	sensorMapFactsbuf                   = "factsbuf"
+	sensorMapNamebuf                    = "namebuf"
+	sensorMapPathSets                   = "path_sets"
+	sensorMapPolicy                     = "policy"
+	sensorMapProcs                      = "procs"
+	sensorMapRuleHits                   = "rule_hits"
+	sensorMapRules                      = "rules"
 	sensorMapScratch                    = "scratch"
+	sensorProgLsmBpf                    = "lsm_bpf"
+	sensorProgLsmBprmCheck              = "lsm_bprm_check"
 	sensorProgLsmFileMprotect           = "lsm_file_mprotect"
 	sensorProgLsmFileOpen               = "lsm_file_open"
+	sensorProgLsmKernelLoadData         = "lsm_kernel_load_data"
+	sensorProgLsmKernelReadFile         = "lsm_kernel_read_file"
 	sensorProgLsmMmapFile               = "lsm_mmap_file"
+	sensorProgLsmPathChmod              = "lsm_path_chmod"
+	sensorProgLsmPathChown              = "lsm_path_chown"
+	sensorProgLsmPathLink               = "lsm_path_link"
+	sensorProgLsmPathMkdir              = "lsm_path_mkdir"
+	sensorProgLsmPathMknod              = "lsm_path_mknod"
+	sensorProgLsmPathRename             = "lsm_path_rename"
+	sensorProgLsmPathRmdir              = "lsm_path_rmdir"
+	sensorProgLsmPathSymlink            = "lsm_path_symlink"
+	sensorProgLsmPathTruncate           = "lsm_path_truncate"
+	sensorProgLsmPathUnlink             = "lsm_path_unlink"
+	sensorProgLsmPtraceAccessCheck      = "lsm_ptrace_access_check"
+	sensorProgLsmPtraceTraceme          = "lsm_ptrace_traceme"
 	sensorProgSchedProcessExec          = "sched_process_exec"
 	sensorProgSchedProcessExit          = "sched_process_exit"
 	sensorProgSchedProcessFork          = "sched_process_fork"
@@ -130,6 +316,7 @@ const (
 	sensorProgTpSysExitOpenat2          = "tp_sys_exit_openat2"
 	sensorVarAgentTgid                  = "agent_tgid"
 	sensorVarLostEvents                 = "lost_events"
+	sensorVarLsmBackend                 = "lsm_backend"
 	sensorVarSeqCounter                 = "seq_counter"
 )
 
@@ -175,9 +362,25 @@ type sensorSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sensorProgramSpecs struct {
+	LsmBpf                    *ebpf.ProgramSpec `ebpf:"lsm_bpf"`
+	LsmBprmCheck              *ebpf.ProgramSpec `ebpf:"lsm_bprm_check"`
 	LsmFileMprotect           *ebpf.ProgramSpec `ebpf:"lsm_file_mprotect"`
 	LsmFileOpen               *ebpf.ProgramSpec `ebpf:"lsm_file_open"`
+	LsmKernelLoadData         *ebpf.ProgramSpec `ebpf:"lsm_kernel_load_data"`
+	LsmKernelReadFile         *ebpf.ProgramSpec `ebpf:"lsm_kernel_read_file"`
 	LsmMmapFile               *ebpf.ProgramSpec `ebpf:"lsm_mmap_file"`
+	LsmPathChmod              *ebpf.ProgramSpec `ebpf:"lsm_path_chmod"`
+	LsmPathChown              *ebpf.ProgramSpec `ebpf:"lsm_path_chown"`
+	LsmPathLink               *ebpf.ProgramSpec `ebpf:"lsm_path_link"`
+	LsmPathMkdir              *ebpf.ProgramSpec `ebpf:"lsm_path_mkdir"`
+	LsmPathMknod              *ebpf.ProgramSpec `ebpf:"lsm_path_mknod"`
+	LsmPathRename             *ebpf.ProgramSpec `ebpf:"lsm_path_rename"`
+	LsmPathRmdir              *ebpf.ProgramSpec `ebpf:"lsm_path_rmdir"`
+	LsmPathSymlink            *ebpf.ProgramSpec `ebpf:"lsm_path_symlink"`
+	LsmPathTruncate           *ebpf.ProgramSpec `ebpf:"lsm_path_truncate"`
+	LsmPathUnlink             *ebpf.ProgramSpec `ebpf:"lsm_path_unlink"`
+	LsmPtraceAccessCheck      *ebpf.ProgramSpec `ebpf:"lsm_ptrace_access_check"`
+	LsmPtraceTraceme          *ebpf.ProgramSpec `ebpf:"lsm_ptrace_traceme"`
 	SchedProcessExec          *ebpf.ProgramSpec `ebpf:"sched_process_exec"`
 	SchedProcessExit          *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
 	SchedProcessFork          *ebpf.ProgramSpec `ebpf:"sched_process_fork"`
@@ -199,8 +402,17 @@ type sensorProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sensorMapSpecs struct {
-	Events  *ebpf.MapSpec `ebpf:"events"`
-	Scratch *ebpf.MapSpec `ebpf:"scratch"`
+	CgroupSets   *ebpf.MapSpec `ebpf:"cgroup_sets"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	ExecVerdicts *ebpf.MapSpec `ebpf:"exec_verdicts"`
+	Factsbuf     *ebpf.MapSpec `ebpf:"factsbuf"`
+	Namebuf      *ebpf.MapSpec `ebpf:"namebuf"`
+	PathSets     *ebpf.MapSpec `ebpf:"path_sets"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	Procs        *ebpf.MapSpec `ebpf:"procs"`
+	RuleHits     *ebpf.MapSpec `ebpf:"rule_hits"`
+	Rules        *ebpf.MapSpec `ebpf:"rules"`
+	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 }
 
 // sensorVariableSpecs contains global variables before they are loaded into the kernel.
@@ -209,6 +421,7 @@ type sensorMapSpecs struct {
 type sensorVariableSpecs struct {
 	AgentTgid  *ebpf.VariableSpec `ebpf:"agent_tgid"`
 	LostEvents *ebpf.VariableSpec `ebpf:"lost_events"`
+	LsmBackend *ebpf.VariableSpec `ebpf:"lsm_backend"`
 	SeqCounter *ebpf.VariableSpec `ebpf:"seq_counter"`
 }
 
@@ -232,13 +445,31 @@ func (o *sensorObjects) Close() error {
 //
 // It can be passed to loadSensorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sensorMaps struct {
-	Events  *ebpf.Map `ebpf:"events"`
-	Scratch *ebpf.Map `ebpf:"scratch"`
+	CgroupSets   *ebpf.Map `ebpf:"cgroup_sets"`
+	Events       *ebpf.Map `ebpf:"events"`
+	ExecVerdicts *ebpf.Map `ebpf:"exec_verdicts"`
+	Factsbuf     *ebpf.Map `ebpf:"factsbuf"`
+	Namebuf      *ebpf.Map `ebpf:"namebuf"`
+	PathSets     *ebpf.Map `ebpf:"path_sets"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	Procs        *ebpf.Map `ebpf:"procs"`
+	RuleHits     *ebpf.Map `ebpf:"rule_hits"`
+	Rules        *ebpf.Map `ebpf:"rules"`
+	Scratch      *ebpf.Map `ebpf:"scratch"`
 }
 
 func (m *sensorMaps) Close() error {
 	return _SensorClose(
+		m.CgroupSets,
 		m.Events,
+		m.ExecVerdicts,
+		m.Factsbuf,
+		m.Namebuf,
+		m.PathSets,
+		m.Policy,
+		m.Procs,
+		m.RuleHits,
+		m.Rules,
 		m.Scratch,
 	)
 }
@@ -249,6 +480,7 @@ func (m *sensorMaps) Close() error {
 type sensorVariables struct {
 	AgentTgid  *ebpf.Variable `ebpf:"agent_tgid"`
 	LostEvents *ebpf.Variable `ebpf:"lost_events"`
+	LsmBackend *ebpf.Variable `ebpf:"lsm_backend"`
 	SeqCounter *ebpf.Variable `ebpf:"seq_counter"`
 }
 
@@ -256,9 +488,25 @@ type sensorVariables struct {
 //
 // It can be passed to loadSensorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sensorPrograms struct {
+	LsmBpf                    *ebpf.Program `ebpf:"lsm_bpf"`
+	LsmBprmCheck              *ebpf.Program `ebpf:"lsm_bprm_check"`
 	LsmFileMprotect           *ebpf.Program `ebpf:"lsm_file_mprotect"`
 	LsmFileOpen               *ebpf.Program `ebpf:"lsm_file_open"`
+	LsmKernelLoadData         *ebpf.Program `ebpf:"lsm_kernel_load_data"`
+	LsmKernelReadFile         *ebpf.Program `ebpf:"lsm_kernel_read_file"`
 	LsmMmapFile               *ebpf.Program `ebpf:"lsm_mmap_file"`
+	LsmPathChmod              *ebpf.Program `ebpf:"lsm_path_chmod"`
+	LsmPathChown              *ebpf.Program `ebpf:"lsm_path_chown"`
+	LsmPathLink               *ebpf.Program `ebpf:"lsm_path_link"`
+	LsmPathMkdir              *ebpf.Program `ebpf:"lsm_path_mkdir"`
+	LsmPathMknod              *ebpf.Program `ebpf:"lsm_path_mknod"`
+	LsmPathRename             *ebpf.Program `ebpf:"lsm_path_rename"`
+	LsmPathRmdir              *ebpf.Program `ebpf:"lsm_path_rmdir"`
+	LsmPathSymlink            *ebpf.Program `ebpf:"lsm_path_symlink"`
+	LsmPathTruncate           *ebpf.Program `ebpf:"lsm_path_truncate"`
+	LsmPathUnlink             *ebpf.Program `ebpf:"lsm_path_unlink"`
+	LsmPtraceAccessCheck      *ebpf.Program `ebpf:"lsm_ptrace_access_check"`
+	LsmPtraceTraceme          *ebpf.Program `ebpf:"lsm_ptrace_traceme"`
 	SchedProcessExec          *ebpf.Program `ebpf:"sched_process_exec"`
 	SchedProcessExit          *ebpf.Program `ebpf:"sched_process_exit"`
 	SchedProcessFork          *ebpf.Program `ebpf:"sched_process_fork"`
@@ -278,9 +526,25 @@ type sensorPrograms struct {
 
 func (p *sensorPrograms) Close() error {
 	return _SensorClose(
+		p.LsmBpf,
+		p.LsmBprmCheck,
 		p.LsmFileMprotect,
 		p.LsmFileOpen,
+		p.LsmKernelLoadData,
+		p.LsmKernelReadFile,
 		p.LsmMmapFile,
+		p.LsmPathChmod,
+		p.LsmPathChown,
+		p.LsmPathLink,
+		p.LsmPathMkdir,
+		p.LsmPathMknod,
+		p.LsmPathRename,
+		p.LsmPathRmdir,
+		p.LsmPathSymlink,
+		p.LsmPathTruncate,
+		p.LsmPathUnlink,
+		p.LsmPtraceAccessCheck,
+		p.LsmPtraceTraceme,
 		p.SchedProcessExec,
 		p.SchedProcessExit,
 		p.SchedProcessFork,

@@ -1,0 +1,396 @@
+package bpfsensor
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"path"
+	"strings"
+	"testing"
+
+	"github.com/vigil-hips/vigil/internal/policy"
+)
+
+// fakeFS resolves every path as if its directory existed, except those
+// under /missing; /bin is a symlink to /usr/bin.
+type fakeFS struct{ cgroups map[string]uint64 }
+
+func dirIno(dir string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(dir))
+	return h.Sum64()
+}
+
+func fakeKey(p string) PathKey {
+	return PathKey{ParentDev: 1, ParentIno: dirIno(path.Dir(p)), Name: path.Base(p)}
+}
+
+func (fakeFS) PathKeys(p string) ([]PathKey, error) {
+	if strings.HasPrefix(p, "/missing/") {
+		return nil, fmt.Errorf("stat %s: %w", path.Dir(p), os.ErrNotExist)
+	}
+	if rest, ok := strings.CutPrefix(p, "/bin/"); ok {
+		return []PathKey{fakeKey(p), fakeKey("/usr/bin/" + rest)}, nil
+	}
+	return []PathKey{fakeKey(p)}, nil
+}
+
+func (f fakeFS) CgroupID(p string) (uint64, error) {
+	if id, ok := f.cgroups[p]; ok {
+		return id, nil
+	}
+	return 0, os.ErrNotExist
+}
+
+// kernelFacts is what the kernel's walk (facts_step) finds for a path:
+// exact bits of the entry itself, prefix bits of it and every directory
+// above it.
+func kernelFacts(kp *KernelPolicy, p string) uint64 {
+	if p == "" {
+		return 0
+	}
+	var bits uint64
+	for level := 0; p != "/"; level++ {
+		if b, ok := kp.Paths[fakeKey(p)]; ok {
+			if level == 0 {
+				bits |= b.Exact
+			}
+			bits |= b.Prefix
+		}
+		p = path.Dir(p)
+	}
+	return bits
+}
+
+// kernelDecide transcribes scan_step and rule_matches (policy.bpf.h):
+// the model the compiler is tested against, with policy.Evaluate as the
+// reference of what it must decide.
+func kernelDecide(kp *KernelPolicy, in policy.Input, cgroupBits uint64, notDesc bool) (rule string, action sensorVerdictAction, enforce bool) {
+	kind := kindOf[in.Kind]
+	self := kernelFacts(kp, in.Process.Exe.Path)
+	var anc uint64
+	for i, a := range in.Process.Ancestry {
+		if i < 16 {
+			anc |= kernelFacts(kp, a.Exe)
+		}
+	}
+	target := kernelFacts(kp, in.File.Path)
+	if in.Op == "rename" || in.Op == "link" {
+		target |= kernelFacts(kp, in.NewPath)
+	}
+	texe := kernelFacts(kp, in.Target.Exe)
+	op := opOf[in.Op]
+	writable := (in.Prot|in.PrevProt)&policy.ProtWrite != 0
+	for i := 0; i < len(kp.Entries); i++ {
+		r := kp.Entries[i]
+		c := r.Conds
+		has := func(b sensorCondBit) bool { return c&b != 0 }
+		uidOK := !has(sensorCondBitC_UID_RANGE)
+		for j := 0; j < int(r.Nuid); j++ {
+			uidOK = uidOK || in.Process.UID >= r.UidLo[j] && in.Process.UID <= r.UidHi[j]
+		}
+		ok := r.Kinds&kindBit(kind) != 0 &&
+			(!has(sensorCondBitC_EXE) || self&r.ExeMask != 0) &&
+			(!has(sensorCondBitC_EXE_PREFIX) || self&r.ExePrefixMask != 0) &&
+			(!has(sensorCondBitC_ANCESTOR) || anc&r.AncMask != 0) &&
+			(!has(sensorCondBitC_CGROUP) || cgroupBits&r.CgroupMask != 0) &&
+			(!has(sensorCondBitC_TPATH) || target&r.TpathMask != 0) &&
+			(!has(sensorCondBitC_TPREFIX) || target&r.TprefixMask != 0) &&
+			(!has(sensorCondBitC_TEXE) || texe&r.TexeMask != 0) &&
+			(!has(sensorCondBitC_NOT_DESC) || notDesc) &&
+			(!has(sensorCondBitC_IS_DESC) || !notDesc) &&
+			(!has(sensorCondBitC_PROT_WRITE) || writable) &&
+			(!has(sensorCondBitC_ANON) || in.Anonymous) &&
+			(!has(sensorCondBitC_NOT_ANON) || !in.Anonymous) &&
+			(!has(sensorCondBitC_OP) || r.Ops&opBit(op) != 0) &&
+			uidOK
+		if !ok {
+			continue
+		}
+		if r.Action == sensorVerdictActionACT_SKIP {
+			i = int(r.SkipTo) - 1
+			continue
+		}
+		return kp.RuleIDs[r.RuleIndex], r.Action, r.Enforce == 1
+	}
+	return "", sensorVerdictActionACT_NONE, false
+}
+
+func mustParse(t *testing.T, src string) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse("test.yaml", []byte(src))
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	return p
+}
+
+const conformancePolicy = `
+version: 1
+mode: enforce
+rules:
+  - id: exe-exact
+    on: [exec]
+    action: deny
+    match:
+      process: {exe: [/usr/bin/curl]}
+      target: {path_prefix: [/tmp]}
+  - id: shells-under-servers
+    on: [exec]
+    action: kill
+    match:
+      process: {exe_prefix: [/usr/sbin]}
+      target: {path: [/bin/sh, /usr/bin/bash]}
+    except:
+      - process: {exe: [/usr/sbin/sshd]}
+  - id: ancestors
+    on: [exec]
+    action: alert
+    mode: monitor
+    match:
+      process: {ancestor_exe: [/usr/sbin/cron]}
+  - id: uids
+    on: [image_load]
+    action: deny
+    match:
+      process: {uid: [1, 3, 5, 7, 9, "100-200"]}
+      target: {path_prefix: [/home]}
+  - id: wx
+    on: [mem_exec]
+    action: deny
+    match:
+      target: {prot: [write, exec], anonymous: true}
+    except:
+      - process: {exe_prefix: [/usr/lib/jvm]}
+  - id: inject
+    on: [inject]
+    action: deny
+    match:
+      inject_method: [ptrace_attach, proc_mem_write]
+      target: {not_descendant: true}
+  - id: inject-own
+    on: [inject]
+    action: alert
+    match:
+      target: {not_descendant: false, process_exe: [/usr/bin/sleep]}
+  - id: kernel
+    on: [kernel]
+    action: deny
+    match:
+      kernel_op: [module_load, bpf_prog_load]
+    except:
+      - process: {exe: [/usr/bin/kmod]}
+  - id: persistence
+    on: [file_modify]
+    action: deny
+    match:
+      target: {path: [/etc/ld.so.preload], path_prefix: [/etc/sudoers.d]}
+  - id: cgroup
+    on: [file_modify]
+    action: alert
+    match:
+      process: {cgroup: [/system.slice/nginx.service]}
+`
+
+func TestCompileConformsToEvaluate(t *testing.T) {
+	p := mustParse(t, conformancePolicy)
+	fs := fakeFS{cgroups: map[string]uint64{"/system.slice/nginx.service": 42}}
+	kp, warnings, err := Compile(p, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 0 {
+		t.Fatalf("warnings: %v", warnings)
+	}
+	proc := func(exe string, uid uint32, anc ...string) policy.Process {
+		pr := policy.Process{Pid: 10, Exe: policy.File{Path: exe}, UID: uid}
+		for i, a := range anc {
+			pr.Ancestry = append(pr.Ancestry, policy.Ancestor{Pid: uint32(9 - i), Exe: a})
+		}
+		return pr
+	}
+	file := func(p string) policy.File { return policy.File{Path: p} }
+	inputs := []struct {
+		name    string
+		in      policy.Input
+		notDesc bool
+		cgroup  uint64 // cgroup-set bits the kernel finds
+	}{
+		{"curl execs from /tmp", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/curl", 0), File: file("/tmp/x/payload")}, false, 0},
+		{"curl execs elsewhere", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/curl", 0), File: file("/usr/bin/id")}, false, 0},
+		{"curl execs /tmpx", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/curl", 0), File: file("/tmpx/a")}, false, 0},
+		{"nginx spawns bash", policy.Input{Kind: policy.KindExec, Process: proc("/usr/sbin/nginx", 33), File: file("/usr/bin/bash")}, false, 0},
+		{"sshd spawns bash", policy.Input{Kind: policy.KindExec, Process: proc("/usr/sbin/sshd", 0), File: file("/usr/bin/bash")}, false, 0},
+		{"nginx spawns id", policy.Input{Kind: policy.KindExec, Process: proc("/usr/sbin/nginx", 33), File: file("/usr/bin/id")}, false, 0},
+		{"under cron", policy.Input{Kind: policy.KindExec, Process: proc("/bin/x", 0, "/usr/bin/sh", "/usr/sbin/cron"), File: file("/usr/bin/id")}, false, 0},
+		{"uid 7 loads from home", policy.Input{Kind: policy.KindImageLoad, Process: proc("/usr/bin/a", 7), File: file("/home/u/lib.so")}, false, 0},
+		{"uid 150 loads from home", policy.Input{Kind: policy.KindImageLoad, Process: proc("/usr/bin/a", 150), File: file("/home/u/lib.so")}, false, 0},
+		{"uid 8 loads from home", policy.Input{Kind: policy.KindImageLoad, Process: proc("/usr/bin/a", 8), File: file("/home/u/lib.so")}, false, 0},
+		{"wx anon", policy.Input{Kind: policy.KindMemExec, Process: proc("/usr/bin/a", 0), Prot: 5, PrevProt: 3, Anonymous: true}, false, 0},
+		{"wx anon java", policy.Input{Kind: policy.KindMemExec, Process: proc("/usr/lib/jvm/j17/bin/java", 0), Prot: 5, PrevProt: 3, Anonymous: true}, false, 0},
+		{"rx file", policy.Input{Kind: policy.KindMemExec, Process: proc("/usr/bin/a", 0), Prot: 5, File: file("/x")}, false, 0},
+		{"ptrace foreign", policy.Input{Kind: policy.KindInject, Op: "ptrace_attach", Process: proc("/usr/bin/gdb", 0), Target: policy.Target{Pid: 1, Exe: "/sbin/init"}}, true, 0},
+		{"ptrace own child", policy.Input{Kind: policy.KindInject, Op: "ptrace_attach", Process: proc("/usr/bin/gdb", 0), Target: policy.Target{Pid: 10, Exe: "/usr/bin/sleep"}}, false, 0},
+		{"vm_writev foreign", policy.Input{Kind: policy.KindInject, Op: "process_vm_writev", Process: proc("/usr/bin/x", 0), Target: policy.Target{Pid: 1, Exe: "/sbin/init"}}, true, 0},
+		{"module by kmod", policy.Input{Kind: policy.KindKernel, Op: "module_load", Process: proc("/usr/bin/kmod", 0)}, false, 0},
+		{"module by other", policy.Input{Kind: policy.KindKernel, Op: "module_load", Process: proc("/tmp/rootkit", 0)}, false, 0},
+		{"kcore", policy.Input{Kind: policy.KindKernel, Op: "kcore_open", Process: proc("/tmp/rootkit", 0)}, false, 0},
+		{"preload create", policy.Input{Kind: policy.KindFileModify, Op: "create", Process: proc("/usr/bin/tee", 0), File: file("/etc/ld.so.preload")}, false, 0},
+		{"sudoers.d rename into", policy.Input{Kind: policy.KindFileModify, Op: "rename", Process: proc("/usr/bin/mv", 0), File: file("/tmp/x"), NewPath: "/etc/sudoers.d/evil"}, false, 0},
+		{"sudoers.dx", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/bin/mv", 0), File: file("/etc/sudoers.dx")}, false, 0},
+		{"nginx writes", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/sbin/nginx", 0), File: file("/var/log/x")}, false, 1},
+	}
+	env := cgroupEnv{42: "/system.slice/nginx.service"}
+	for _, tc := range inputs {
+		in := tc.in
+		if tc.cgroup != 0 {
+			in.Process.CgroupID = 42
+		}
+		if !tc.notDesc && in.Kind == policy.KindInject {
+			in.Target.Pid = in.Process.Pid // the model's "descendant": itself
+		}
+		want := p.Evaluate(in, env)
+		rule, action, enforce := kernelDecide(kp, in, tc.cgroup, tc.notDesc)
+		wantAction := actionOf[want.Action]
+		if want.Rule == "" {
+			wantAction = sensorVerdictActionACT_NONE
+		}
+		if rule != want.Rule || action != wantAction || enforce != (want.Mode == policy.Enforce && want.Rule != "") {
+			t.Errorf("%s: kernel decides %q %v enforce=%v, Evaluate %+v", tc.name, rule, action, enforce, want)
+		}
+	}
+}
+
+type cgroupEnv map[uint64]string
+
+func (cgroupEnv) SHA256(policy.File) (string, bool) { return "", false }
+func (e cgroupEnv) CgroupPath(id uint64) (string, bool) {
+	p, ok := e[id]
+	return p, ok
+}
+func (cgroupEnv) Ancestry(uint32, uint64) ([]policy.Ancestor, bool) { return nil, false }
+
+func TestCompileLayout(t *testing.T) {
+	p := mustParse(t, conformancePolicy)
+	kp, _, err := Compile(p, fakeFS{cgroups: map[string]uint64{"/system.slice/nginx.service": 42}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// shells-under-servers: its except entry comes first and skips the rule.
+	var skip, main int = -1, -1
+	for i, e := range kp.Entries {
+		if kp.RuleIDs[e.RuleIndex] == "shells-under-servers" {
+			if e.Action == sensorVerdictActionACT_SKIP && skip < 0 {
+				skip = i
+			} else if e.Action == sensorVerdictActionACT_KILL {
+				main = i
+			}
+		}
+	}
+	if skip < 0 || main != skip+1 || int(kp.Entries[skip].SkipTo) != main+1 {
+		t.Fatalf("except layout: skip %d main %d skip_to %d", skip, main, kp.Entries[skip].SkipTo)
+	}
+	// /bin/sh names both the link and /usr/bin/sh.
+	e := kp.Entries[main]
+	if kp.Paths[fakeKey("/bin/sh")].Exact&e.TpathMask == 0 || kp.Paths[fakeKey("/usr/bin/sh")].Exact&e.TpathMask == 0 {
+		t.Errorf("/bin/sh: symlink and target not both in the set")
+	}
+	// uids: six values and a range become two entries of at most four ranges.
+	n := 0
+	for _, e := range kp.Entries {
+		if kp.RuleIDs[e.RuleIndex] == "uids" {
+			n++
+			if e.Nuid == 0 || e.Nuid > UIDRanges {
+				t.Errorf("uid entry with %d ranges", e.Nuid)
+			}
+		}
+	}
+	if n != 2 {
+		t.Errorf("uids: %d entries, want 2", n)
+	}
+	if kp.Cgroups[42] == 0 {
+		t.Errorf("cgroup 42 not in a set")
+	}
+	wantKinds := uint32(0)
+	for _, k := range []sensorEventKind{sensorEventKindKIND_EXEC, sensorEventKindKIND_IMAGE, sensorEventKindKIND_MEMEXEC,
+		sensorEventKindKIND_INJECT, sensorEventKindKIND_KERNEL, sensorEventKindKIND_FILE} {
+		wantKinds |= kindBit(k)
+	}
+	if kp.Kinds != wantKinds {
+		t.Errorf("kinds %#x, want %#x", kp.Kinds, wantKinds)
+	}
+}
+
+func TestCompileRejectsAndWarns(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		err       error
+		warn      string
+	}{
+		{"sha256", `
+version: 1
+mode: enforce
+rules:
+  - id: h
+    on: [exec]
+    action: deny
+    match: {process: {sha256: [` + strings.Repeat("a", 64) + `]}}
+`, ErrNotInKernel, ""},
+		{"prot read", `
+version: 1
+mode: enforce
+rules:
+  - id: r
+    on: [mem_exec]
+    action: deny
+    match: {target: {prot: [read]}}
+`, ErrNotInKernel, ""},
+		{"missing directory", `
+version: 1
+mode: enforce
+rules:
+  - id: m
+    on: [file_modify]
+    action: deny
+    match: {target: {path: [/missing/dir/file]}}
+`, nil, "matches nothing until the policy is applied again"},
+	} {
+		p := mustParse(t, tc.src)
+		kp, warnings, err := Compile(p, fakeFS{})
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("%s: err %v, want %v", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if len(warnings) == 0 || !strings.Contains(warnings[0].Msg, tc.warn) {
+			t.Errorf("%s: warnings %v, want %q", tc.name, warnings, tc.warn)
+		}
+		if len(kp.Entries) != 0 {
+			t.Errorf("%s: a rule that can never match has %d entries", tc.name, len(kp.Entries))
+		}
+	}
+}
+
+func TestNameHashIsWordwise(t *testing.T) {
+	// The kernel reads the name into a buffer holding older, longer names:
+	// bytes past the end must not count. Equal names hash equal, and a
+	// one-byte difference anywhere changes the hash.
+	names := []string{"a", "sh", "bash", "ld.so.preload", "authorized_keys", "authorized_keys2", strings.Repeat("x", 255)}
+	seen := map[uint64]string{}
+	for _, n := range names {
+		h := NameHash(n)
+		if other, dup := seen[h]; dup {
+			t.Errorf("%q and %q hash alike", n, other)
+		}
+		seen[h] = n
+		if NameHash(n) != h {
+			t.Errorf("%q: unstable", n)
+		}
+	}
+}
