@@ -71,5 +71,6 @@ VMTEST_INCLUDE := bin/vigil:/usr/bin/vigil \
 	$(VM_LIBDIR)/libc.so.6:$(VM_LIBDIR)/libc.so.6 \
 	/usr/bin/true:/opt/vigil-test/true
 include mk/vm.mk
+include mk/bench.mk
 
 test-vm: build

@@ -1,0 +1,120 @@
+package bench
+
+import (
+	"fmt"
+	"math"
+	"slices"
+)
+
+// OpInfo names an operation of the microbenchmarks.
+type OpInfo struct {
+	Name     string
+	Label    string
+	PerBatch int
+	Control  bool
+}
+
+type sampleKey struct {
+	op, config string
+	round      int
+}
+
+// Collector gathers the samples of an interleaved run: per operation,
+// configuration and round.
+type Collector struct {
+	samples map[sampleKey][]float64
+	rounds  int
+}
+
+// Add records samples of op under config in round.
+func (c *Collector) Add(op, config string, round int, samples []float64) {
+	if c.samples == nil {
+		c.samples = map[sampleKey][]float64{}
+	}
+	k := sampleKey{op, config, round}
+	c.samples[k] = append(c.samples[k], samples...)
+	c.rounds = max(c.rounds, round+1)
+}
+
+// Rounds returns the number of rounds seen.
+func (c *Collector) Rounds() int { return c.rounds }
+
+// Results summarizes op for every configuration in configs that has
+// samples, with ratios to baseline: pooled over rounds for the median,
+// and round by round for the spread.
+func (c *Collector) Results(op OpInfo, configs []string, baseline string) OpResult {
+	out := OpResult{Op: op.Name, Label: op.Label, PerBatch: op.PerBatch, Control: op.Control}
+	base := c.pooled(op.Name, baseline)
+	baseMedian := math.NaN()
+	if len(base) > 0 {
+		baseMedian = Median(base)
+	}
+	for _, cfg := range configs {
+		all := c.pooled(op.Name, cfg)
+		if len(all) == 0 {
+			continue
+		}
+		res := ConfigResult{Config: cfg, NS: Summarize(all), Ratio: Ratio(Median(all), baseMedian)}
+		for r := 0; r < c.rounds; r++ {
+			xs := c.samples[sampleKey{op.Name, cfg, r}]
+			if len(xs) == 0 {
+				continue
+			}
+			m := Median(xs)
+			res.RoundMedians = append(res.RoundMedians, m)
+			if b := c.samples[sampleKey{op.Name, baseline, r}]; len(b) > 0 && cfg != baseline {
+				res.RoundRatios = append(res.RoundRatios, Ratio(m, Median(b)))
+			}
+		}
+		out.Results = append(out.Results, res)
+	}
+	return out
+}
+
+func (c *Collector) pooled(op, config string) []float64 {
+	var all []float64
+	for r := 0; r < c.rounds; r++ {
+		all = append(all, c.samples[sampleKey{op, config, r}]...)
+	}
+	return all
+}
+
+// ControlTolerance is how far a control operation's ratio may stray from
+// 1.0 before the report calls it out.
+const ControlTolerance = 0.05
+
+// ControlFindings returns a finding for every control operation whose
+// ratio is not within ControlTolerance of 1.0: then the machine's noise,
+// or a per-syscall cost of the configuration, is as large as that.
+func ControlFindings(s MicroSuite, label func(string) string) []string {
+	var out []string
+	for _, op := range s.Ops {
+		if !op.Control {
+			continue
+		}
+		for _, res := range op.Results {
+			if res.Config == s.Baseline || res.Ratio == 0 {
+				continue
+			}
+			if math.Abs(res.Ratio-1) > ControlTolerance {
+				out = append(out, fmt.Sprintf("%s: the control (%s) is %.3f× under %s, not ~1.0: "+
+					"either this configuration adds cost to every syscall or the machine was noisy; "+
+					"read its other ratios with a margin of that size.",
+					s.Place, op.Label, res.Ratio, label(res.Config)))
+			}
+		}
+	}
+	return out
+}
+
+// OverheadOf returns the ratio of config for op in suite, or 0.
+func (s *MicroSuite) OverheadOf(op, config string) float64 {
+	i := slices.IndexFunc(s.Ops, func(o OpResult) bool { return o.Op == op })
+	if i < 0 {
+		return 0
+	}
+	if r := s.Ops[i].Result(config); r != nil {
+		return r.Ratio
+	}
+	return 0
+}

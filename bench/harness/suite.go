@@ -1,0 +1,171 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/vigil-hips/vigil/bench"
+)
+
+// costAcc adds up a configuration's CPU during the exec microbenchmark.
+type costAcc struct {
+	cpu  time.Duration
+	wall time.Duration
+	ops  int64
+}
+
+// peakRSS is a configuration's largest VmHWM and where it was seen.
+type peakRSS struct {
+	kb    uint64
+	where string
+	procs string
+}
+
+func (e *Env) notePeak(name string, r *Running, where string) {
+	if r == nil || r.d == nil {
+		return
+	}
+	kb := r.HWMKB()
+	if kb > e.peaks[name].kb {
+		e.peaks[name] = peakRSS{kb: kb, where: where, procs: r.d.comms()}
+	}
+}
+
+// startConfig starts c (nil Running for the baseline).
+func (e *Env) startConfig(ctx context.Context, c *Config) (*Running, error) {
+	if c.Start == nil {
+		return nil, nil
+	}
+	t0 := time.Now()
+	r, err := c.Start(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	e.startTimes[c.Name] = append(e.startTimes[c.Name], time.Since(t0).Seconds())
+	r.Config = c.Name
+	if r.Backend != "" {
+		e.backends[c.Name] = r.Backend
+	}
+	return r, nil
+}
+
+// stopConfig stops r, noting its peak RSS first.
+func (e *Env) stopConfig(ctx context.Context, r *Running, where string) {
+	if r == nil {
+		return
+	}
+	e.notePeak(r.Config, r, where)
+	// Stopping must happen even when ctx is cancelled: use a fresh one.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	if err := r.Stop(sctx); err != nil {
+		e.errorf("%v", err)
+	}
+}
+
+// runSuite runs the microbenchmarks for cfgs, interleaved over rounds,
+// and summarizes them against the baseline.
+func (e *Env) runSuite(ctx context.Context, place string, cfgs []*Config, rounds int, scale float64) bench.MicroSuite {
+	ops := Ops()
+	names := make([]string, len(cfgs))
+	byName := map[string]*Config{}
+	for i, c := range cfgs {
+		names[i] = c.Name
+		byName[c.Name] = c
+	}
+	var col bench.Collector
+	schedule := bench.Schedule(names, rounds)
+	var r *Running // the running configuration, kept across a round boundary
+	for i, slot := range schedule {
+		if ctx.Err() != nil {
+			break
+		}
+		c := byName[slot.Config]
+		if why, ok := e.broken[c.Name]; ok {
+			e.Log.Debug("skipping broken configuration", "config", c.Name, "why", why)
+			continue
+		}
+		e.Log.Info("micro", "place", place, "round", slot.Round+1, "of", rounds, "config", c.Name)
+		if r == nil || r.Config != c.Name {
+			var err error
+			if r, err = e.startConfig(ctx, c); err != nil {
+				e.errorf("%s: %s: failed to start in round %d: %v", place, c.Name, slot.Round+1, err)
+				e.broken[c.Name] = shorten(fmt.Sprintf("failed to start in round %d: %v", slot.Round+1, err), 300)
+				r = nil
+				continue
+			}
+			if r == nil {
+				r = &Running{Config: c.Name} // the baseline: nothing runs
+			}
+			sleepCtx(ctx, e.P.Settle)
+		}
+		for _, op := range ops {
+			n := batches(op.Batches, scale)
+			cpu0 := r.CPU()
+			samples, wall, err := runOp(ctx, e.Tools, op, n)
+			cpu := r.CPU() - cpu0
+			if err != nil {
+				if ctx.Err() == nil {
+					e.errorf("%s: %s under %s: %v", place, op.Name, c.Name, err)
+				}
+				continue
+			}
+			col.Add(op.Name, c.Name, slot.Round, samples)
+			if op.Name == "exec" && r.d != nil {
+				acc := e.microCost[c.Name]
+				if acc == nil {
+					acc = &costAcc{}
+					e.microCost[c.Name] = acc
+				}
+				acc.cpu += cpu
+				acc.wall += wall
+				acc.ops += int64(n * op.PerBatch)
+			}
+		}
+		if r.d != nil && !r.d.alive() {
+			e.errorf("%s: %s died during round %d%s", place, c.Name, slot.Round+1, r.d.logTail())
+		}
+		// A configuration that ends a round and starts the next (the
+		// order reverses every round) keeps running: one start fewer.
+		if i+1 < len(schedule) && schedule[i+1].Config == c.Name {
+			continue
+		}
+		e.stopConfig(ctx, r, "microbenchmarks")
+		r = nil
+	}
+	if r != nil {
+		e.stopConfig(ctx, r, "microbenchmarks")
+	}
+	suite := bench.MicroSuite{Place: place, Baseline: Baseline, Rounds: rounds, Absolute: !e.InVM}
+	for _, n := range names {
+		for _, op := range ops {
+			if len(col.Results(op.OpInfo, []string{n}, Baseline).Results) > 0 {
+				suite.Configs = append(suite.Configs, n)
+				break
+			}
+		}
+	}
+	for _, op := range ops {
+		suite.Ops = append(suite.Ops, col.Results(op.OpInfo, suite.Configs, Baseline))
+	}
+	return suite
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// shorten cuts s to about n bytes for a table cell (the full text is in
+// the errors).
+func shorten(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "… (see the errors)"
+}

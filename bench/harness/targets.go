@@ -1,0 +1,196 @@
+package harness
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/vigil-hips/vigil/bench"
+)
+
+// overheads lists the overhead of config for op in every suite that has
+// it: "+2.1% (host), +4.0% (vm 6.12)".
+func overheads(r *bench.Report, op, config string) string {
+	var parts []string
+	for _, s := range r.Micro {
+		if ratio := s.OverheadOf(op, config); ratio > 0 {
+			parts = append(parts, fmt.Sprintf("%+.1f%% (%s)", (ratio-1)*100, s.Place))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// worst returns the largest overhead ratio of config for op over the
+// suites, and whether any suite had it.
+func worst(r *bench.Report, op, config string) (float64, bool) {
+	w, ok := 0.0, false
+	for _, s := range r.Micro {
+		if ratio := s.OverheadOf(op, config); ratio > 0 {
+			w, ok = max(w, ratio), true
+		}
+	}
+	return w, ok
+}
+
+func ran(r *bench.Report, config string) bool {
+	for _, c := range r.Configs {
+		if c.Name == config && c.Ran {
+			return true
+		}
+	}
+	return false
+}
+
+func reason(r *bench.Report, config string) string {
+	for _, c := range r.Configs {
+		if c.Name == config && c.Reason != "" {
+			return c.Reason
+		}
+	}
+	return "did not run"
+}
+
+// Targets reports the issue's goals against what this run measured. They
+// are reported, never asserted.
+func Targets(r *bench.Report) []bench.Target {
+	var out []bench.Target
+	overheadTarget := func(what, op, config string, limit float64) {
+		t := bench.Target{What: what, Goal: fmt.Sprintf("≤ %.0f%%", (limit-1)*100)}
+		if w, ok := worst(r, op, config); ok && ran(r, config) {
+			t.Measured = overheads(r, op, config)
+			t.Verdict = bench.NotMet
+			if w <= limit {
+				t.Verdict = bench.Met
+			}
+		} else {
+			t.Measured = "not run: " + reason(r, config)
+			if o := overheads(r, op, "vigil"); o != "" {
+				t.Measured += "; the observe-only agent today: " + o
+			}
+			t.Verdict = bench.NotYet
+		}
+		out = append(out, t)
+	}
+	overheadTarget("exec overhead, monitor (cached path)", "exec", "vigil-monitor", 1.03)
+	overheadTarget("mmap (dlopen) overhead, monitor (cached path)", "dlopen", "vigil-monitor", 1.03)
+	overheadTarget("exec overhead, enforce (cached path)", "exec", "vigil-enforce", 1.05)
+	overheadTarget("mmap (dlopen) overhead, enforce (cached path)", "dlopen", "vigil-enforce", 1.05)
+
+	loss := bench.Target{What: "zero loss up to the machine's maximum exec rate", Goal: "no events lost", Verdict: bench.NotMeasured,
+		Measured: "the throughput phase did not run"}
+	if t := r.Throughput; t != nil {
+		for _, rp := range t.Ramps {
+			if rp.Name != "exec" || len(rp.Steps) == 0 {
+				continue
+			}
+			if rp.LossFree {
+				loss.Measured = fmt.Sprintf("no loss up to %s execs/s (the machine's maximum with the agent)", bench.FormatRate(rp.MachineMax))
+				loss.Verdict = bench.Met
+			} else {
+				loss.Measured = fmt.Sprintf("zero loss up to %s execs/s; loss above it (machine maximum %s execs/s)",
+					bench.FormatRate(rp.MaxZeroLoss), bench.FormatRate(rp.MachineMax))
+				loss.Verdict = bench.NotMet
+			}
+		}
+	}
+	out = append(out, loss)
+
+	cpu := bench.Target{What: "agent CPU at 1,000 execs/s", Goal: "≤ 2% of one core", Verdict: bench.NotMeasured,
+		Measured: "the cost phase did not run"}
+	rss := bench.Target{What: "agent peak RSS", Goal: "≤ 64 MB", Verdict: bench.NotMeasured, Measured: "not measured"}
+	for _, c := range r.Cost {
+		if c.Config != "vigil" {
+			continue
+		}
+		if c.PacedRate > 0 {
+			cpu.Measured = fmt.Sprintf("%.2f%% at %s execs/s (observe-only agent)", c.PacedCPU, bench.FormatRate(c.PacedRate))
+			cpu.Verdict = bench.NotMet
+			if c.PacedCPU <= 2 {
+				cpu.Verdict = bench.Met
+			}
+		}
+		if c.PeakRSSMiB > 0 {
+			mb := c.PeakRSSMiB * (1 << 20) / 1e6
+			rss.Measured = fmt.Sprintf("%.1f MB (%.1f MiB), during the %s", mb, c.PeakRSSMiB, c.PeakWhere)
+			rss.Verdict = bench.NotMet
+			if mb <= 64 {
+				rss.Verdict = bench.Met
+			}
+		}
+	}
+	out = append(out, cpu, rss)
+	out = append(out, bench.Target{What: "decision latency, unknown 1 MB / 10 MB file", Goal: "reported (p50/p99)",
+		Measured: "needs issue 4", Verdict: bench.NotYet})
+	return out
+}
+
+// Findings derives what a reader (and the sensor engineer) should know
+// from the numbers.
+func Findings(r *bench.Report) []string {
+	label := func(n string) string {
+		for _, c := range r.Configs {
+			if c.Name == n {
+				return c.Label
+			}
+		}
+		return n
+	}
+	var out []string
+	for _, s := range r.Micro {
+		out = append(out, bench.ControlFindings(s, label)...)
+	}
+	// The agent's own overheads above the monitor target.
+	for _, s := range r.Micro {
+		for _, op := range s.Ops {
+			if op.Control {
+				continue
+			}
+			res := op.Result("vigil")
+			if res == nil || res.Ratio <= 1.03 {
+				continue
+			}
+			spread := ""
+			if len(res.RoundRatios) > 1 {
+				rs := bench.Summarize(res.RoundRatios)
+				spread = fmt.Sprintf(" (rounds %.3f–%.3f)", rs.Min, rs.Max)
+			}
+			out = append(out, fmt.Sprintf("%s: the observe-only agent adds %+.1f%% to %s%s, above the 3%% monitor target.",
+				s.Place, (res.Ratio-1)*100, op.Label, spread))
+		}
+	}
+	if t := r.Throughput; t != nil {
+		for _, rp := range t.Ramps {
+			if !rp.LossFree && len(rp.Steps) > 0 {
+				var lost uint64
+				for _, st := range rp.Steps {
+					lost += st.Lost
+				}
+				out = append(out, fmt.Sprintf("%s: the agent loses events above %s %s (%d lost in all steps); machine maximum %s %s.",
+					rp.Label, bench.FormatRate(rp.MaxZeroLoss), rp.Unit, lost, bench.FormatRate(rp.MachineMax), rp.Unit))
+			}
+			for _, st := range rp.Steps {
+				if st.AgentCPU > 90 {
+					out = append(out, fmt.Sprintf("%s: at %s %s the agent used %.0f%% of a core: its user-space pipeline is the bottleneck.",
+						rp.Label, bench.FormatRate(st.Achieved), rp.Unit, st.AgentCPU))
+					break
+				}
+			}
+		}
+		if g := t.Gaps; g != nil && g.Counter != g.LostInGap && g.Note != "" && !strings.HasPrefix(g.Note, "vigil events") {
+			out = append(out, fmt.Sprintf("Loss accounting: %d gap records account for %d lost events, the counter says %d.",
+				g.Records, g.LostInGap, g.Counter))
+		}
+	}
+	if w := r.Workload; w != nil {
+		for _, run := range w.Runs {
+			if run.Lost > 0 {
+				out = append(out, fmt.Sprintf("Workload round %d: the agent lost %d of %d events during the build.",
+					run.Round+1, run.Lost, run.Events+run.Lost))
+			}
+		}
+	}
+	if r.Machine.LoadStart > 0.5 || r.Machine.LoadEnd > 0.5 {
+		out = append(out, fmt.Sprintf("The machine was busy (load average %.2f at the start, %.2f at the end): "+
+			"ratios carry that noise; rerun on an idle machine for tighter numbers.", r.Machine.LoadStart, r.Machine.LoadEnd))
+	}
+	return out
+}

@@ -1,0 +1,392 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"time"
+)
+
+// FormatNS formats nanoseconds with a unit that keeps three significant
+// digits.
+func FormatNS(ns float64) string {
+	switch {
+	case math.IsNaN(ns) || ns <= 0:
+		return "–"
+	case ns < 1e3:
+		return fmt.Sprintf("%.0f ns", ns)
+	case ns < 1e4:
+		return fmt.Sprintf("%.2f µs", ns/1e3)
+	case ns < 1e5:
+		return fmt.Sprintf("%.1f µs", ns/1e3)
+	case ns < 1e6:
+		return fmt.Sprintf("%.0f µs", ns/1e3)
+	case ns < 1e7:
+		return fmt.Sprintf("%.2f ms", ns/1e6)
+	default:
+		return fmt.Sprintf("%.1f ms", ns/1e6)
+	}
+}
+
+// FormatRatio formats a ratio to the baseline with the overhead it means:
+// "1.031× (+3.1%)".
+func FormatRatio(r float64) string {
+	if r <= 0 || math.IsNaN(r) {
+		return "–"
+	}
+	return fmt.Sprintf("%.3f× (%+.1f%%)", r, (r-1)*100)
+}
+
+// FormatRate formats operations per second.
+func FormatRate(r float64) string {
+	switch {
+	case r <= 0:
+		return "–"
+	case r >= 1e6:
+		return fmt.Sprintf("%.2fM", r/1e6)
+	case r >= 1e4:
+		return fmt.Sprintf("%.0fk", r/1e3)
+	case r >= 1e3:
+		return fmt.Sprintf("%.1fk", r/1e3)
+	default:
+		return fmt.Sprintf("%.0f", r)
+	}
+}
+
+func (r *Report) label(name string) string {
+	for _, c := range r.Configs {
+		if c.Name == name && c.Label != "" {
+			return c.Label
+		}
+	}
+	return name
+}
+
+// table writes a markdown table.
+func table(w io.Writer, head []string, rows [][]string) {
+	esc := func(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+	cells := func(c []string) string {
+		out := make([]string, len(c))
+		for i, s := range c {
+			out[i] = esc(s)
+		}
+		return "| " + strings.Join(out, " | ") + " |\n"
+	}
+	io.WriteString(w, cells(head))
+	sep := make([]string, len(head))
+	for i := range sep {
+		sep[i] = "---"
+	}
+	io.WriteString(w, "|"+strings.Join(sep, "|")+"|\n")
+	for _, row := range rows {
+		io.WriteString(w, cells(row))
+	}
+	io.WriteString(w, "\n")
+}
+
+// WriteMarkdown renders the report for people: the side-by-side tables
+// first, then the details, then how it was measured.
+func (r *Report) WriteMarkdown(w io.Writer) error {
+	var b strings.Builder
+	title := r.Title
+	if title == "" {
+		title = "Vigil benchmarks"
+	}
+	fmt.Fprintf(&b, "# %s\n\n", title)
+	fmt.Fprintf(&b, "Run %s, %s mode, took %s. Host: %s, %d cores, %.0f GiB, kernel %s. "+
+		"Load average %.2f at the start, %.2f at the end.\n\n",
+		r.Started.UTC().Format(time.RFC3339), r.Mode, (time.Duration(r.Seconds) * time.Second).String(),
+		orDash(r.Machine.CPU), r.Machine.Cores, r.Machine.MemoryGiB, r.Machine.Kernel,
+		r.Machine.LoadStart, r.Machine.LoadEnd)
+	fmt.Fprintf(&b, "Every figure is a ratio against **no agent, measured in the same run**, "+
+		"the configurations interleaved round by round. Targets are reported against, not asserted.\n\n")
+	for _, n := range r.Machine.Notes {
+		fmt.Fprintf(&b, "- %s\n", n)
+	}
+	if len(r.Machine.Notes) > 0 {
+		b.WriteString("\n")
+	}
+
+	r.writeConfigs(&b)
+	r.writeSummary(&b)
+	r.writeTargets(&b)
+	if len(r.Findings) > 0 || len(r.Errors) > 0 {
+		b.WriteString("## Findings\n\n")
+		for _, f := range r.Findings {
+			fmt.Fprintf(&b, "- %s\n", f)
+		}
+		for _, e := range r.Errors {
+			fmt.Fprintf(&b, "- **error:** %s\n", e)
+		}
+		b.WriteString("\n")
+	}
+	r.writeMicroDetails(&b)
+	r.writeThroughput(&b)
+	r.writeCost(&b)
+	r.writeDecision(&b)
+	r.writeWorkload(&b)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "–"
+	}
+	return s
+}
+
+func (r *Report) writeConfigs(b *strings.Builder) {
+	b.WriteString("## Configurations\n\n")
+	var rows [][]string
+	for _, c := range r.Configs {
+		status := "ran"
+		if !c.Ran {
+			status = "**not run:** " + c.Reason
+		} else if c.Reason != "" {
+			status = "ran; " + c.Reason
+		}
+		if len(c.Notes) > 0 {
+			status += " (" + strings.Join(c.Notes, "; ") + ")"
+		}
+		rows = append(rows, []string{c.Label, c.Place, status})
+	}
+	table(b, []string{"configuration", "where", "status"}, rows)
+}
+
+func (r *Report) writeSummary(b *strings.Builder) {
+	b.WriteString("## Overhead against no agent\n\n")
+	b.WriteString("Median time per operation under each configuration divided by the median with no agent, " +
+		"in the same run. Below 1.000× is noise.\n\n")
+	for _, s := range r.Micro {
+		fmt.Fprintf(b, "### %s\n\n", s.Place)
+		if s.Note != "" {
+			fmt.Fprintf(b, "%s\n\n", s.Note)
+		}
+		if len(s.Ops) == 0 {
+			b.WriteString("No results.\n\n")
+			continue
+		}
+		head := []string{"operation"}
+		for _, c := range s.Configs {
+			head = append(head, r.label(c))
+		}
+		var rows [][]string
+		for _, op := range s.Ops {
+			row := []string{op.Label}
+			for _, c := range s.Configs {
+				res := op.Result(c)
+				switch {
+				case res == nil:
+					row = append(row, "–")
+				case c == s.Baseline && s.Absolute:
+					row = append(row, FormatNS(res.NS.Median))
+				case c == s.Baseline:
+					row = append(row, "1.000×")
+				default:
+					row = append(row, FormatRatio(res.Ratio))
+				}
+			}
+			rows = append(rows, row)
+		}
+		if w := r.Workload; w != nil && s.Place == "host" && len(w.Results) > 0 {
+			row := []string{"workload: " + w.Project}
+			for _, c := range s.Configs {
+				var cell = "–"
+				for _, wr := range w.Results {
+					if wr.Config == c {
+						if c == w.Baseline {
+							cell = fmt.Sprintf("%.1f s", wr.Seconds.Median)
+						} else {
+							cell = FormatRatio(wr.Ratio)
+						}
+					}
+				}
+				row = append(row, cell)
+			}
+			rows = append(rows, row)
+		}
+		table(b, head, rows)
+	}
+}
+
+func (r *Report) writeTargets(b *strings.Builder) {
+	if len(r.Targets) == 0 {
+		return
+	}
+	b.WriteString("## Targets\n\n")
+	var rows [][]string
+	for _, t := range r.Targets {
+		rows = append(rows, []string{t.What, t.Goal, t.Measured, t.Verdict})
+	}
+	table(b, []string{"target", "goal", "measured", "verdict"}, rows)
+}
+
+func (r *Report) writeMicroDetails(b *strings.Builder) {
+	if len(r.Micro) == 0 {
+		return
+	}
+	b.WriteString("## Microbenchmarks in detail\n\n")
+	b.WriteString("One sample is the mean time per operation of one batch (batch size in the heading); " +
+		"median, p99 and min–max are over all samples of all rounds. " +
+		"\"per round\" is the range of the ratios of each round's medians.\n\n")
+	for _, s := range r.Micro {
+		fmt.Fprintf(b, "### %s: %d rounds\n\n", s.Place, s.Rounds)
+		for _, op := range s.Ops {
+			fmt.Fprintf(b, "**%s** (batches of %d)\n\n", op.Label, op.PerBatch)
+			var rows [][]string
+			for _, res := range op.Results {
+				per := "–"
+				if len(res.RoundRatios) > 0 {
+					rs := Summarize(res.RoundRatios)
+					per = fmt.Sprintf("%.3f–%.3f", rs.Min, rs.Max)
+				}
+				ratio := FormatRatio(res.Ratio)
+				if res.Config == s.Baseline {
+					ratio, per = "baseline", "–"
+				}
+				rows = append(rows, []string{r.label(res.Config),
+					FormatNS(res.NS.Median), FormatNS(res.NS.P99),
+					FormatNS(res.NS.Min) + " – " + FormatNS(res.NS.Max),
+					fmt.Sprint(res.NS.N), ratio, per})
+			}
+			table(b, []string{"configuration", "median", "p99", "min – max", "samples", "ratio", "per round"}, rows)
+		}
+	}
+}
+
+func (r *Report) writeThroughput(b *strings.Builder) {
+	t := r.Throughput
+	if t == nil {
+		return
+	}
+	fmt.Fprintf(b, "## Throughput: %s\n\n", r.label(t.Config))
+	fmt.Fprintf(b, "Each step runs the load at a fixed rate for %.0f s, then waits until the agent has "+
+		"received everything it is going to; loss is the rise of the agent's `events_lost` counter.", t.StepSeconds)
+	if t.Note != "" {
+		fmt.Fprintf(b, " %s", t.Note)
+	}
+	b.WriteString("\n\n")
+	for _, rp := range t.Ramps {
+		fmt.Fprintf(b, "### %s\n\n", rp.Label)
+		switch {
+		case rp.LossFree:
+			fmt.Fprintf(b, "No loss at any rate, up to the machine's maximum of %s %s.\n\n",
+				FormatRate(rp.MachineMax), rp.Unit)
+		default:
+			fmt.Fprintf(b, "Highest rate with zero loss: **%s %s** (machine maximum with the agent: %s %s).\n\n",
+				FormatRate(rp.MaxZeroLoss), rp.Unit, FormatRate(rp.MachineMax), rp.Unit)
+		}
+		var rows [][]string
+		for _, s := range rp.Steps {
+			target := FormatRate(s.Target)
+			if s.Target == 0 {
+				target = "unpaced"
+			}
+			rows = append(rows, []string{target, FormatRate(s.Achieved), fmt.Sprint(s.Events),
+				fmt.Sprint(s.Lost), fmt.Sprintf("%.1f%%", s.AgentCPU), fmt.Sprintf("%.1f s", s.DrainSeconds)})
+		}
+		table(b, []string{"target " + rp.Unit, "achieved", "events received", "events lost", "agent CPU (one core)", "drain"}, rows)
+	}
+	if g := t.Gaps; g != nil {
+		fmt.Fprintf(b, "Gap records in the store: %d, accounting for %d lost events; the counter says %d.", g.Records, g.LostInGap, g.Counter)
+		if g.Note != "" {
+			fmt.Fprintf(b, " %s", g.Note)
+		}
+		b.WriteString("\n\n")
+	}
+}
+
+func (r *Report) writeCost(b *strings.Builder) {
+	if len(r.Cost) == 0 {
+		return
+	}
+	b.WriteString("## Agent cost\n\n")
+	fmt.Fprintf(b, "CPU of the daemon's own processes (%s), in %% of one core, while execs ran at the given rate; "+
+		"peak RSS is the largest VmHWM seen over every start of the configuration in this run. "+
+		"Work done in the kernel on behalf of the workload (BPF programs, audit records, fanotify) is charged "+
+		"to the workload and shows in the ratios above, not here.\n\n", orDash(r.Machine.CPUAccounting))
+	var rows [][]string
+	for _, c := range r.Cost {
+		paced, micro := "–", "–"
+		if c.PacedRate > 0 {
+			paced = fmt.Sprintf("%.2f%% at %s execs/s", c.PacedCPU, FormatRate(c.PacedRate))
+		}
+		if c.MicroRate > 0 {
+			micro = fmt.Sprintf("%.1f%% at %s execs/s", c.MicroCPU, FormatRate(c.MicroRate))
+		}
+		rss := "–"
+		if c.PeakRSSMiB > 0 {
+			rss = fmt.Sprintf("%.1f MiB", c.PeakRSSMiB)
+			if c.PeakWhere != "" {
+				rss += " (" + c.PeakWhere + ")"
+			}
+		}
+		note := c.Note
+		if c.Processes != "" {
+			note = strings.TrimPrefix(note+"; processes: "+c.Processes, "; ")
+		}
+		rows = append(rows, []string{r.label(c.Config), paced, micro, rss, note})
+	}
+	table(b, []string{"configuration", "CPU, paced", "CPU, exec microbenchmark", "peak RSS", "note"}, rows)
+}
+
+func (r *Report) writeDecision(b *strings.Builder) {
+	if len(r.Decision) == 0 {
+		return
+	}
+	b.WriteString("## Decision latency: first exec of an unknown file\n\n")
+	var rows [][]string
+	for _, d := range r.Decision {
+		p50, p99 := "–", "–"
+		if d.P50 != nil {
+			p50 = fmt.Sprintf("%.2f ms", *d.P50)
+		}
+		if d.P99 != nil {
+			p99 = fmt.Sprintf("%.2f ms", *d.P99)
+		}
+		rows = append(rows, []string{d.File, p50, p99, d.Status})
+	}
+	table(b, []string{"file", "p50", "p99", "status"}, rows)
+}
+
+func (r *Report) writeWorkload(b *strings.Builder) {
+	w := r.Workload
+	if w == nil {
+		return
+	}
+	fmt.Fprintf(b, "## Workload: %s\n\n", w.Project)
+	fmt.Fprintf(b, "`%s`, %d round(s), the configurations interleaved.", w.Command, w.Rounds)
+	if w.Note != "" {
+		fmt.Fprintf(b, " %s", w.Note)
+	}
+	b.WriteString("\n\n")
+	if len(w.Results) > 0 {
+		var rows [][]string
+		for _, res := range w.Results {
+			ratio := FormatRatio(res.Ratio)
+			if res.Config == w.Baseline {
+				ratio = "baseline"
+			}
+			rows = append(rows, []string{r.label(res.Config), fmt.Sprintf("%.1f s", res.Seconds.Median),
+				fmt.Sprintf("%.1f – %.1f s", res.Seconds.Min, res.Seconds.Max), ratio})
+		}
+		table(b, []string{"configuration", "median", "min – max", "ratio"}, rows)
+	}
+	if len(w.Runs) > 0 {
+		var rows [][]string
+		for _, run := range w.Runs {
+			cpu, ev := "–", "–"
+			if run.AgentCPU > 0 {
+				cpu = fmt.Sprintf("%.1f%%", run.AgentCPU)
+			}
+			if run.Events > 0 {
+				ev = fmt.Sprintf("%d received, %d lost", run.Events, run.Lost)
+			}
+			rows = append(rows, []string{fmt.Sprint(run.Round + 1), r.label(run.Config),
+				fmt.Sprintf("%.1f s", run.Seconds), cpu, ev})
+		}
+		table(b, []string{"round", "configuration", "time", "agent CPU (one core)", "agent events"}, rows)
+	}
+}

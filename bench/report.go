@@ -1,0 +1,237 @@
+package bench
+
+import (
+	"encoding/json"
+	"io"
+	"time"
+)
+
+// Report is everything one `make bench` run measured. It is written as
+// report.json as is, and rendered as report.md and chart.svg.
+type Report struct {
+	Title    string    `json:"title"`
+	Mode     string    `json:"mode"` // "full" or "quick"
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	Seconds  float64   `json:"seconds"`
+	Machine  Machine   `json:"machine"`
+
+	// Configs lists every configuration of the table, run or not, per
+	// place, with the reason when it did not run.
+	Configs []ConfigStatus `json:"configs"`
+
+	Micro      []MicroSuite `json:"micro"`
+	Throughput *Throughput  `json:"throughput,omitempty"`
+	Cost       []Cost       `json:"cost"`
+	Decision   []Decision   `json:"decision_latency"`
+	Workload   *Workload    `json:"workload,omitempty"`
+	Targets    []Target     `json:"targets"`
+
+	// Findings are observations worth a reader's attention (a control
+	// ratio off 1.0, loss, a busy machine), derived from the numbers.
+	Findings []string `json:"findings"`
+	// Errors are phases that failed; the report still shows the rest.
+	Errors []string `json:"errors"`
+}
+
+// Machine describes where the host part ran.
+type Machine struct {
+	Kernel    string  `json:"kernel"`
+	CPU       string  `json:"cpu"`
+	Cores     int     `json:"cores"`
+	MemoryGiB float64 `json:"memory_gib"`
+	// LoadStart and LoadEnd are the 1-minute load averages when the run
+	// started and ended: other work on the machine shows up here.
+	LoadStart float64 `json:"load_start"`
+	LoadEnd   float64 `json:"load_end"`
+	// CPUAccounting says how daemon CPU was measured (cgroup v2
+	// cpu.stat, cgroup v1 cpuacct, or /proc/PID/stat).
+	CPUAccounting string   `json:"cpu_accounting"`
+	Notes         []string `json:"notes,omitempty"`
+}
+
+// ConfigStatus says whether a configuration ran at a place, and why not.
+type ConfigStatus struct {
+	Name   string   `json:"name"`
+	Label  string   `json:"label"`
+	Place  string   `json:"place"` // "host", "vm 6.12", ...
+	Ran    bool     `json:"ran"`
+	Reason string   `json:"reason,omitempty"`
+	Notes  []string `json:"notes,omitempty"`
+}
+
+// MicroSuite is the microbenchmarks at one place, all configurations
+// interleaved in one run.
+type MicroSuite struct {
+	Place    string `json:"place"`
+	Kernel   string `json:"kernel"`
+	Baseline string `json:"baseline"`
+	Rounds   int    `json:"rounds"`
+	// Configs are the configurations that ran, in column order.
+	Configs []string   `json:"configs"`
+	Ops     []OpResult `json:"ops"`
+	Note    string     `json:"note,omitempty"`
+	// Absolute says whether the absolute times mean anything (false in
+	// an emulated VM, where only ratios do).
+	Absolute bool `json:"absolute"`
+}
+
+// OpResult is one operation measured under each configuration.
+type OpResult struct {
+	Op       string `json:"op"`
+	Label    string `json:"label"`
+	PerBatch int    `json:"per_batch"`
+	// Control marks an operation no configuration should slow down.
+	Control bool           `json:"control,omitempty"`
+	Results []ConfigResult `json:"results"`
+}
+
+// Result returns the result of configuration name, or nil.
+func (o *OpResult) Result(name string) *ConfigResult {
+	for i := range o.Results {
+		if o.Results[i].Config == name {
+			return &o.Results[i]
+		}
+	}
+	return nil
+}
+
+// ConfigResult is one operation under one configuration: nanoseconds per
+// operation, one sample per batch, all rounds pooled.
+type ConfigResult struct {
+	Config string  `json:"config"`
+	NS     Summary `json:"ns_per_op"`
+	// Ratio is NS.Median over the baseline's NS.Median in the same run.
+	Ratio float64 `json:"ratio"`
+	// RoundRatios are the ratios of each round's medians: their spread
+	// tells how stable the ratio is.
+	RoundRatios  []float64 `json:"round_ratios,omitempty"`
+	RoundMedians []float64 `json:"round_medians"`
+}
+
+// Throughput is the ramp of the agent's load until it loses events.
+type Throughput struct {
+	Config      string    `json:"config"`
+	StepSeconds float64   `json:"step_seconds"`
+	Ramps       []Ramp    `json:"ramps"`
+	Note        string    `json:"note,omitempty"`
+	Gaps        *GapCheck `json:"gaps,omitempty"`
+}
+
+// GapCheck compares the loss counter with the gap records in the store.
+type GapCheck struct {
+	Records   int    `json:"records"`
+	LostInGap uint64 `json:"lost_in_gaps"`
+	Counter   uint64 `json:"events_lost_counter"`
+	Note      string `json:"note,omitempty"`
+}
+
+// Ramp is one load generator driven at rising rates.
+type Ramp struct {
+	Name  string     `json:"name"` // "exec", "events"
+	Label string     `json:"label"`
+	Unit  string     `json:"unit"` // "execs/s", "events/s"
+	Steps []RampStep `json:"steps"`
+	// MaxZeroLoss is the highest achieved rate of a step with no loss,
+	// below the first step that lost events.
+	MaxZeroLoss float64 `json:"max_zero_loss"`
+	// MachineMax is the rate of the unpaced step: as fast as the machine
+	// goes with the agent running.
+	MachineMax float64 `json:"machine_max"`
+	// LossFree says no step lost anything, up to MachineMax.
+	LossFree bool `json:"loss_free"`
+}
+
+// RampStep is one rate of a ramp.
+type RampStep struct {
+	Target   float64 `json:"target"` // 0: unpaced
+	Achieved float64 `json:"achieved"`
+	Ops      int64   `json:"ops"`
+	Events   uint64  `json:"events_received"`
+	Lost     uint64  `json:"events_lost"`
+	// AgentCPU is the agent's CPU during the step, in % of one core.
+	AgentCPU float64 `json:"agent_cpu_pct"`
+	// DrainSeconds is how long after the load stopped the agent still
+	// received events (its backlog).
+	DrainSeconds float64 `json:"drain_seconds"`
+}
+
+// Cost is what a daemon costs itself: CPU and memory.
+type Cost struct {
+	Config string `json:"config"`
+	Label  string `json:"label"`
+	// PacedRate and PacedCPU: CPU in % of one core while execs ran at
+	// about PacedRate per second.
+	PacedRate float64 `json:"paced_execs_per_s"`
+	PacedCPU  float64 `json:"paced_cpu_pct"`
+	// MicroRate and MicroCPU: the same during the exec microbenchmark
+	// (as fast as the machine goes).
+	MicroRate float64 `json:"micro_execs_per_s"`
+	MicroCPU  float64 `json:"micro_cpu_pct"`
+	// PeakRSSMiB is the largest VmHWM seen over all of the run's starts
+	// of this configuration; PeakWhere says in which phase.
+	PeakRSSMiB float64 `json:"peak_rss_mib"`
+	PeakWhere  string  `json:"peak_where,omitempty"`
+	Processes  string  `json:"processes,omitempty"`
+	Note       string  `json:"note,omitempty"`
+}
+
+// Decision is a row of the decision-latency table.
+type Decision struct {
+	File   string   `json:"file"`
+	Status string   `json:"status"`
+	P50    *float64 `json:"p50_ms,omitempty"`
+	P99    *float64 `json:"p99_ms,omitempty"`
+}
+
+// Workload is a real build with and without the agent.
+type Workload struct {
+	Project  string           `json:"project"`
+	Command  string           `json:"command"`
+	Rounds   int              `json:"rounds"`
+	Runs     []WorkloadRun    `json:"runs"`
+	Results  []WorkloadResult `json:"results"`
+	Baseline string           `json:"baseline"`
+	Note     string           `json:"note,omitempty"`
+}
+
+// WorkloadRun is one build.
+type WorkloadRun struct {
+	Config   string  `json:"config"`
+	Round    int     `json:"round"`
+	Seconds  float64 `json:"seconds"`
+	AgentCPU float64 `json:"agent_cpu_pct,omitempty"`
+	Events   uint64  `json:"events_received,omitempty"`
+	Lost     uint64  `json:"events_lost,omitempty"`
+	Execs    uint64  `json:"execs,omitempty"`
+}
+
+// WorkloadResult sums up the builds of one configuration.
+type WorkloadResult struct {
+	Config  string  `json:"config"`
+	Seconds Summary `json:"seconds"`
+	Ratio   float64 `json:"ratio"`
+}
+
+// Verdicts of a Target.
+const (
+	Met         = "met"
+	NotMet      = "not met"
+	NotYet      = "not measurable yet"
+	NotMeasured = "not measured"
+)
+
+// Target is one of the issue's goals, reported against, not asserted.
+type Target struct {
+	What     string `json:"what"`
+	Goal     string `json:"goal"`
+	Measured string `json:"measured"`
+	Verdict  string `json:"verdict"`
+}
+
+// WriteJSON writes r as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}

@@ -1,0 +1,172 @@
+package bench
+
+import (
+	"math"
+	"reflect"
+	"testing"
+)
+
+func TestPercentile(t *testing.T) {
+	tests := []struct {
+		xs   []float64
+		p    float64
+		want float64
+	}{
+		{[]float64{5}, 50, 5},
+		{[]float64{5}, 99, 5},
+		{[]float64{3, 1, 2}, 50, 2},
+		{[]float64{4, 1, 3, 2}, 50, 2.5},
+		{[]float64{1, 2, 3, 4}, 0, 1},
+		{[]float64{1, 2, 3, 4}, 100, 4},
+		// h = 0.99*(n-1); 1..101 -> 99th percentile is 100.
+		{seq(1, 101), 99, 100},
+		// 1..100: h = 98.01 -> 99 + 0.01*(100-99)
+		{seq(1, 100), 99, 99.01},
+		{[]float64{10, 20}, 25, 12.5},
+	}
+	for _, tt := range tests {
+		if got := Percentile(tt.xs, tt.p); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("Percentile(%v, %v) = %v, want %v", short(tt.xs), tt.p, got, tt.want)
+		}
+	}
+	if !math.IsNaN(Percentile(nil, 50)) {
+		t.Error("Percentile(nil) is not NaN")
+	}
+}
+
+func seq(from, to int) []float64 {
+	var out []float64
+	for i := from; i <= to; i++ {
+		out = append(out, float64(i))
+	}
+	return out
+}
+
+func short(xs []float64) any {
+	if len(xs) > 6 {
+		return len(xs)
+	}
+	return xs
+}
+
+func TestSummarizeDoesNotReorder(t *testing.T) {
+	xs := []float64{9, 1, 5, 3, 7}
+	s := Summarize(xs)
+	want := Summary{N: 5, Median: 5, P99: 8.92, Min: 1, Max: 9}
+	if s.N != want.N || s.Median != want.Median || math.Abs(s.P99-want.P99) > 1e-9 || s.Min != want.Min || s.Max != want.Max {
+		t.Errorf("Summarize = %+v, want %+v", s, want)
+	}
+	if !reflect.DeepEqual(xs, []float64{9, 1, 5, 3, 7}) {
+		t.Errorf("Summarize reordered its input: %v", xs)
+	}
+	if (Summarize(nil) != Summary{}) {
+		t.Error("Summarize(nil) is not zero")
+	}
+}
+
+func TestRatio(t *testing.T) {
+	if got := Ratio(103, 100); math.Abs(got-1.03) > 1e-12 {
+		t.Errorf("Ratio = %v", got)
+	}
+	for _, base := range []float64{0, -1, math.NaN()} {
+		if got := Ratio(1, base); got != 0 {
+			t.Errorf("Ratio(1, %v) = %v, want 0", base, got)
+		}
+	}
+}
+
+func TestSchedule(t *testing.T) {
+	got := Schedule([]string{"none", "vigil", "auditd"}, 3)
+	var order []string
+	for _, s := range got {
+		order = append(order, s.Config)
+	}
+	want := []string{"none", "vigil", "auditd", "auditd", "vigil", "none", "none", "vigil", "auditd"}
+	if !reflect.DeepEqual(order, want) {
+		t.Errorf("Schedule order = %v, want %v", order, want)
+	}
+	for i, s := range got {
+		if s.Round != i/3 {
+			t.Errorf("slot %d: round %d, want %d", i, s.Round, i/3)
+		}
+	}
+	// Every configuration runs once per round, and as often as every other.
+	count := map[string]int{}
+	for _, s := range Schedule([]string{"a", "b"}, 5) {
+		count[s.Config]++
+	}
+	if count["a"] != 5 || count["b"] != 5 {
+		t.Errorf("counts = %v", count)
+	}
+	if len(Schedule(nil, 3)) != 0 || len(Schedule([]string{"a"}, 0)) != 0 {
+		t.Error("empty schedule expected")
+	}
+}
+
+func TestCollectorResults(t *testing.T) {
+	var c Collector
+	// Round 0: base 100, vigil 110; round 1: base 200, vigil 210.
+	c.Add("exec", "none", 0, []float64{100, 100, 100})
+	c.Add("exec", "vigil", 0, []float64{110, 110, 110})
+	c.Add("exec", "none", 1, []float64{200, 200, 200})
+	c.Add("exec", "vigil", 1, []float64{210, 210})
+	c.Add("exec", "vigil", 1, []float64{210})
+	op := c.Results(OpInfo{Name: "exec", Label: "fork+exec", PerBatch: 1}, []string{"none", "vigil", "absent"}, "none")
+	if len(op.Results) != 2 {
+		t.Fatalf("results = %+v", op.Results)
+	}
+	base, v := op.Result("none"), op.Result("vigil")
+	if base.Ratio != 1 || base.NS.Median != 150 || base.NS.N != 6 {
+		t.Errorf("baseline = %+v", base)
+	}
+	if math.Abs(v.Ratio-160.0/150) > 1e-12 {
+		t.Errorf("vigil ratio = %v", v.Ratio)
+	}
+	if len(v.RoundRatios) != 2 || math.Abs(v.RoundRatios[0]-1.1) > 1e-12 || math.Abs(v.RoundRatios[1]-1.05) > 1e-12 {
+		t.Errorf("round ratios = %v", v.RoundRatios)
+	}
+	if len(base.RoundRatios) != 0 {
+		t.Errorf("baseline has round ratios %v", base.RoundRatios)
+	}
+	if !reflect.DeepEqual(v.RoundMedians, []float64{110, 210}) {
+		t.Errorf("round medians = %v", v.RoundMedians)
+	}
+	if op.Result("absent") != nil {
+		t.Error("a configuration without samples has a result")
+	}
+}
+
+func TestControlFindings(t *testing.T) {
+	s := MicroSuite{Place: "host", Baseline: "none", Ops: []OpResult{
+		{Op: "getpid", Label: "getpid", Control: true, Results: []ConfigResult{
+			{Config: "none", Ratio: 1}, {Config: "vigil", Ratio: 1.01}, {Config: "auditd", Ratio: 1.4},
+		}},
+		{Op: "exec", Label: "exec", Results: []ConfigResult{{Config: "auditd", Ratio: 2}}},
+	}}
+	got := ControlFindings(s, func(n string) string { return n })
+	if len(got) != 1 {
+		t.Fatalf("findings = %q", got)
+	}
+	if want := "host: the control (getpid) is 1.400× under auditd"; got[0][:len(want)] != want {
+		t.Errorf("finding = %q", got[0])
+	}
+}
+
+func TestRampAnalyze(t *testing.T) {
+	r := Ramp{Steps: []RampStep{
+		{Target: 500, Achieved: 499},
+		{Target: 1000, Achieved: 998},
+		{Target: 2000, Achieved: 1990, Lost: 12},
+		{Target: 4000, Achieved: 3900},
+		{Target: 0, Achieved: 4200, Lost: 300},
+	}}
+	r.Analyze()
+	if r.MaxZeroLoss != 998 || r.MachineMax != 4200 || r.LossFree {
+		t.Errorf("Analyze = zero-loss %v, max %v, loss-free %v", r.MaxZeroLoss, r.MachineMax, r.LossFree)
+	}
+	r = Ramp{Steps: []RampStep{{Target: 500, Achieved: 500}, {Target: 0, Achieved: 3000}}}
+	r.Analyze()
+	if !r.LossFree || r.MaxZeroLoss != 3000 || r.MachineMax != 3000 {
+		t.Errorf("loss-free ramp: %+v", r)
+	}
+}
