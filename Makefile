@@ -69,7 +69,8 @@ VM_LIBDIR := /lib/x86_64-linux-gnu
 VMTEST_INCLUDE := bin/vigil:/usr/bin/vigil \
 	/lib64/ld-linux-x86-64.so.2:/lib64/ld-linux-x86-64.so.2 \
 	$(VM_LIBDIR)/libc.so.6:$(VM_LIBDIR)/libc.so.6 \
-	/usr/bin/true:/opt/vigil-test/true
+	/usr/bin/true:/opt/vigil-test/true \
+	examples:$(CURDIR)/examples
 include mk/vm.mk
 include mk/bench.mk
 

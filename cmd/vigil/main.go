@@ -29,9 +29,10 @@ func main() {
 		Version: buildVersion(),
 		NewSensor: func(cfg agent.Config, logger *slog.Logger) (sensor.Sensor, error) {
 			return bpfsensor.New(bpfsensor.Config{
-				Backend:      cfg.Backend,
-				RingBufBytes: cfg.RingBufBytes,
-				Logger:       logger,
+				Backend:       cfg.Backend,
+				RingBufBytes:  cfg.RingBufBytes,
+				FanotifyMarks: cfg.FanotifyMarks,
+				Logger:        logger,
 			})
 		},
 		Kernel: func() agent.Kernel {

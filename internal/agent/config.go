@@ -48,6 +48,9 @@ type Config struct {
 	// PolicyPath is a policy file to enforce from the start. Empty: the
 	// last policy applied (kept in StateDir), if any.
 	PolicyPath string
+	// FanotifyMarks are paths whose filesystems get exec control by
+	// fanotify when BPF LSM is not available.
+	FanotifyMarks []string
 }
 
 // DefaultConfig returns the default configuration.

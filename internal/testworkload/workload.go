@@ -64,6 +64,12 @@ func Main() {
 		}
 		json.NewEncoder(os.Stdout).Encode(r)
 		os.Exit(0)
+	case "hardening":
+		json.NewEncoder(os.Stdout).Encode(hardening())
+		os.Exit(0)
+	case "exec":
+		execShell(os.Getenv("VIGIL_TW_EXEC"))
+		os.Exit(0)
 	case "burst":
 		n, _ := strconv.Atoi(os.Getenv("VIGIL_TESTWORKLOAD_N"))
 		burst(n)
@@ -300,4 +306,12 @@ func Noop(prog string) error {
 		return pe.Err
 	}
 	return err
+}
+
+// StartSleeper starts a copy of the workload that sleeps: a process laid
+// out like the workload (same binary), for injection tests.
+func StartSleeper() (*exec.Cmd, error) {
+	cmd := exec.Command(self())
+	cmd.Env = append(os.Environ(), envMode+"=sleep")
+	return cmd, cmd.Start()
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -22,7 +23,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/fanotify"
 	"github.com/vigil-hips/vigil/internal/kernel"
+	"github.com/vigil-hips/vigil/internal/policy"
 	"github.com/vigil-hips/vigil/internal/probe"
 	"github.com/vigil-hips/vigil/internal/proc"
 	"github.com/vigil-hips/vigil/internal/sensor"
@@ -41,6 +44,10 @@ type Config struct {
 	Logger       *slog.Logger
 	// ProcRoot is where the process cache is seeded from ("/proc").
 	ProcRoot string
+	// FanotifyMarks are paths whose filesystems get exec permission
+	// control by fanotify (tracepoint backend only: with BPF LSM the
+	// kernel decides). Empty: none.
+	FanotifyMarks []string
 }
 
 // Validate checks the config and fills defaults.
@@ -79,6 +86,9 @@ type Sensor struct {
 	out        chan *vigilv1.Event
 	done       chan struct{} // closed by Close
 	readerDone chan struct{} // closed when read returns
+
+	fan        *fanotify.Guard               // tracepoint backend with marks
+	userPolicy atomic.Pointer[policy.Policy] // decides fanotify events
 
 	policyMu sync.Mutex // serializes ApplyPolicy
 	version  uint32     // of the last policy applied
@@ -201,6 +211,17 @@ func (s *Sensor) Start(ctx context.Context) error {
 	s.log.Info("sensor attached", "hooks", len(info.Hooks), "missing", len(info.MissingHooks),
 		"processes", s.cache.Len())
 
+	if s.backend == sensor.BackendTracepoint && len(s.cfg.FanotifyMarks) > 0 {
+		if err := s.startFanotify(); err != nil {
+			rd.Close()
+			s.closeKernel()
+			return fmt.Errorf("bpf sensor: %w", err)
+		}
+		info.Hooks = append(info.Hooks, "fanotify/FAN_OPEN_EXEC_PERM")
+		s.mu.Lock()
+		s.info = info
+		s.mu.Unlock()
+	}
 	go s.read(ctx)
 	go func() {
 		select {
@@ -231,7 +252,12 @@ func attach(prog *ebpf.Program, section string) (link.Link, error) {
 // record and at least every pollLoss when idle.
 func (s *Sensor) read(ctx context.Context) {
 	defer close(s.readerDone)
-	defer close(s.out)
+	defer func() {
+		if s.fan != nil {
+			s.fan.Close() // no more fanotify events into s.out
+		}
+		close(s.out)
+	}()
 	dec := &decoder{backend: s.backend, bootToWall: bootToWall(), ruleOf: s.ruleOf}
 	const pollLoss = 200 * time.Millisecond
 	var lastLost, maxSeq uint64
@@ -315,6 +341,19 @@ func (s *Sensor) track(ev *vigilv1.Event) {
 	s.mu.Unlock()
 }
 
+// emitUser delivers an event made in userspace (a fanotify decision),
+// with its process enriched, from any goroutine.
+func (s *Sensor) emitUser(ev *vigilv1.Event) {
+	s.mu.Lock()
+	s.received++
+	s.byKind[ev.Kind]++
+	s.mu.Unlock()
+	select {
+	case s.out <- ev:
+	case <-s.done:
+	}
+}
+
 // emit delivers ev unless the sensor is closing.
 func (s *Sensor) emit(ctx context.Context, ev *vigilv1.Event) {
 	select {
@@ -349,6 +388,9 @@ func (s *Sensor) Stats() sensor.Stats {
 // has stopped.
 func (s *Sensor) Close() error {
 	s.closeOnce.Do(func() {
+		if s.fan != nil {
+			s.fan.Close()
+		}
 		close(s.done)
 		if s.reader != nil {
 			s.reader.Close()

@@ -293,7 +293,6 @@ func (c *compiler) entries(cond policy.Cond) (out []sensorRule, ok bool, err err
 	return out, true, nil
 }
 
-
 // set returns the bit of the set of vals, making it if new. A set none of
 // whose members the kernel can hold right now has no bit (0).
 func (c *compiler) set(vals []string, kind setKind) (uint64, error) {
@@ -362,5 +361,9 @@ func (s *Sensor) Enforce(p *policy.Policy) ([]string, error) {
 	if err != nil {
 		return ws, fmt.Errorf("compile policy: %w", err)
 	}
-	return ws, s.ApplyPolicy(kp)
+	if err := s.ApplyPolicy(kp); err != nil {
+		return ws, err
+	}
+	s.userPolicy.Store(p)
+	return ws, nil
 }
