@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -89,6 +92,33 @@ func hardeningSetup(t *testing.T) testworkload.HardeningTargets {
 	}
 }
 
+// ruleHitsMetric reads vigil_policy_rule_hits_total{rule=...} from the
+// agent's Prometheus endpoint.
+func ruleHitsMetric(t *testing.T, addr, rule string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := `vigil_policy_rule_hits_total{rule="` + rule + `"} `
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metrics line %q: %v", line, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in the metrics", prefix)
+	return 0
+}
+
 // untrustBusybox removes the VM's busybox applet links that stand in for
 // programs a policy's except blocks trust (dpkg, rpm, crontab, ...): they
 // resolve to /bin/busybox, which init and every shell of the VM run, so
@@ -163,7 +193,8 @@ func applyPolicy(t *testing.T, a *agent, path string) {
 func TestHardeningPolicyBlocks(t *testing.T) {
 	testutil.RequireBPFLSM(t)
 	targets := hardeningSetup(t)
-	a := startAgent(t, "--policy", baselinePolicy)
+	const metricsAddr = "127.0.0.1:19464" // inside the VM: nothing else listens
+	a := startAgent(t, "--policy", baselinePolicy, "--metrics-addr", metricsAddr)
 	if st := a.status(); st.GetPolicy().GetName() != "baseline" {
 		t.Fatalf("policy in force: %v, want baseline", st.GetPolicy())
 	}
@@ -201,11 +232,15 @@ func TestHardeningPolicyBlocks(t *testing.T) {
 	if len(want) > 0 {
 		t.Errorf("no refused event naming rules %v (workload pid %d)", want, r.PID)
 	}
-	// The kernel counts each rule's decisions: kcore and /dev/mem.
+	// The kernel counts each rule's decisions (kcore and /dev/mem here):
+	// in status and in the metrics.
 	for _, rh := range a.status().GetPolicy().GetRules() {
 		if rh.Rule == "no-kernel-memory-access" && rh.Hits < 2 {
-			t.Errorf("rule %s: %d hits, want at least 2", rh.Rule, rh.Hits)
+			t.Errorf("status: rule %s: %d hits, want at least 2", rh.Rule, rh.Hits)
 		}
+	}
+	if n := ruleHitsMetric(t, metricsAddr, "no-kernel-memory-access"); n < 2 {
+		t.Errorf("metrics: rule no-kernel-memory-access: %v hits, want at least 2", n)
 	}
 
 	// A malformed policy is refused with its position; hardening stays.
