@@ -123,21 +123,13 @@ static __always_inline __u64 name_hash(const unsigned char *name)
 static long facts_step(__u32 i, void *data)
 {
 	struct facts_walk *w = data;
-	struct dentry *dentry = w->dentry;
-	struct vfsmount *vfsmnt = w->vfsmnt;
-	struct mount *mnt = w->mnt;
-	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-
-	if (dentry == mnt_root || dentry == parent) {
-		struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
-		if (dentry != mnt_root || mnt_parent == mnt)
-			return 1; // the root: it has no name
-		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		w->mnt = mnt_parent;
-		w->vfsmnt = __builtin_preserve_access_index(&mnt_parent->mnt);
+	struct dentry *parent;
+	int up = path_up(&w->dentry, &w->vfsmnt, &w->mnt, &parent);
+	if (up == UP_ROOT)
+		return 1; // the root: it has no name
+	if (up == UP_CROSSED)
 		return 0;
-	}
+	struct dentry *dentry = w->dentry;
 	struct inode *dir = BPF_CORE_READ(parent, d_inode);
 	struct path_key key = {
 		.parent_ino = BPF_CORE_READ(dir, i_ino),

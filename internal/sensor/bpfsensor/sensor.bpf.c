@@ -155,6 +155,37 @@ static __always_inline __u32 put_kstr(struct event_buf *b, __u32 off, int slot, 
 	return off + n;
 }
 
+enum path_up_result {
+	UP_NAMED,   // dentry has a name; *parent is its directory
+	UP_CROSSED, // dentry was a mount's root: moved to its mount point
+	UP_ROOT,    // dentry is the root of the mount tree
+};
+
+// path_up is one step of a walk towards the root, across mount points
+// through struct mount. Both the path builder (put_path) and the policy's
+// identity walk (path_facts) go up with it.
+static __always_inline int path_up(struct dentry **dentry, struct vfsmount **vfsmnt, struct mount **mnt,
+				   struct dentry **parent)
+{
+	// Plain locals: BPF_CORE_READ makes its whole first argument a
+	// relocation, which a pointer into a local struct cannot satisfy.
+	struct dentry *d = *dentry;
+	struct vfsmount *vm = *vfsmnt;
+	struct mount *m = *mnt;
+	struct dentry *mnt_root = BPF_CORE_READ(vm, mnt_root);
+	struct dentry *p = BPF_CORE_READ(d, d_parent);
+	*parent = p;
+	if (d != mnt_root && d != p)
+		return UP_NAMED;
+	struct mount *mnt_parent = BPF_CORE_READ(m, mnt_parent);
+	if (d != mnt_root || mnt_parent == m)
+		return UP_ROOT;
+	*dentry = BPF_CORE_READ(m, mnt_mountpoint);
+	*mnt = mnt_parent;
+	*vfsmnt = __builtin_preserve_access_index(&mnt_parent->mnt);
+	return UP_CROSSED;
+}
+
 // path_walk is the state of one put_path walk, one step per bpf_loop
 // iteration (so the verifier checks a step once, not PATH_DEPTH times).
 struct path_walk {
@@ -172,24 +203,15 @@ static long path_step(__u32 i, void *data)
 	struct event_buf *b = bpf_map_lookup_elem(&scratch, &zero);
 	if (!b)
 		return 1;
-
-	// Plain locals: BPF_CORE_READ would make w-> itself a relocation.
-	struct dentry *dentry = w->dentry;
-	struct vfsmount *vfsmnt = w->vfsmnt;
-	struct mount *mnt = w->mnt;
-	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-	if (dentry == mnt_root || dentry == parent) {
-		struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
-		if (dentry != mnt_root || mnt_parent == mnt) {
-			w->done = 1; // reached the root of the mount tree
-			return 1;
-		}
-		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		w->mnt = mnt_parent;
-		w->vfsmnt = __builtin_preserve_access_index(&mnt_parent->mnt);
-		return 0;
+	struct dentry *parent;
+	int up = path_up(&w->dentry, &w->vfsmnt, &w->mnt, &parent);
+	if (up == UP_ROOT) {
+		w->done = 1;
+		return 1;
 	}
+	if (up == UP_CROSSED)
+		return 0;
+	struct dentry *dentry = w->dentry;
 	const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
 	long n = bpf_probe_read_kernel_str(&b->data[w->off & (DATA_MAX - 1)], NAME_MAX_BUF, name);
 	if (n <= 0)
@@ -800,35 +822,7 @@ int BPF_PROG(lsm_path_rename, const struct path *old_dir, struct dentry *old_den
 
 static __always_inline int path_op(__u32 hook, __u32 op, const struct path *path)
 {
-	if (is_agent())
-		return 0;
-	struct vfsmount *mnt = BPF_CORE_READ(path, mnt);
-	struct dentry *dentry = BPF_CORE_READ(path, dentry);
-	struct facts *f = facts_buf();
-	if (!f)
-		return 0;
-	*f = (struct facts){
-		.kind = KIND_FILE,
-		.op = op,
-		.tmnt = (__u64)mnt,
-		.tdentry = (__u64)dentry,
-	};
-	struct verdict v = {};
-	int no = decide(f, &v);
-	if (!v.action)
-		return 0;
-	struct event_buf *b = new_event(KIND_FILE, hook);
-	if (b) {
-		b->h.op = op;
-		record(&b->h, &v, BY_LSM, no);
-		struct inode *inode = BPF_CORE_READ(dentry, d_inode);
-		if (inode) {
-			b->h.dev = BPF_CORE_READ(inode, i_sb, s_dev);
-			b->h.ino = BPF_CORE_READ(inode, i_ino);
-		}
-		submit(b, put_path(b, 0, STR_PATH, mnt, dentry));
-	}
-	return no ? refuse(&v) : 0;
+	return file_op(hook, op, path, BPF_CORE_READ(path, dentry), NULL, NULL);
 }
 
 SEC("lsm/path_chmod")
