@@ -45,7 +45,7 @@ func (r *Report) panels() []chartPanel {
 					row[i] = (res.Ratio - 1) * 100
 				}
 			}
-			p.groups = append(p.groups, op.Label)
+			p.groups = append(p.groups, chartLabel(op))
 			p.values = append(p.values, row)
 		}
 		if w := r.Workload; w != nil && s.Place == "host" && len(w.Results) > 0 {
@@ -91,7 +91,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 		right  = 24.0
 		top    = 34.0
 		bottom = 58.0
-		header = 64.0
+		header = 80.0
 	)
 	panels := r.panels()
 	colour := map[string]string{}
@@ -126,15 +126,22 @@ func (r *Report) WriteSVG(w io.Writer) error {
 			}
 		}
 	}
-	x := left
+	x, ly := left, 34.0
 	for _, s := range legend {
 		label := r.label(s)
-		fmt.Fprintf(&b, `<rect x="%.1f" y="34" width="12" height="12" fill="%s"/>`, x, colourOf(s))
-		fmt.Fprintf(&b, `<text x="%.1f" y="44">%s</text>`+"\n", x+16, html.EscapeString(label))
-		x += 16 + 7*float64(len([]rune(label))) + 18
+		w := 16 + 7*float64(len([]rune(label))) + 18
+		if x+w > width-right {
+			x, ly = left, ly+16
+		}
+		fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="12" height="12" fill="%s"/>`, x, ly, colourOf(s))
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f">%s</text>`+"\n", x+16, ly+10, html.EscapeString(label))
+		x += w
 	}
-	fmt.Fprintf(&b, `<line x1="%.1f" y1="52" x2="%.1f" y2="52" stroke="#888" stroke-dasharray="4 3"/>`, x, x+24)
-	fmt.Fprintf(&b, `<text x="%.1f" y="56">targets 3%% / 5%%</text>`+"\n", x+28)
+	if x+150 > width-right {
+		x, ly = left, ly+16
+	}
+	fmt.Fprintf(&b, `<line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="#888" stroke-dasharray="4 3"/>`, x, ly+6, x+24, ly+6)
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.0f">targets 3%% / 5%%</text>`+"\n", x+28, ly+10)
 
 	if len(panels) == 0 {
 		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f">no results</text>`+"\n", left, header+40)
@@ -151,13 +158,19 @@ func (r *Report) WriteSVG(w io.Writer) error {
 				}
 			}
 		}
+		clipped := hi > chartClip || lo < -chartClip
+		hi, lo = math.Min(hi, chartClip), math.Max(lo, -chartClip)
 		span := hi - lo
 		step := niceStep(span, 5)
 		lo = math.Floor(lo/step) * step
 		hi = math.Ceil(hi*1.08/step) * step
 		yOf := func(v float64) float64 { return plotBottom - (v-lo)/(hi-lo)*(plotBottom-plotTop) }
 
-		fmt.Fprintf(&b, `<text x="%.0f" y="%.1f" font-size="14" font-weight="bold">%s</text>`+"\n", left, y0+top-10, html.EscapeString(p.title))
+		title := p.title
+		if clipped {
+			title += fmt.Sprintf(" (axis cut at ±%.0f%%: ✂ bars are taller)", chartClip)
+		}
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.1f" font-size="14" font-weight="bold">%s</text>`+"\n", left, y0+top-10, html.EscapeString(title))
 		for t := lo; t <= hi+step/2; t += step {
 			y := yOf(t)
 			fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e4e4e4"/>`, left, y, width-right, y)
@@ -182,7 +195,8 @@ func (r *Report) WriteSVG(w io.Writer) error {
 					continue
 				}
 				bx := gx + float64(si)*barW
-				y1, y2 := yOf(math.Max(v, 0)), yOf(math.Min(v, 0))
+				shown := math.Max(math.Min(v, hi), lo)
+				y1, y2 := yOf(math.Max(shown, 0)), yOf(math.Min(shown, 0))
 				fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s</title></rect>`,
 					bx, y1, math.Max(barW-2, 1), math.Max(y2-y1, 0.5), colourOf(s),
 					html.EscapeString(fmt.Sprintf("%s, %s: %+.1f%%", r.label(s), g, v)))
@@ -190,8 +204,17 @@ func (r *Report) WriteSVG(w io.Writer) error {
 				if v < 0 {
 					ly = y2 + 11
 				}
-				fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle" font-size="10">%+.1f</text>`+"\n",
-					bx+(barW-2)/2, ly, v)
+				mark := ""
+				if shown != v {
+					mark = " ✂" // cut at the axis
+					if v > 0 {
+						ly = y1 + 11
+					} else {
+						ly = y2 - 3
+					}
+				}
+				fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle" font-size="10">%+.1f%s</text>`+"\n",
+					bx+(barW-2)/2, ly, v, mark)
 			}
 			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n",
 				left+float64(gi)*groupW+groupW/2, plotBottom+20, html.EscapeString(g))
@@ -201,6 +224,19 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	_, err := io.WriteString(w, b.String())
 	return err
 }
+
+// chartLabel is an operation's short name under its bar group.
+func chartLabel(op OpResult) string {
+	if op.Control {
+		return op.Op + " (control)"
+	}
+	return op.Op
+}
+
+// chartClip is the largest overhead, in percent, the axis shows: taller
+// bars are cut at the top (their label still gives the value), so one
+// large overhead does not flatten all the others.
+const chartClip = 100.0
 
 func trimFloat(v float64) string {
 	if math.Abs(v) < 1e-9 {

@@ -47,8 +47,8 @@ func FullParams() Params {
 		WorkloadRounds: 2,
 		WorkloadFull:   true,
 		VMKernels:      []string{"6.12", "6.1"},
-		VMRounds:       4,
-		VMBatchScale:   0.15,
+		VMRounds:       3,
+		VMBatchScale:   0.12,
 		VMTimeout:      12 * time.Minute,
 	}
 }
@@ -68,7 +68,7 @@ func QuickParams() Params {
 		WorkloadRounds: 1,
 		WorkloadFull:   false,
 		VMKernels:      []string{"6.12"},
-		VMRounds:       2,
+		VMRounds:       1,
 		VMBatchScale:   0.08,
 		VMTimeout:      6 * time.Minute,
 	}

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -167,11 +166,11 @@ func Run(ctx context.Context, opts Options, p Params, log *slog.Logger) (rep *be
 		c := &Configs[i]
 		st := bench.ConfigStatus{Name: c.Name, Label: c.Label, Place: "host", Notes: c.Notes}
 		reason := ""
-		if c.Check != nil {
+		switch {
+		case c.Places&Host == 0:
+			reason = c.PlaceNote
+		case c.Check != nil:
 			reason = c.Check(ctx, e)
-		}
-		if c.Places&Host == 0 {
-			reason = strings.TrimPrefix(reason+"; "+c.PlaceNote, "; ")
 		}
 		if len(opts.Configs) > 0 && !slices.Contains(opts.Configs, c.Name) && c.Name != Baseline && reason == "" {
 			reason = "left out of this run (-configs)"

@@ -40,13 +40,17 @@ func ran(r *bench.Report, config string) bool {
 	return false
 }
 
+// reason says why config did not run: the reason of its last row (the VM
+// rows follow the host's, and a VM-only configuration's host row only
+// says it is VM-only).
 func reason(r *bench.Report, config string) string {
+	why := "did not run"
 	for _, c := range r.Configs {
 		if c.Name == config && c.Reason != "" {
-			return c.Reason
+			why = c.Reason
 		}
 	}
-	return "did not run"
+	return why
 }
 
 // Targets reports the goals against what this run measured. They
