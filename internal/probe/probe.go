@@ -41,6 +41,7 @@ const (
 	SyncBlock     = "synchronous block"
 	KillAfterExec = "kill after the fact"
 	ObserveOnly   = "observe only"
+	NotProvided   = "not provided"
 )
 
 // Report is what the kernel offers.
@@ -184,7 +185,7 @@ func guarantees(r Report) []*vigilv1.Guarantee {
 	lsm := r.BPFLSM
 	fan := r.Has(FeatureFanotifyPerm)
 	kill := r.Has(FeatureSendSignal) && r.Has(FeatureTPBTF)
-	sysTP := r.Has(FeatureSyscallTP)
+	sysTP := r.Has(FeatureSyscallTP) && r.Has(FeatureTPBTF)
 	const noLSM = "BPF LSM is not available"
 	var g []*vigilv1.Guarantee
 	pick := func(control string, lsmWhy string, fallbacks ...*vigilv1.Guarantee) {
@@ -194,8 +195,7 @@ func guarantees(r Report) []*vigilv1.Guarantee {
 		}
 		for _, f := range fallbacks {
 			if f != nil {
-				f.Control = control
-				g = append(g, f)
+				g = append(g, &vigilv1.Guarantee{Control: control, Level: f.Level, Why: f.Why})
 				return
 			}
 		}
@@ -208,17 +208,18 @@ func guarantees(r Report) []*vigilv1.Guarantee {
 		return &vigilv1.Guarantee{Level: level, Why: why}
 	}
 	pick("exec control", "lsm/bprm_check_security denies before the new program runs",
-		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_EXEC_PERM denies execve on marked filesystems (not mmap, not memfd)"),
+		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_EXEC_PERM denies execve on the filesystems given with --fanotify-mark (not mmap, not memfd); elsewhere the new image is killed before it runs user code"),
 		when(kill, KillAfterExec, noLSM+" and no fanotify; bpf_send_signal from sched_process_exec kills the new image before it runs user code"))
-	pick("executable mappings (shared libraries, mprotect)", "lsm/mmap_file and lsm/file_mprotect deny the mapping",
-		when(kill && sysTP, KillAfterExec, noLSM+"; mmap/mprotect are seen at syscall entry and the caller can only be killed"))
-	pick("code injection (ptrace, process_vm_writev, /proc/PID/mem)", "lsm/ptrace_access_check and lsm/file_open deny",
-		when(kill && sysTP, KillAfterExec, noLSM+"; the injector can be killed when the syscall is seen, the syscall itself is not stopped"))
-	pick("kernel tampering (bpf, modules, kexec, /dev/mem)", "lsm/bpf, lsm/kernel_read_file, lsm/kernel_load_data, lsm/file_open deny",
-		when(kill && sysTP, KillAfterExec, noLSM+"; the caller can be killed when the syscall is seen, the syscall itself is not stopped"))
-	pick("protected files (persistence paths)", "lsm/file_open, lsm/inode_* deny writes, renames and unlinks",
-		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_PERM denies opens for write on marked filesystems; rename, unlink, chmod are observed only"))
-	pick("tamper protection of the agent", "lsm/task_kill, lsm/ptrace_access_check, lsm/bpf, lsm/file_* deny",
-		&vigilv1.Guarantee{Level: ObserveOnly, Why: noLSM + "; root can stop the agent, attempts are reported while it runs"})
+	// Without LSM these are seen at syscall entry and recorded; Vigil does
+	// not kill for them (the syscall would have run by then anyway).
+	seen := when(sysTP, ObserveOnly, noLSM+"; seen at syscall entry and recorded, not stopped")
+	pick("executable mappings (shared libraries, mprotect)", "lsm/mmap_file and lsm/file_mprotect deny the mapping", seen)
+	pick("code injection (ptrace, process_vm_writev, /proc/PID/mem)", "lsm/ptrace_access_check and lsm/file_open deny", seen)
+	pick("kernel tampering (bpf, modules, kexec, /dev/mem)", "lsm/bpf, lsm/kernel_read_file, lsm/kernel_load_data, lsm/file_open deny", seen)
+	pick("protected files (persistence paths)", "lsm/file_open and lsm/path_* deny writes, creates, renames, unlinks, chmod, chown",
+		&vigilv1.Guarantee{Level: NotProvided, Why: noLSM + "; fanotify permission events do not tell an open for write from a read, so file changes are neither blocked nor reported here"})
+	// Not built yet, whatever the kernel offers: say so.
+	g = append(g, &vigilv1.Guarantee{Control: "tamper protection of the agent", Level: NotProvided,
+		Why: "not implemented yet: root can stop the agent, detach its programs and change its maps"})
 	return g
 }

@@ -37,19 +37,20 @@ func TestGuarantees(t *testing.T) {
 		why     string
 	}{
 		{"lsm exec", report(true, all...), "exec control", SyncBlock, "lsm/bprm_check_security"},
-		{"lsm tamper", report(true), "tamper protection", SyncBlock, "lsm/task_kill"},
+		{"lsm tamper", report(true), "tamper protection", NotProvided, "not implemented yet"},
 		{"fanotify exec", report(false, all...), "exec control", SyncBlock, "FAN_OPEN_EXEC_PERM"},
 		{"kill exec", report(false, FeatureSendSignal, FeatureTPBTF), "exec control", KillAfterExec, "bpf_send_signal"},
 		{"nothing exec", report(false), "exec control", ObserveOnly, "no fallback"},
-		{"no lsm mmap", report(false, all...), "executable mappings", KillAfterExec, "killed"},
-		{"no lsm tamper", report(false, all...), "tamper protection", ObserveOnly, "root can stop"},
-		{"no lsm files", report(false, all...), "protected files", SyncBlock, "rename, unlink, chmod are observed only"},
+		{"no lsm mmap", report(false, all...), "executable mappings", ObserveOnly, "recorded, not stopped"},
+		{"no lsm inject", report(false, all...), "code injection", ObserveOnly, "recorded, not stopped"},
+		{"no lsm tamper", report(false, all...), "tamper protection", NotProvided, "root can stop"},
+		{"no lsm files", report(false, all...), "protected files", NotProvided, "do not tell an open for write from a read"},
 	} {
 		g := level(t, tc.r, tc.control)
 		if g.Level != tc.want || !strings.Contains(g.Why, tc.why) {
 			t.Errorf("%s: got %q (%s), want %q mentioning %q", tc.name, g.Level, g.Why, tc.want, tc.why)
 		}
-		if !tc.r.BPFLSM && !strings.Contains(g.Why, "BPF LSM is not available") {
+		if !tc.r.BPFLSM && g.Level != NotProvided && !strings.Contains(g.Why, "BPF LSM is not available") {
 			t.Errorf("%s: without BPF LSM the reason must say so: %s", tc.name, g.Why)
 		}
 	}
