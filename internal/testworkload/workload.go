@@ -46,7 +46,9 @@ func Main() {
 	case "noop":
 		os.Exit(0)
 	case "sleep":
-		time.Sleep(30 * time.Second)
+		// Until killed: the test that started it ends it. The bound only
+		// keeps a leaked sleeper from living forever.
+		time.Sleep(15 * time.Minute)
 		os.Exit(0)
 	case "all":
 		r, err := all(os.Getenv("VIGIL_TESTWORKLOAD_MAP"))
