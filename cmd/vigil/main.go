@@ -41,6 +41,7 @@ func main() {
 		},
 	})
 	root.AddCommand(newDoctorCmd())
+	root.AddCommand(newIntegrityCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		if errors.Is(err, context.Canceled) {
 			os.Exit(130)

@@ -1,0 +1,243 @@
+package integrity
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Severity of a finding. Only violations make `vigil integrity check`
+// fail.
+type Severity string
+
+const (
+	Violation Severity = "violation"
+	// Warning: a section readable in the baseline is unreadable now.
+	Warning Severity = "warning"
+	Info    Severity = "info"
+)
+
+// Finding is one difference from the baseline, or one state that is a
+// violation on its own (a hidden module).
+type Finding struct {
+	Severity Severity `json:"severity"`
+	Section  string   `json:"section"`
+	Subject  string   `json:"subject"`
+	Message  string   `json:"message"`
+	// Program is set for BPF findings.
+	Program *Program `json:"program,omitempty"`
+}
+
+func (f Finding) String() string {
+	return fmt.Sprintf("%s %s %s: %s", f.Severity, f.Section, f.Subject, f.Message)
+}
+
+// Report is a check's result.
+type Report struct {
+	Current  *State    `json:"current"`
+	Findings []Finding `json:"findings"`
+	// Unreadable repeats Current.Unreadable: what this kernel did not let
+	// Vigil read, never a violation by itself.
+	Unreadable map[string]string `json:"unreadable,omitempty"`
+}
+
+// Violations counts the findings of severity Violation.
+func (r *Report) Violations() int {
+	n := 0
+	for _, f := range r.Findings {
+		if f.Severity == Violation {
+			n++
+		}
+	}
+	return n
+}
+
+// Compare returns the findings of cur against the baseline base. A nil
+// base reports only what is a violation on its own (hidden modules).
+func Compare(base, cur *State) *Report {
+	r := &Report{Current: cur, Unreadable: cur.Unreadable}
+	add := func(sev Severity, sec, subj, format string, a ...any) {
+		r.Findings = append(r.Findings, Finding{Severity: sev, Section: sec, Subject: subj, Message: fmt.Sprintf(format, a...)})
+	}
+	for _, m := range cur.Modules {
+		if m.Hidden {
+			add(Violation, SecModules, m.Name, "hidden module: /proc/modules=%v /sys/module=%v kallsyms=%v", m.Proc, m.Sysfs, m.Kallsyms)
+		}
+	}
+	if _, ok := cur.Unreadable[SecLSM]; !ok && !slices.Contains(cur.LSMs, "bpf") {
+		add(Info, SecLSM, "bpf", "bpf is not an active LSM: BPF LSM prevention is not possible on this boot (add lsm=...,bpf)")
+	}
+	if base == nil {
+		return r
+	}
+	// A section is compared only when both sides read it.
+	both := func(sec string) bool {
+		_, b := base.Unreadable[sec]
+		_, c := cur.Unreadable[sec]
+		if !b && c {
+			add(Warning, sec, sec, "readable in the baseline, unreadable now: %s", cur.Unreadable[sec])
+		}
+		return !b && !c
+	}
+	if base.KernelRelease != cur.KernelRelease {
+		add(Violation, SecKernel, "release", "kernel %q, baseline taken on %q", cur.KernelRelease, base.KernelRelease)
+	}
+	if both(SecLockdown) && base.Lockdown != cur.Lockdown {
+		add(Violation, SecLockdown, "mode", "lockdown %q, baseline %q", cur.Lockdown, base.Lockdown)
+	}
+	if both(SecLSM) && !slices.Equal(base.LSMs, cur.LSMs) {
+		add(Violation, SecLSM, "active", "LSMs %s, baseline %s", strings.Join(cur.LSMs, ","), strings.Join(base.LSMs, ","))
+	}
+	if both(SecTaint) && base.Taint != cur.Taint {
+		add(Violation, SecTaint, "flags", "taint %d %v, baseline %d %v; new: %v", cur.Taint, cur.TaintFlags, base.Taint, base.TaintFlags, TaintFlags(cur.Taint&^base.Taint))
+	}
+	if base.SecureBoot != cur.SecureBoot {
+		add(Violation, SecSecureBoot, "state", "secure boot %s, baseline %s", cur.SecureBoot, base.SecureBoot)
+	}
+	for _, n := range sortedKeys(keysOf(base.Sysctls, cur.Sysctls)) {
+		b, bok := base.Sysctls[n]
+		c, cok := cur.Sysctls[n]
+		switch {
+		case bok && cok && b != c:
+			add(Violation, SecSysctl, n, "%s, baseline %s", c, b)
+		case bok && !cok:
+			add(Warning, SecSysctl, n, "unreadable now, baseline %s", b)
+		case !bok && cok:
+			add(Info, SecSysctl, n, "%s, not in the baseline", c)
+		}
+	}
+	if both(SecModules) || (len(base.Modules) > 0 || len(cur.Modules) > 0) {
+		bm, cm := moduleSet(base.Modules), moduleSet(cur.Modules)
+		for _, n := range sortedKeys(cm) {
+			if !bm[n] {
+				add(Violation, SecModules, n, "module loaded since the baseline")
+			}
+		}
+		for _, n := range sortedKeys(bm) {
+			if !cm[n] {
+				add(Violation, SecModules, n, "module removed since the baseline")
+			}
+		}
+	}
+	hooks := func(kind string, b, c []string) {
+		for _, h := range c {
+			if !slices.Contains(b, h) {
+				add(Violation, SecHooks, h, "new %s hook", kind)
+			}
+		}
+		for _, h := range b {
+			if !slices.Contains(c, h) {
+				add(Info, SecHooks, h, "%s hook removed since the baseline", kind)
+			}
+		}
+	}
+	// Hooks are read piecewise: compare what the current read found
+	// against the baseline even when some file was unreadable.
+	_, hookNote := cur.Unreadable[SecHooks]
+	if !hookNote || len(cur.Hooks.Ftrace)+len(cur.Hooks.Kprobes)+len(cur.Hooks.KprobeEvents)+len(cur.Hooks.UprobeEvents) > 0 {
+		hooks("ftrace", base.Hooks.Ftrace, cur.Hooks.Ftrace)
+		hooks("kprobe", base.Hooks.Kprobes, cur.Hooks.Kprobes)
+		hooks("kprobe_events", base.Hooks.KprobeEvents, cur.Hooks.KprobeEvents)
+		hooks("uprobe_events", base.Hooks.UprobeEvents, cur.Hooks.UprobeEvents)
+	}
+	compareBPF(r, base, cur, add)
+	if both(SecSyscalls) {
+		for _, n := range sortedKeys(keysOf(base.Syscalls, cur.Syscalls)) {
+			b, bok := base.Syscalls[n]
+			c, cok := cur.Syscalls[n]
+			switch {
+			case bok && cok && b != c:
+				add(Violation, SecSyscalls, n, "entry at _text%s, baseline _text%s", c, b)
+			case bok != cok:
+				add(Violation, SecSyscalls, n, "syscall symbol present now=%v, in baseline=%v", cok, bok)
+			}
+		}
+	}
+	sort.SliceStable(r.Findings, func(i, j int) bool { return sevRank(r.Findings[i].Severity) < sevRank(r.Findings[j].Severity) })
+	return r
+}
+
+// compareBPF flags every program that is neither Vigil's own nor in the
+// baseline's programs (by type, name and tag). Programs gone since the
+// baseline are information only.
+func compareBPF(r *Report, base, cur *State, add func(Severity, string, string, string, ...any)) {
+	if _, ok := cur.Unreadable[SecBPF]; ok && len(cur.BPF.Programs) == 0 {
+		return
+	}
+	expected := map[string]bool{}
+	for _, p := range base.BPF.Programs {
+		expected[p.Key()] = true
+	}
+	present := map[string]bool{}
+	for i := range cur.BPF.Programs {
+		p := cur.BPF.Programs[i]
+		present[p.Key()] = true
+		if expected[p.Key()] || IsVigilProgram(p.Type, p.Name) {
+			continue
+		}
+		msg := "program not in the baseline's allowlist: " + describeProgram(p)
+		r.Findings = append(r.Findings, Finding{Severity: Violation, Section: SecBPF, Subject: programSubject(p), Message: msg, Program: &p})
+	}
+	for _, p := range base.BPF.Programs {
+		if !present[p.Key()] && !IsVigilProgram(p.Type, p.Name) {
+			add(Info, SecBPF, programSubject(p), "baseline program no longer loaded")
+		}
+	}
+}
+
+func programSubject(p Program) string {
+	name := p.Name
+	if name == "" {
+		name = "(unnamed)"
+	}
+	return fmt.Sprintf("%s %s tag %s", p.Type, name, p.Tag)
+}
+
+func describeProgram(p Program) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "id %d", p.ID)
+	if len(p.Attach) > 0 {
+		fmt.Fprintf(&b, ", attached by %s", strings.Join(p.Attach, ","))
+	}
+	if p.UID != nil {
+		fmt.Fprintf(&b, ", loaded by uid %d", *p.UID)
+	}
+	if p.HelpersUnreadable != "" {
+		fmt.Fprintf(&b, ", helpers unreadable: %s", p.HelpersUnreadable)
+	} else {
+		fmt.Fprintf(&b, ", helpers [%s]", strings.Join(p.Helpers, " "))
+	}
+	if len(p.Dangerous) > 0 {
+		fmt.Fprintf(&b, ", DANGEROUS [%s]", strings.Join(p.Dangerous, " "))
+	}
+	return b.String()
+}
+
+func sevRank(s Severity) int {
+	switch s {
+	case Violation:
+		return 0
+	case Warning:
+		return 1
+	}
+	return 2
+}
+
+func moduleSet(ms []Module) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range ms {
+		out[m.Name] = true
+	}
+	return out
+}
+
+func keysOf(ms ...map[string]string) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range ms {
+		for k := range m {
+			out[k] = true
+		}
+	}
+	return out
+}

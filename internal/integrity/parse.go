@@ -1,0 +1,217 @@
+package integrity
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+func trimSpace(b []byte) string { return string(bytes.TrimSpace(b)) }
+
+// ParseLockdown returns the bracketed mode of
+// /sys/kernel/security/lockdown ("none [integrity] confidentiality").
+func ParseLockdown(b []byte) (string, error) {
+	for _, f := range strings.Fields(string(b)) {
+		if strings.HasPrefix(f, "[") && strings.HasSuffix(f, "]") {
+			return strings.Trim(f, "[]"), nil
+		}
+	}
+	return "", fmt.Errorf("no [mode] in %q", trimSpace(b))
+}
+
+// ParseLSMs splits /sys/kernel/security/lsm ("lockdown,capability,bpf").
+func ParseLSMs(b []byte) []string {
+	var out []string
+	for _, f := range strings.Split(trimSpace(b), ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// taintLetters are the kernel's taint flags by bit
+// (Documentation/admin-guide/tainted-kernels.rst).
+var taintLetters = []string{
+	"P:proprietary_module", "F:forced_module_load", "S:cpu_out_of_spec",
+	"R:forced_rmmod", "M:machine_check", "B:bad_page", "U:user_requested",
+	"D:died_recently", "A:acpi_table_override", "W:warning",
+	"C:staging_driver", "I:firmware_workaround", "O:out_of_tree_module",
+	"E:unsigned_module", "L:soft_lockup", "K:live_patched", "X:auxiliary",
+	"T:randstruct", "N:test", "J:fwctl",
+}
+
+// ParseTainted decodes /proc/sys/kernel/tainted.
+func ParseTainted(b []byte) (uint64, []string, error) {
+	v, err := strconv.ParseUint(trimSpace(b), 10, 64)
+	if err != nil {
+		return 0, nil, fmt.Errorf("tainted %q: %w", trimSpace(b), err)
+	}
+	return v, TaintFlags(v), nil
+}
+
+// TaintFlags names the bits set in v.
+func TaintFlags(v uint64) []string {
+	var out []string
+	for bit := 0; bit < 64; bit++ {
+		if v&(1<<bit) == 0 {
+			continue
+		}
+		if bit < len(taintLetters) {
+			out = append(out, taintLetters[bit])
+		} else {
+			out = append(out, fmt.Sprintf("?:bit%d", bit))
+		}
+	}
+	return out
+}
+
+// ParseProcModules returns the module names of /proc/modules.
+func ParseProcModules(b []byte) []string {
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) > 0 {
+			out = append(out, f[0])
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Kallsyms is what the collector keeps of /proc/kallsyms.
+type Kallsyms struct {
+	// Modules are the names in the [module] column.
+	Modules map[string]bool
+	// Syscalls are the syscall entry symbols and their addresses.
+	Syscalls map[string]uint64
+	// Text is the address of _text (0 when absent or hidden).
+	Text uint64
+	// Hidden is set when every address read as zero (kptr_restrict).
+	Hidden bool
+}
+
+// isSyscallEntry says whether a symbol is a syscall entry point or table.
+func isSyscallEntry(name string) bool {
+	for _, p := range []string{"__x64_sys_", "__ia32_sys_", "__arm64_sys_", "__riscv_sys_", "__s390x_sys_", "__se_sys_"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	switch name {
+	case "sys_call_table", "ia32_sys_call_table", "x32_sys_call_table", "x64_sys_call", "ia32_sys_call", "entry_SYSCALL_64":
+		return true
+	}
+	return false
+}
+
+// ParseKallsyms reads /proc/kallsyms ("addr type name [module]").
+func ParseKallsyms(b []byte) (*Kallsyms, error) {
+	k := &Kallsyms{Modules: map[string]bool{}, Syscalls: map[string]uint64{}, Hidden: true}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	n := 0
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 {
+			continue
+		}
+		n++
+		addr, err := strconv.ParseUint(f[0], 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("kallsyms line %d: %w", n, err)
+		}
+		if addr != 0 {
+			k.Hidden = false
+		}
+		if len(f) >= 4 && strings.HasPrefix(f[3], "[") {
+			mod := strings.Trim(f[3], "[]")
+			// bpf programs and ftrace trampolines appear as [bpf],
+			// [__builtin__ftrace] and the like: not modules.
+			if mod != "bpf" && !strings.HasPrefix(mod, "__builtin") {
+				k.Modules[mod] = true
+			}
+			continue
+		}
+		if f[2] == "_text" {
+			k.Text = addr
+		}
+		if isSyscallEntry(f[2]) {
+			k.Syscalls[f[2]] = addr
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("kallsyms is empty")
+	}
+	return k, nil
+}
+
+// ParseEnabledFunctions returns the function names of tracefs
+// enabled_functions / touched_functions ("func (1) R ...").
+func ParseEnabledFunctions(b []byte) []string {
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) > 0 && !strings.HasPrefix(f[0], "#") {
+			seen[f[0]] = true
+		}
+	}
+	return sortedKeys(seen)
+}
+
+// ParseKprobeList returns "type symbol" for each line of debugfs
+// kprobes/list ("ffffffff81000000  k  do_exit+0x0    [FTRACE]"); the
+// address is dropped so the entry is stable across boots.
+func ParseKprobeList(b []byte) []string {
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 3 {
+			seen[f[1]+" "+f[2]] = true
+		}
+	}
+	return sortedKeys(seen)
+}
+
+// ParseLines returns the non-empty, non-comment lines, sorted.
+func ParseLines(b []byte) []string {
+	seen := map[string]bool{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			seen[l] = true
+		}
+	}
+	return sortedKeys(seen)
+}
+
+// ParseSecureBoot reads an efivars SecureBoot variable: 4 bytes of
+// attributes, then one byte 1 (enabled) or 0 (disabled).
+func ParseSecureBoot(b []byte) (string, error) {
+	if len(b) < 5 {
+		return "", fmt.Errorf("SecureBoot variable is %d bytes, want 5", len(b))
+	}
+	if b[4] == 1 {
+		return "enabled", nil
+	}
+	return "disabled", nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
