@@ -230,7 +230,8 @@ func (r *Report) writeMicroDetails(b *strings.Builder) {
 	b.WriteString("## Microbenchmarks in detail\n\n")
 	b.WriteString("One sample is the mean time per operation of one batch (batch size in the heading); " +
 		"median, p99 and min–max are over all samples of all rounds. " +
-		"\"per round\" is the range of the ratios of each round's medians.\n\n")
+		"\"per round\" is the median and range of the ratios of each round's medians: a round whose two " +
+		"configurations ran a few seconds apart is the least exposed to slow changes of the machine.\n\n")
 	for _, s := range r.Micro {
 		fmt.Fprintf(b, "### %s: %d rounds\n\n", s.Place, s.Rounds)
 		for _, op := range s.Ops {
@@ -240,7 +241,7 @@ func (r *Report) writeMicroDetails(b *strings.Builder) {
 				per := "–"
 				if len(res.RoundRatios) > 0 {
 					rs := Summarize(res.RoundRatios)
-					per = fmt.Sprintf("%.3f–%.3f", rs.Min, rs.Max)
+					per = fmt.Sprintf("%.3f (%.3f–%.3f)", rs.Median, rs.Min, rs.Max)
 				}
 				ratio := FormatRatio(res.Ratio)
 				if res.Config == s.Baseline {
@@ -365,14 +366,14 @@ func (r *Report) writeWorkload(b *strings.Builder) {
 	if len(w.Results) > 0 {
 		var rows [][]string
 		for _, res := range w.Results {
-			ratio := FormatRatio(res.Ratio)
+			ratio, minRatio := FormatRatio(res.Ratio), FormatRatio(res.MinRatio)
 			if res.Config == w.Baseline {
-				ratio = "baseline"
+				ratio, minRatio = "baseline", "baseline"
 			}
 			rows = append(rows, []string{r.label(res.Config), fmt.Sprintf("%.1f s", res.Seconds.Median),
-				fmt.Sprintf("%.1f – %.1f s", res.Seconds.Min, res.Seconds.Max), ratio})
+				fmt.Sprintf("%.1f – %.1f s", res.Seconds.Min, res.Seconds.Max), ratio, minRatio})
 		}
-		table(b, []string{"configuration", "median", "min – max", "ratio"}, rows)
+		table(b, []string{"configuration", "median", "min – max", "ratio of medians", "ratio of fastest"}, rows)
 	}
 	if len(w.Runs) > 0 {
 		var rows [][]string

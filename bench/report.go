@@ -211,6 +211,9 @@ type WorkloadResult struct {
 	Config  string  `json:"config"`
 	Seconds Summary `json:"seconds"`
 	Ratio   float64 `json:"ratio"`
+	// MinRatio compares the fastest builds: the least disturbed by other
+	// work on the machine when there are few rounds.
+	MinRatio float64 `json:"min_ratio"`
 }
 
 // Verdicts of a Target.

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/vigil-hips/vigil/bench"
@@ -185,6 +186,13 @@ func Findings(r *bench.Report) []string {
 		}
 	}
 	if w := r.Workload; w != nil {
+		for _, res := range w.Results {
+			if res.Config != w.Baseline && res.MinRatio > 0 && math.Abs(res.Ratio-res.MinRatio) > 0.05 {
+				out = append(out, fmt.Sprintf("Workload: the builds under %s are %s by their medians but %s by the "+
+					"fastest runs: some builds were disturbed by other work on the machine; the fastest runs are the better estimate.",
+					label(res.Config), bench.FormatRatio(res.Ratio), bench.FormatRatio(res.MinRatio)))
+			}
+		}
 		for _, run := range w.Runs {
 			if run.Lost > 0 {
 				out = append(out, fmt.Sprintf("Workload round %d: the agent lost %d of %d events during the build.",

@@ -237,11 +237,12 @@ func (e *Env) runWorkload(ctx context.Context, agent *Config) (*bench.Workload, 
 		w.Runs = append(w.Runs, run)
 		byCfg[slot.Config] = append(byCfg[slot.Config], run.Seconds)
 	}
-	base := bench.Median(byCfg[Baseline])
+	base := bench.Summarize(byCfg[Baseline])
 	for _, name := range []string{Baseline, agent.Name} {
 		if xs := byCfg[name]; len(xs) > 0 {
-			w.Results = append(w.Results, bench.WorkloadResult{Config: name, Seconds: bench.Summarize(xs),
-				Ratio: bench.Ratio(bench.Median(xs), base)})
+			s := bench.Summarize(xs)
+			w.Results = append(w.Results, bench.WorkloadResult{Config: name, Seconds: s,
+				Ratio: bench.Ratio(s.Median, base.Median), MinRatio: bench.Ratio(s.Min, base.Min)})
 		}
 	}
 	return w, nil
