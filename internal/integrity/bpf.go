@@ -48,14 +48,52 @@ func HelperName(fn asm.BuiltinFunc) string {
 	return b.String()
 }
 
+// Symbolizer resolves a helper call's immediate in translated
+// instructions (the helper's address minus __bpf_call_base) to a kernel
+// function name. *Kallsyms is one.
+type Symbolizer interface {
+	Helper(imm int32) (string, bool)
+}
+
+// maxHelperID bounds the helper IDs of BPF's uapi (about 212 in 6.18);
+// an immediate below it that no symbol matches is read as an ID.
+const maxHelperID = 1024
+
+// ErrHelpersHidden means the kernel zeroed the helper calls of a
+// translated dump (it does so unless kallsyms addresses are visible).
+var ErrHelpersHidden = errors.New("helper call targets hidden by the kernel (kernel.kptr_restrict)")
+
 // Helpers returns the distinct helpers insns call and the dangerous ones
-// among them, both sorted.
-func Helpers(insns asm.Instructions) (helpers, dangerous []string) {
+// among them, both sorted. In a program read back from the kernel a call's
+// immediate is an address relative to __bpf_call_base, resolved with sym;
+// in a program built here it is the helper ID.
+func Helpers(insns asm.Instructions, sym Symbolizer) (helpers, dangerous []string, err error) {
 	seen := map[string]bool{}
+	calls, zero := 0, 0
 	for _, ins := range insns {
-		if ins.IsBuiltinCall() {
-			seen[HelperName(asm.BuiltinFunc(ins.Constant))] = true
+		if !ins.IsBuiltinCall() {
+			continue
 		}
+		calls++
+		imm := int32(ins.Constant)
+		if imm == 0 {
+			zero++
+			continue
+		}
+		if sym != nil {
+			if name, ok := sym.Helper(imm); ok {
+				seen[name] = true
+				continue
+			}
+		}
+		if imm > 0 && imm < maxHelperID {
+			seen[HelperName(asm.BuiltinFunc(imm))] = true
+			continue
+		}
+		seen[fmt.Sprintf("unresolved_call(%+#x)", imm)] = true
+	}
+	if calls > 0 && zero == calls {
+		return nil, nil, ErrHelpersHidden
 	}
 	helpers = sortedKeys(seen)
 	for _, h := range helpers {
@@ -63,7 +101,7 @@ func Helpers(insns asm.Instructions) (helpers, dangerous []string) {
 			dangerous = append(dangerous, h)
 		}
 	}
-	return helpers, dangerous
+	return helpers, dangerous, nil
 }
 
 // KernelBPF lists the running kernel's BPF objects through bpf()
@@ -72,7 +110,7 @@ type KernelBPF struct{}
 
 // Inventory implements BPF. Objects that vanish while being listed are
 // skipped; a partial inventory is returned with the first error.
-func (KernelBPF) Inventory() (BPFState, error) {
+func (KernelBPF) Inventory(sym Symbolizer) (BPFState, error) {
 	var st BPFState
 	var errs []error
 	links := map[uint32][]string{}
@@ -101,7 +139,7 @@ func (KernelBPF) Inventory() (BPFState, error) {
 			break
 		}
 		id = next
-		p, err := programInfo(next)
+		p, err := programInfo(next, sym)
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("program %d: %w", next, err))
@@ -135,7 +173,7 @@ func (KernelBPF) Inventory() (BPFState, error) {
 	return st, errors.Join(errs...)
 }
 
-func programInfo(id ebpf.ProgramID) (Program, error) {
+func programInfo(id ebpf.ProgramID, sym Symbolizer) (Program, error) {
 	prog, err := ebpf.NewProgramFromID(id)
 	if err != nil {
 		return Program{}, err
@@ -157,8 +195,8 @@ func programInfo(id ebpf.ProgramID) (Program, error) {
 	insns, err := info.Instructions()
 	if err != nil {
 		p.HelpersUnreadable = err.Error()
-	} else {
-		p.Helpers, p.Dangerous = Helpers(insns)
+	} else if p.Helpers, p.Dangerous, err = Helpers(insns, sym); err != nil {
+		p.HelpersUnreadable = err.Error()
 	}
 	return p, nil
 }

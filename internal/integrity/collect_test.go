@@ -41,7 +41,7 @@ func (f fakeFS) ReadDir(p string) ([]string, error) {
 
 type fakeBPF struct{ st BPFState }
 
-func (f *fakeBPF) Inventory() (BPFState, error) { return f.st, nil }
+func (f *fakeBPF) Inventory(Symbolizer) (BPFState, error) { return f.st, nil }
 
 // host is a kernel with modules, readable tracefs and kallsyms.
 func host() fakeFS {

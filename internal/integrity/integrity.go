@@ -147,9 +147,10 @@ type Map struct {
 	Name string `json:"name"`
 }
 
-// BPF lists the kernel's BPF objects.
+// BPF lists the kernel's BPF objects; sym (nil when kallsyms is not
+// readable) names the helpers programs call.
 type BPF interface {
-	Inventory() (BPFState, error)
+	Inventory(sym Symbolizer) (BPFState, error)
 }
 
 // Collector reads a State.
@@ -179,7 +180,7 @@ func (c *Collector) Collect() *State {
 	c.collectSyscalls(s, ks, ksErr)
 	if c.BPF == nil {
 		s.Unreadable[SecBPF] = "no bpf() inventory configured"
-	} else if inv, err := c.BPF.Inventory(); err != nil {
+	} else if inv, err := c.BPF.Inventory(symbolizer(ks)); err != nil {
 		s.Unreadable[SecBPF] = err.Error()
 		s.BPF = inv
 	} else {
@@ -197,4 +198,12 @@ func reason(err error) string {
 		return "permission denied (" + err.Error() + ")"
 	}
 	return err.Error()
+}
+
+// symbolizer avoids a typed-nil interface when kallsyms was unreadable.
+func symbolizer(ks *Kallsyms) Symbolizer {
+	if ks == nil {
+		return nil
+	}
+	return ks
 }

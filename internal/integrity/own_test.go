@@ -44,8 +44,8 @@ func TestHelperName(t *testing.T) {
 		asm.FnProbeWriteUser.Call(), asm.FnKtimeGetNs.Call(), asm.FnProbeWriteUser.Call(),
 		asm.Mov.Imm(asm.R0, 0), asm.Return(),
 	}
-	h, d := Helpers(insns)
-	if !slices.Equal(h, []string{"bpf_ktime_get_ns", "bpf_probe_write_user"}) || !slices.Equal(d, []string{"bpf_probe_write_user"}) {
+	h, d, err := Helpers(insns, nil)
+	if err != nil || !slices.Equal(h, []string{"bpf_ktime_get_ns", "bpf_probe_write_user"}) || !slices.Equal(d, []string{"bpf_probe_write_user"}) {
 		t.Fatalf("helpers %q dangerous %q", h, d)
 	}
 }

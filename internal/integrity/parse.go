@@ -92,6 +92,21 @@ type Kallsyms struct {
 	Text uint64
 	// Hidden is set when every address read as zero (kptr_restrict).
 	Hidden bool
+	// CallBase is __bpf_call_base: the kernel stores a BPF helper call as
+	// the helper's address minus it.
+	CallBase uint64
+	// Funcs are the core kernel's text symbols by address.
+	Funcs map[uint64]string
+}
+
+// Helper resolves the immediate of a helper call in a program's
+// translated instructions to the kernel function it calls.
+func (k *Kallsyms) Helper(imm int32) (string, bool) {
+	if k == nil || k.Hidden || k.CallBase == 0 || imm == 0 {
+		return "", false
+	}
+	name, ok := k.Funcs[uint64(int64(k.CallBase)+int64(imm))]
+	return name, ok
 }
 
 // isSyscallEntry says whether a symbol is a syscall entry point or table.
@@ -110,7 +125,7 @@ func isSyscallEntry(name string) bool {
 
 // ParseKallsyms reads /proc/kallsyms ("addr type name [module]").
 func ParseKallsyms(b []byte) (*Kallsyms, error) {
-	k := &Kallsyms{Modules: map[string]bool{}, Syscalls: map[string]uint64{}, Hidden: true}
+	k := &Kallsyms{Modules: map[string]bool{}, Syscalls: map[string]uint64{}, Funcs: map[uint64]string{}, Hidden: true}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	n := 0
@@ -136,8 +151,16 @@ func ParseKallsyms(b []byte) (*Kallsyms, error) {
 			}
 			continue
 		}
-		if f[2] == "_text" {
+		switch f[2] {
+		case "_text":
 			k.Text = addr
+		case "__bpf_call_base":
+			k.CallBase = addr
+		}
+		if addr != 0 && (f[1] == "T" || f[1] == "t" || f[1] == "W" || f[1] == "w") {
+			if _, dup := k.Funcs[addr]; !dup {
+				k.Funcs[addr] = f[2]
+			}
 		}
 		if isSyscallEntry(f[2]) {
 			k.Syscalls[f[2]] = addr

@@ -1,8 +1,11 @@
 package integrity
 
 import (
+	"errors"
 	"slices"
 	"testing"
+
+	"github.com/cilium/ebpf/asm"
 )
 
 func TestParseLockdown(t *testing.T) {
@@ -119,5 +122,30 @@ func TestParseSecureBoot(t *testing.T) {
 	}
 	if _, err := ParseSecureBoot([]byte{6}); err == nil {
 		t.Error("short variable accepted")
+	}
+}
+
+func TestKallsymsHelper(t *testing.T) {
+	k, err := ParseKallsyms([]byte("ffffffff814ca650 T __bpf_call_base\nffffffff814bad90 T bpf_send_signal\nffffffff8150c150 T bpf_get_current_pid_tgid\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for imm, want := range map[int32]string{-63680: "bpf_send_signal", 269056: "bpf_get_current_pid_tgid"} {
+		if got, ok := k.Helper(imm); !ok || got != want {
+			t.Errorf("%d: %q %v, want %q", imm, got, ok, want)
+		}
+	}
+	if _, ok := k.Helper(12345); ok {
+		t.Error("unknown offset resolved")
+	}
+	// Translated calls read back: offsets resolve, IDs still work, and a
+	// dump with every call zeroed says the targets are hidden.
+	insns := asm.Instructions{asm.BuiltinFunc(uint32(0xffff0740)).Call(), asm.FnKtimeGetNs.Call(), asm.Return()}
+	h, d, err := Helpers(insns, k)
+	if err != nil || !slices.Equal(h, []string{"bpf_ktime_get_ns", "bpf_send_signal"}) || !slices.Equal(d, []string{"bpf_send_signal"}) {
+		t.Fatalf("helpers %q dangerous %q err %v", h, d, err)
+	}
+	if _, _, err := Helpers(asm.Instructions{asm.BuiltinFunc(0).Call(), asm.Return()}, k); !errors.Is(err, ErrHelpersHidden) {
+		t.Fatalf("zeroed calls: %v", err)
 	}
 }
