@@ -97,7 +97,8 @@ type Sensor struct {
 	policies  map[uint32]loadedPolicy // by version, for decoding verdicts
 	info      sensor.Info
 	received  uint64
-	lost      uint64
+	lost      uint64 // in the kernel
+	userLost  uint64 // made in userspace, dropped (emitUser)
 	byKind    map[string]uint64
 	closeOnce sync.Once
 }
@@ -341,16 +342,22 @@ func (s *Sensor) track(ev *vigilv1.Event) {
 	s.mu.Unlock()
 }
 
-// emitUser delivers an event made in userspace (a fanotify decision),
-// with its process enriched, from any goroutine.
+// emitUser delivers an event made in userspace (a fanotify decision). It
+// never waits: the decision it reports is held by the kernel until
+// answered, so a full channel drops the event and counts it as lost.
 func (s *Sensor) emitUser(ev *vigilv1.Event) {
-	s.mu.Lock()
-	s.received++
-	s.byKind[ev.Kind]++
-	s.mu.Unlock()
 	select {
 	case s.out <- ev:
+		s.mu.Lock()
+		s.received++
+		s.byKind[ev.Kind]++
+		s.mu.Unlock()
 	case <-s.done:
+	default:
+		s.mu.Lock()
+		s.userLost++
+		s.mu.Unlock()
+		s.log.Warn("event dropped: the agent is not keeping up", "kind", ev.Kind, "hook", ev.Hook)
 	}
 }
 
@@ -381,7 +388,7 @@ func (s *Sensor) Stats() sensor.Stats {
 	for k, v := range s.byKind {
 		by[k] = v
 	}
-	return sensor.Stats{Received: s.received, Lost: s.lost, ByKind: by}
+	return sensor.Stats{Received: s.received, Lost: s.lost + s.userLost, ByKind: by}
 }
 
 // Close detaches everything. The event channel closes once the reader
