@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/vigil-hips/vigil/internal/integrity"
 	"github.com/vigil-hips/vigil/internal/sign"
@@ -215,5 +216,70 @@ func TestIntegrityRefusesBadSignature(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "refusing baseline") || !strings.Contains(string(out), "signature does not verify") {
 		t.Fatalf("refusal does not say why:\n%s", out)
+	}
+}
+
+// TestIntegrityModuleLoad (VM only: it loads a kernel module): a module
+// loaded after the baseline is a violation, seen by all three sources (so
+// not hidden); once it is removed the module section is clean again.
+func TestIntegrityModuleLoad(t *testing.T) {
+	testutil.RequireVM(t)
+	testutil.RequireRoot(t)
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		t.Fatal(err)
+	}
+	ko := filepath.Join("/lib/modules", unix.ByteSliceToString(uts.Release[:]), "kernel/drivers/net/dummy.ko")
+	if _, err := os.Stat(ko); err != nil {
+		t.Fatalf("no dummy.ko in the VM (VMTEST_MODULES should include dummy): %v", err)
+	}
+	if _, err := os.Stat("/sys/module/dummy"); err == nil {
+		if err := unix.DeleteModule("dummy", 0); err != nil {
+			t.Fatalf("dummy is loaded by an earlier test and cannot be removed: %v", err)
+		}
+	}
+	key, pub := integrityKeys(t)
+	base := cleanBaseline(t, key, pub)
+
+	f, err := os.Open(ko)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil {
+		t.Fatalf("finit_module %s: %v", ko, err)
+	}
+	loaded := true
+	t.Cleanup(func() {
+		if loaded {
+			unix.DeleteModule("dummy", 0)
+		}
+	})
+	code, r, stderr := integrityCheck(t, base, pub)
+	if code != 2 {
+		t.Fatalf("check after a module load: exit %d, want 2\n%s\n%v", code, stderr, r.Findings)
+	}
+	var named bool
+	for _, f := range violations(r, integrity.SecModules) {
+		if f.Subject != "dummy" {
+			t.Errorf("unexpected module violation: %s", f)
+		}
+		if strings.Contains(f.Message, "loaded since the baseline") {
+			named = true
+		}
+		if strings.Contains(f.Message, "hidden") {
+			t.Errorf("a normally loaded module is reported hidden: %s", f)
+		}
+	}
+	if !named {
+		t.Fatalf("dummy not named as loaded: %v", r.Findings)
+	}
+	if err := unix.DeleteModule("dummy", 0); err != nil {
+		t.Fatalf("delete_module dummy: %v", err)
+	}
+	loaded = false
+	_, r, _ = integrityCheck(t, base, pub)
+	if v := violations(r, integrity.SecModules); len(v) != 0 {
+		t.Fatalf("module violations after removing dummy: %v", v)
 	}
 }
