@@ -198,6 +198,7 @@ func (c *Collector) collectHooks(s *State) {
 				return
 			}
 			*dst = parse(b)
+			s.Hooks.Read = append(s.Hooks.Read, name)
 		}
 		read("enabled_functions", ParseEnabledFunctions, &s.Hooks.Ftrace)
 		read("touched_functions", ParseEnabledFunctions, &s.Hooks.Touched)
@@ -208,6 +209,7 @@ func (c *Collector) collectHooks(s *State) {
 		notes = append(notes, "kprobes/list: "+reason(err)+" (debugfs not mounted, or kprobes not built)")
 	} else {
 		s.Hooks.Kprobes = ParseKprobeList(b)
+		s.Hooks.Read = append(s.Hooks.Read, "kprobes/list")
 	}
 	if len(notes) > 0 {
 		sort.Strings(notes)

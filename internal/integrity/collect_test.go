@@ -217,3 +217,25 @@ func TestCompareViolations(t *testing.T) {
 		t.Fatalf("impostor of a Vigil name: %v", r.Findings)
 	}
 }
+
+// TestHooksComparedOnlyWhenReadable: tracefs mounted after the baseline
+// does not turn existing hooks into violations, but a new hook in a source
+// read both times is one, and a source that became unreadable is a warning.
+func TestHooksComparedOnlyWhenReadable(t *testing.T) {
+	f := host()
+	delete(f, "/sys/kernel/tracing/kprobe_events")
+	base := collect(f)
+	f2 := host()
+	f2["/sys/kernel/tracing/kprobe_events"] = "p:kprobes/old do_exit\n"
+	f2["/sys/kernel/tracing/touched_functions"] = "vfs_read\n"
+	delete(f2, "/sys/kernel/debug/kprobes/list")
+	r := Compare(base, collect(f2))
+	var got []string
+	for _, fd := range r.Findings {
+		got = append(got, string(fd.Severity)+" "+fd.Subject)
+	}
+	want := []string{"warning vfs_read", "warning kprobes/list"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("findings %q, want %q", got, want)
+	}
+}

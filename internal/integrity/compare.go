@@ -120,27 +120,31 @@ func Compare(base, cur *State) *Report {
 			}
 		}
 	}
-	hooks := func(kind string, b, c []string) {
+	hooks := func(src, kind string, sev Severity, b, c []string) {
+		if !slices.Contains(base.Hooks.Read, src) || !slices.Contains(cur.Hooks.Read, src) {
+			if slices.Contains(base.Hooks.Read, src) {
+				add(Warning, SecHooks, src, "readable in the baseline, unreadable now")
+			}
+			return
+		}
 		for _, h := range c {
 			if !slices.Contains(b, h) {
-				add(Violation, SecHooks, h, "new %s hook", kind)
+				add(sev, SecHooks, h, "new %s", kind)
 			}
 		}
 		for _, h := range b {
 			if !slices.Contains(c, h) {
-				add(Info, SecHooks, h, "%s hook removed since the baseline", kind)
+				add(Info, SecHooks, h, "%s gone since the baseline", kind)
 			}
 		}
 	}
-	// Hooks are read piecewise: compare what the current read found
-	// against the baseline even when some file was unreadable.
-	_, hookNote := cur.Unreadable[SecHooks]
-	if !hookNote || len(cur.Hooks.Ftrace)+len(cur.Hooks.Kprobes)+len(cur.Hooks.KprobeEvents)+len(cur.Hooks.UprobeEvents) > 0 {
-		hooks("ftrace", base.Hooks.Ftrace, cur.Hooks.Ftrace)
-		hooks("kprobe", base.Hooks.Kprobes, cur.Hooks.Kprobes)
-		hooks("kprobe_events", base.Hooks.KprobeEvents, cur.Hooks.KprobeEvents)
-		hooks("uprobe_events", base.Hooks.UprobeEvents, cur.Hooks.UprobeEvents)
-	}
+	hooks("enabled_functions", "ftrace hook", Violation, base.Hooks.Ftrace, cur.Hooks.Ftrace)
+	// touched_functions also keeps hooks already removed: evidence, not
+	// necessarily a live hook.
+	hooks("touched_functions", "function touched by ftrace since boot", Warning, base.Hooks.Touched, cur.Hooks.Touched)
+	hooks("kprobes/list", "kprobe", Violation, base.Hooks.Kprobes, cur.Hooks.Kprobes)
+	hooks("kprobe_events", "kprobe event", Violation, base.Hooks.KprobeEvents, cur.Hooks.KprobeEvents)
+	hooks("uprobe_events", "uprobe event", Violation, base.Hooks.UprobeEvents, cur.Hooks.UprobeEvents)
 	compareBPF(r, base, cur, add)
 	if both(SecSyscalls) {
 		for _, n := range sortedKeys(keysOf(base.Syscalls, cur.Syscalls)) {

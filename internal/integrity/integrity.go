@@ -101,6 +101,10 @@ type Hooks struct {
 	Kprobes      []string `json:"kprobes,omitempty"`
 	KprobeEvents []string `json:"kprobe_events,omitempty"`
 	UprobeEvents []string `json:"uprobe_events,omitempty"`
+	// Read names the sources that could be read ("enabled_functions",
+	// "kprobes/list", …); a kind of hook is compared only when both the
+	// baseline and the current read had it.
+	Read []string `json:"read,omitempty"`
 }
 
 // BPFState is the bpf() inventory.
