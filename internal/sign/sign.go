@@ -194,5 +194,5 @@ func (k edKey) Verify(_ context.Context, data, sig []byte) error {
 	return nil
 }
 
-func (k edKey) KeyID() (string, error)    { return KeyID(k.pub) }
+func (k edKey) KeyID() (string, error)   { return KeyID(k.pub) }
 func (k edKey) Public() crypto.PublicKey { return k.pub }
