@@ -129,6 +129,12 @@ func (KernelBPF) Inventory(sym Symbolizer) (BPFState, error) {
 	}
 	it.Close()
 
+	// cilium/ebpf runs its feature probes (which load small programs of
+	// their own) at the first get-info; do that once before listing so
+	// they are gone, not listed as foreign programs.
+	if first, err := ebpf.ProgramGetNextID(0); err == nil {
+		_, _ = programInfo(first, sym)
+	}
 	for id := ebpf.ProgramID(0); ; {
 		next, err := ebpf.ProgramGetNextID(id)
 		if errors.Is(err, os.ErrNotExist) {
