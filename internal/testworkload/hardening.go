@@ -117,6 +117,7 @@ func hardening() *HardeningReport {
 		attempt(r, "module_load", unwrapErrno(err))
 	}
 	attempt(r, "kcore_open", openClose("/proc/kcore", unix.O_RDONLY))
+	attempt(r, "kprobe_register", kprobe())
 	attempt(r, "dev_mem_open", openClose("/dev/mem", unix.O_RDONLY))
 
 	if p := os.Getenv("VIGIL_TW_PRELOAD"); p != "" {
@@ -157,6 +158,21 @@ func execShell(shell string) {
 		return
 	}
 	fmt.Print(0)
+}
+
+// kprobe registers a kprobe through tracefs and removes it again.
+func kprobe() error {
+	const events = "/sys/kernel/tracing/kprobe_events"
+	fd, err := unix.Open(events, unix.O_WRONLY|unix.O_APPEND|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Write(fd, []byte("p:vigil_tw_probe do_sys_openat2\n")); err != nil {
+		return err
+	}
+	_, err = unix.Write(fd, []byte("-:vigil_tw_probe\n"))
+	return err
 }
 
 func openClose(path string, flags int) error {

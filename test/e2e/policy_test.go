@@ -35,6 +35,7 @@ var forbidden = map[string]string{
 	"module_load":               "no-kernel-code-loads",
 	"kcore_open":                "no-kernel-memory-access",
 	"dev_mem_open":              "no-kernel-memory-access",
+	"kprobe_register":           "no-kernel-hooks-through-tracefs",
 	"persistence_create":        "persistence-only-by-packages-and-admin-tools",
 	"shell_from_server":         "no-shell-from-server",
 }
