@@ -1,23 +1,14 @@
 package integrity
 
-import "strings"
+import (
+	"sync"
 
-// vigilPrograms are the program names of Vigil's own BPF object
-// (internal/sensor/bpfsensor/sensor.bpf.c). A test checks this list
-// against the compiled object so the two cannot drift.
-var vigilPrograms = []string{
-	"lsm_bpf", "lsm_bprm_check", "lsm_file_mprotect", "lsm_file_open",
-	"lsm_kernel_load_data", "lsm_kernel_read_file", "lsm_mmap_file",
-	"lsm_path_chmod", "lsm_path_chown", "lsm_path_link", "lsm_path_mkdir",
-	"lsm_path_mknod", "lsm_path_rename", "lsm_path_rmdir", "lsm_path_symlink",
-	"lsm_path_truncate", "lsm_path_unlink", "lsm_ptrace_access_check",
-	"lsm_ptrace_traceme", "sched_process_exec", "sched_process_exit",
-	"sched_process_fork", "tp_sys_enter_bpf", "tp_sys_enter_finit_module",
-	"tp_sys_enter_init_module", "tp_sys_enter_kexec_file_load",
-	"tp_sys_enter_kexec_load", "tp_sys_enter_mmap", "tp_sys_enter_mprotect",
-	"tp_sys_enter_process_vm_writev", "tp_sys_enter_ptrace",
-	"tp_sys_exit_open", "tp_sys_exit_openat", "tp_sys_exit_openat2",
-}
+	"github.com/vigil-hips/vigil/internal/sensor/bpfsensor"
+)
+
+// ownPrograms are Vigil's BPF programs (name -> type), from the sensor's
+// embedded object: there is no second list to keep in step.
+var ownPrograms = sync.OnceValues(bpfsensor.OwnPrograms)
 
 // kernelNameLen is BPF_OBJ_NAME_LEN-1: the kernel keeps 15 bytes of a
 // program's name.
@@ -31,24 +22,17 @@ func KernelName(name string) string {
 	return name
 }
 
-// VigilProgramType is the program type Vigil loads a program of its own
-// under: the section prefix decides it (lsm/ → LSM, tp_btf/ → Tracing,
-// tracepoint/ → TracePoint).
-func VigilProgramType(name string) string {
-	switch {
-	case strings.HasPrefix(name, "lsm_"):
-		return "LSM"
-	case strings.HasPrefix(name, "tp_"):
-		return "TracePoint"
-	}
-	return "Tracing"
-}
-
 // IsVigilProgram says whether a program (name as the kernel reports it,
 // type as cilium/ebpf names it) is one of Vigil's own.
+// If the embedded object cannot be read, nothing is Vigil's: its own
+// programs then show as foreign, never the other way round.
 func IsVigilProgram(typ, name string) bool {
-	for _, n := range vigilPrograms {
-		if KernelName(n) == name && VigilProgramType(n) == typ {
+	own, err := ownPrograms()
+	if err != nil {
+		return false
+	}
+	for n, t := range own {
+		if KernelName(n) == name && t == typ {
 			return true
 		}
 	}

@@ -76,3 +76,18 @@ func selectPrograms(backend string) []program {
 	}
 	return out
 }
+
+// OwnPrograms returns Vigil's BPF programs, read from the embedded object:
+// name -> program type (as cilium/ebpf names it). The integrity check
+// knows its own programs from here.
+func OwnPrograms() (map[string]string, error) {
+	spec, err := loadSensor()
+	if err != nil {
+		return nil, err
+	}
+	own := make(map[string]string, len(spec.Programs))
+	for name, p := range spec.Programs {
+		own[name] = p.Type.String()
+	}
+	return own, nil
+}
