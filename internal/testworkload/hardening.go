@@ -1,7 +1,6 @@
 package testworkload
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -39,20 +38,9 @@ type HardeningTargets struct {
 
 // RunHardening tries each forbidden action in a new process.
 func RunHardening(t HardeningTargets) (*HardeningReport, error) {
-	cmd := exec.Command(self())
-	cmd.Env = append(os.Environ(), envMode+"=hardening",
+	return runJSON[HardeningReport]("hardening",
 		"VIGIL_TW_FOREIGN="+strconv.Itoa(t.ForeignPID), "VIGIL_TW_MODULE="+t.Module,
 		"VIGIL_TW_PRELOAD="+t.Preload, "VIGIL_TW_SERVER="+t.Server, "VIGIL_TW_SHELL="+t.Shell)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("hardening workload: %w", err)
-	}
-	var r HardeningReport
-	if err := json.Unmarshal(out, &r); err != nil {
-		return nil, fmt.Errorf("hardening workload output %q: %w", out, err)
-	}
-	return &r, nil
 }
 
 func attempt(r *HardeningReport, action string, err error) {

@@ -84,16 +84,36 @@ func Main() {
 // Run runs the whole workload in a new process; mapFile is the file it
 // maps executable.
 func Run(mapFile string) (*Report, error) {
+	return runJSON[Report]("all", "VIGIL_TESTWORKLOAD_MAP="+mapFile)
+}
+
+// RunAndExpect prepares the workload's files in dir, runs it, and returns
+// what it did with the events it must have caused.
+func RunAndExpect(dir string) (*Report, []*Expectation, error) {
+	exe, lib, err := Prepare(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := Run(lib)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r, r.Expect(exe, lib), nil
+}
+
+// runJSON runs the workload binary in mode with env added and decodes the
+// JSON report it prints.
+func runJSON[T any](mode string, env ...string) (*T, error) {
 	cmd := exec.Command(self())
-	cmd.Env = append(os.Environ(), envMode+"=all", "VIGIL_TESTWORKLOAD_MAP="+mapFile)
+	cmd.Env = append(append(os.Environ(), envMode+"="+mode), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("workload: %w", err)
+		return nil, fmt.Errorf("%s workload: %w", mode, err)
 	}
-	var r Report
+	var r T
 	if err := json.Unmarshal(out, &r); err != nil {
-		return nil, fmt.Errorf("workload output %q: %w", out, err)
+		return nil, fmt.Errorf("%s workload output %q: %w", mode, out, err)
 	}
 	return &r, nil
 }
@@ -110,18 +130,7 @@ type KernelReport struct {
 // RunKernel loads a BPF program, opens /proc/kcore and, when module is
 // not empty, calls finit_module on it, in a new process.
 func RunKernel(module string) (*KernelReport, error) {
-	cmd := exec.Command(self())
-	cmd.Env = append(os.Environ(), envMode+"=kernel", "VIGIL_TESTWORKLOAD_MODULE="+module)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("kernel workload: %w", err)
-	}
-	var r KernelReport
-	if err := json.Unmarshal(out, &r); err != nil {
-		return nil, fmt.Errorf("kernel workload output %q: %w", out, err)
-	}
-	return &r, nil
+	return runJSON[KernelReport]("kernel", "VIGIL_TESTWORKLOAD_MODULE="+module)
 }
 
 func kernelOps(module string) (*KernelReport, error) {

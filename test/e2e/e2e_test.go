@@ -183,15 +183,10 @@ func TestAgentRecordsWorkload(t *testing.T) {
 	if testutil.InVM() && st.Backend != "lsm" {
 		t.Fatalf("backend %q in the VM, where BPF LSM is on: want lsm", st.Backend)
 	}
-	exe, lib, err := testworkload.Prepare(t.TempDir())
+	r, exps, err := testworkload.RunAndExpect(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := testworkload.Run(lib)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exps := r.Expect(exe, lib)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		for _, ev := range a.events("--pid", fmt.Sprint(r.PID)) {

@@ -78,15 +78,10 @@ func TestLSMBackend(t *testing.T) {
 // and that the named events came from the named hooks.
 func seesWorkload(t *testing.T, s *Sensor, hooks map[string]string) {
 	t.Helper()
-	exe, lib, err := testworkload.Prepare(t.TempDir())
+	_, exps, err := testworkload.RunAndExpect(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := testworkload.Run(lib)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exps := r.Expect(exe, lib)
 	deadline := time.After(20 * time.Second)
 	for !testworkload.AllSeen(exps) {
 		select {
