@@ -169,7 +169,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		a.broker.Close()
 		sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 		defer cancel()
-		srv.Stop(sctx)
+		srv.Shutdown(sctx)
 	})
 	wg.Go(func() { a.pruneLoop(svcCtx) })
 	log.Info("agent serving", "socket", cfg.Socket, "state_dir", cfg.StateDir,

@@ -26,7 +26,7 @@ import (
 // Kinds are the event kinds the API knows (the Event.kind comment in
 // vigil.proto). Queries for other kinds are refused, so a typo is an error
 // rather than an empty result.
-var Kinds = []string{"exec", "fork", "exit", "image_load", "mem_exec", "inject", "kernel", "file_modify", "gap"}
+var Kinds = []string{"exec", "fork", "exit", "image_load", "mem_exec", "inject", "kernel", "file_modify", "gap", "integrity", "tamper"}
 
 // Config is what the server serves.
 type Config struct {
@@ -39,6 +39,12 @@ type Config struct {
 	// server refuses ApplyPolicy (Unimplemented).
 	ApplyPolicy func(name string, content []byte) (*vigilv1.PolicyStatus, error)
 	BadPolicy   error
+	// Pending, Approve and StopAgent serve the RPCs of the same names;
+	// nil: Unimplemented. Their errors carry a gRPC status where they
+	// need one other than Internal (status.Error).
+	Pending   func(ctx context.Context, req *vigilv1.PendingRequest) (*vigilv1.PendingResponse, error)
+	Approve   func(ctx context.Context, req *vigilv1.ApproveRequest) (*vigilv1.ApproveResponse, error)
+	StopAgent func(ctx context.Context, req *vigilv1.StopRequest) (*vigilv1.StopResponse, error)
 }
 
 // Server is the gRPC Agent service.
@@ -66,9 +72,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	return nil
 }
 
-// Stop stops accepting calls and waits for running ones until ctx is done,
-// then cuts them off. Close the Broker first so that followers end.
-func (s *Server) Stop(ctx context.Context) {
+// Shutdown stops accepting calls and waits for running ones until ctx is
+// done, then cuts them off. Close the Broker first so that followers end.
+func (s *Server) Shutdown(ctx context.Context) {
 	done := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -103,6 +109,38 @@ func (s *Server) ApplyPolicy(ctx context.Context, req *vigilv1.ApplyPolicyReques
 		return nil, status.Error(code, err.Error())
 	}
 	return &vigilv1.ApplyPolicyResponse{Policy: st}, nil
+}
+
+// Pending implements vigilv1.AgentServer.
+func (s *Server) Pending(ctx context.Context, req *vigilv1.PendingRequest) (*vigilv1.PendingResponse, error) {
+	return call(ctx, s.cfg.Pending, req, "execution control is not running")
+}
+
+// Approve implements vigilv1.AgentServer.
+func (s *Server) Approve(ctx context.Context, req *vigilv1.ApproveRequest) (*vigilv1.ApproveResponse, error) {
+	return call(ctx, s.cfg.Approve, req, "execution control is not running")
+}
+
+// Stop implements vigilv1.AgentServer.
+func (s *Server) Stop(ctx context.Context, req *vigilv1.StopRequest) (*vigilv1.StopResponse, error) {
+	return call(ctx, s.cfg.StopAgent, req, "this agent cannot be stopped through the API")
+}
+
+// call runs an optional handler: Unimplemented with why when it is nil,
+// its error as-is when it carries a gRPC status, Internal otherwise.
+func call[Req, Resp any](ctx context.Context, h func(context.Context, Req) (Resp, error), req Req, why string) (Resp, error) {
+	var zero Resp
+	if h == nil {
+		return zero, status.Error(codes.Unimplemented, why)
+	}
+	resp, err := h(ctx, req)
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return zero, err
+		}
+		return zero, status.Error(codes.Internal, err.Error())
+	}
+	return resp, nil
 }
 
 // Status implements vigilv1.AgentServer.

@@ -63,7 +63,7 @@ func start(t *testing.T) *harness {
 		b.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		srv.Stop(ctx)
+		srv.Shutdown(ctx)
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}

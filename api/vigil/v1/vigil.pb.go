@@ -55,6 +55,8 @@ type Event struct {
 	//	*Event_Kernel
 	//	*Event_Gap
 	//	*Event_FileModify
+	//	*Event_Integrity
+	//	*Event_Tamper
 	Detail isEvent_Detail `protobuf_oneof:"detail"`
 	// verdict is set when a policy decided about the action.
 	Verdict *Verdict `protobuf:"bytes,30,opt,name=verdict,proto3" json:"verdict,omitempty"`
@@ -62,7 +64,10 @@ type Event struct {
 	// increasing, never reused, and kept across agent restarts (unlike seq,
 	// which restarts with the kernel programs). 0 when the event could not be
 	// stored. Resume a query with EventsRequest.after_id.
-	Id            uint64 `protobuf:"varint,31,opt,name=id,proto3" json:"id,omitempty"`
+	Id uint64 `protobuf:"varint,31,opt,name=id,proto3" json:"id,omitempty"`
+	// trust is set on code-loading events (exec, image_load, mem_exec) that
+	// execution control decided.
+	Trust         *Trust `protobuf:"bytes,32,opt,name=trust,proto3" json:"trust,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -227,6 +232,24 @@ func (x *Event) GetFileModify() *FileModify {
 	return nil
 }
 
+func (x *Event) GetIntegrity() *Integrity {
+	if x != nil {
+		if x, ok := x.Detail.(*Event_Integrity); ok {
+			return x.Integrity
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetTamper() *Tamper {
+	if x != nil {
+		if x, ok := x.Detail.(*Event_Tamper); ok {
+			return x.Tamper
+		}
+	}
+	return nil
+}
+
 func (x *Event) GetVerdict() *Verdict {
 	if x != nil {
 		return x.Verdict
@@ -239,6 +262,13 @@ func (x *Event) GetId() uint64 {
 		return x.Id
 	}
 	return 0
+}
+
+func (x *Event) GetTrust() *Trust {
+	if x != nil {
+		return x.Trust
+	}
+	return nil
 }
 
 type isEvent_Detail interface {
@@ -281,6 +311,14 @@ type Event_FileModify struct {
 	FileModify *FileModify `protobuf:"bytes,18,opt,name=file_modify,json=fileModify,proto3,oneof"`
 }
 
+type Event_Integrity struct {
+	Integrity *Integrity `protobuf:"bytes,19,opt,name=integrity,proto3,oneof"`
+}
+
+type Event_Tamper struct {
+	Tamper *Tamper `protobuf:"bytes,20,opt,name=tamper,proto3,oneof"`
+}
+
 func (*Event_Exec) isEvent_Detail() {}
 
 func (*Event_Fork) isEvent_Detail() {}
@@ -298,6 +336,10 @@ func (*Event_Kernel) isEvent_Detail() {}
 func (*Event_Gap) isEvent_Detail() {}
 
 func (*Event_FileModify) isEvent_Detail() {}
+
+func (*Event_Integrity) isEvent_Detail() {}
+
+func (*Event_Tamper) isEvent_Detail() {}
 
 // Process is the acting process (thread group).
 type Process struct {
@@ -1177,6 +1219,240 @@ func (x *FileModify) GetNewPath() string {
 	return ""
 }
 
+// Integrity is one violation found by the kernel integrity watch (kind
+// "integrity"): a difference from the baseline or an unexpected object.
+type Integrity struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Check         string                 `protobuf:"bytes,1,opt,name=check,proto3" json:"check,omitempty"`       // sysctl | lsm | lockdown | taint | module | hook | bpf_prog | bpf_map | bpf_link | syscall_table | ...
+	Subject       string                 `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`   // what differs: sysctl name, module name, program id/name, ...
+	Expected      string                 `protobuf:"bytes,3,opt,name=expected,proto3" json:"expected,omitempty"` // the baseline's value, if any
+	Actual        string                 `protobuf:"bytes,4,opt,name=actual,proto3" json:"actual,omitempty"`     // what the kernel has now
+	Detail        string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`     // e.g. a BPF program's flagged helpers, who loaded it
+	Trigger       string                 `protobuf:"bytes,6,opt,name=trigger,proto3" json:"trigger,omitempty"`   // interval | bpf_prog_load | module_load | tracefs_write | start
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Integrity) Reset() {
+	*x = Integrity{}
+	mi := &file_vigil_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Integrity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Integrity) ProtoMessage() {}
+
+func (x *Integrity) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Integrity.ProtoReflect.Descriptor instead.
+func (*Integrity) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Integrity) GetCheck() string {
+	if x != nil {
+		return x.Check
+	}
+	return ""
+}
+
+func (x *Integrity) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Integrity) GetExpected() string {
+	if x != nil {
+		return x.Expected
+	}
+	return ""
+}
+
+func (x *Integrity) GetActual() string {
+	if x != nil {
+		return x.Actual
+	}
+	return ""
+}
+
+func (x *Integrity) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *Integrity) GetTrigger() string {
+	if x != nil {
+		return x.Trigger
+	}
+	return ""
+}
+
+// Tamper is an attempt against the agent itself (kind "tamper"): refused
+// in protected mode, reported in any mode.
+type Tamper struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Method        string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`    // signal | ptrace | proc_mem | pidfd_getfd | file_write | file_unlink | file_rename | mount | bpf_map_update | bpf_link_detach | oom_score_adj | setrlimit | setscheduler | cgroup | ...
+	Target        string                 `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`    // what was aimed at: agent pid, file path, map or link id
+	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`    // e.g. the signal number
+	Refused       bool                   `protobuf:"varint,4,opt,name=refused,proto3" json:"refused,omitempty"` // the kernel refused it
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tamper) Reset() {
+	*x = Tamper{}
+	mi := &file_vigil_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tamper) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tamper) ProtoMessage() {}
+
+func (x *Tamper) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tamper.ProtoReflect.Descriptor instead.
+func (*Tamper) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Tamper) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Tamper) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *Tamper) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *Tamper) GetRefused() bool {
+	if x != nil {
+		return x.Refused
+	}
+	return false
+}
+
+// Trust is execution control's view of one file: its content digest and
+// which trust source (if any) approved or denied it.
+type Trust struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`   // hex; empty when it could not be computed
+	Verdict       string                 `protobuf:"bytes,2,opt,name=verdict,proto3" json:"verdict,omitempty"` // trusted | denied | unknown
+	Source        string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`   // rule:ID | database | dpkg:PACKAGE | catalog:KEYID | memfd | anonymous
+	Cached        bool                   `protobuf:"varint,4,opt,name=cached,proto3" json:"cached,omitempty"`  // decided from the kernel verdict cache
+	Mode          string                 `protobuf:"bytes,5,opt,name=mode,proto3" json:"mode,omitempty"`       // monitor | lockdown
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Trust) Reset() {
+	*x = Trust{}
+	mi := &file_vigil_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Trust) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Trust) ProtoMessage() {}
+
+func (x *Trust) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Trust.ProtoReflect.Descriptor instead.
+func (*Trust) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Trust) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *Trust) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *Trust) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Trust) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
+func (x *Trust) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
 type Verdict struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Action string                 `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"` // allow | deny | kill | alert
@@ -1193,7 +1469,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_vigil_proto_msgTypes[13]
+	mi := &file_vigil_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1481,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[13]
+	mi := &file_vigil_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1494,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{13}
+	return file_vigil_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Verdict) GetAction() string {
@@ -1271,7 +1547,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_vigil_proto_msgTypes[14]
+	mi := &file_vigil_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1559,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[14]
+	mi := &file_vigil_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1572,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{14}
+	return file_vigil_proto_rawDescGZIP(), []int{17}
 }
 
 type StatusResponse struct {
@@ -1318,7 +1594,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_vigil_proto_msgTypes[15]
+	mi := &file_vigil_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1606,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[15]
+	mi := &file_vigil_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1619,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{15}
+	return file_vigil_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1438,7 +1714,7 @@ type PolicyStatus struct {
 
 func (x *PolicyStatus) Reset() {
 	*x = PolicyStatus{}
-	mi := &file_vigil_proto_msgTypes[16]
+	mi := &file_vigil_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1726,7 @@ func (x *PolicyStatus) String() string {
 func (*PolicyStatus) ProtoMessage() {}
 
 func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[16]
+	mi := &file_vigil_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1739,7 @@ func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{16}
+	return file_vigil_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PolicyStatus) GetName() string {
@@ -1527,7 +1803,7 @@ type RuleHits struct {
 
 func (x *RuleHits) Reset() {
 	*x = RuleHits{}
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1815,7 @@ func (x *RuleHits) String() string {
 func (*RuleHits) ProtoMessage() {}
 
 func (x *RuleHits) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1828,7 @@ func (x *RuleHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
 func (*RuleHits) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{17}
+	return file_vigil_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RuleHits) GetRule() string {
@@ -1594,7 +1870,7 @@ type Feature struct {
 
 func (x *Feature) Reset() {
 	*x = Feature{}
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1882,7 @@ func (x *Feature) String() string {
 func (*Feature) ProtoMessage() {}
 
 func (x *Feature) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1895,7 @@ func (x *Feature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Feature.ProtoReflect.Descriptor instead.
 func (*Feature) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{18}
+	return file_vigil_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Feature) GetName() string {
@@ -1656,7 +1932,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1944,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1957,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{19}
+	return file_vigil_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Counters) GetEventsReceived() uint64 {
@@ -1737,7 +2013,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +2025,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +2038,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{20}
+	return file_vigil_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *EventsRequest) GetKinds() []string {
@@ -1825,13 +2101,14 @@ type ApplyPolicyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`       // file name, for error positions
 	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"` // the policy file (YAML)
+	Token         []byte                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`     // signed admin token (DSSE envelope), needed in protected mode
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2120,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2133,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{21}
+	return file_vigil_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyPolicyRequest) GetName() string {
@@ -1873,6 +2150,13 @@ func (x *ApplyPolicyRequest) GetContent() []byte {
 	return nil
 }
 
+func (x *ApplyPolicyRequest) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
 type ApplyPolicyResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Policy        *PolicyStatus          `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
@@ -1882,7 +2166,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2178,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2191,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{22}
+	return file_vigil_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyPolicyResponse) GetPolicy() *PolicyStatus {
@@ -1915,6 +2199,379 @@ func (x *ApplyPolicyResponse) GetPolicy() *PolicyStatus {
 		return x.Policy
 	}
 	return nil
+}
+
+type PendingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         uint32                 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"` // 0: all
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingRequest) Reset() {
+	*x = PendingRequest{}
+	mi := &file_vigil_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingRequest) ProtoMessage() {}
+
+func (x *PendingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingRequest.ProtoReflect.Descriptor instead.
+func (*PendingRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *PendingRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type PendingResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*PendingCode         `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingResponse) Reset() {
+	*x = PendingResponse{}
+	mi := &file_vigil_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingResponse) ProtoMessage() {}
+
+func (x *PendingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingResponse.ProtoReflect.Descriptor instead.
+func (*PendingResponse) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PendingResponse) GetItems() []*PendingCode {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// PendingCode is one unknown file content execution control saw.
+type PendingCode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Paths         []string               `protobuf:"bytes,2,rep,name=paths,proto3" json:"paths,omitempty"`      // names it was seen under
+	Count         uint64                 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`     // attempts
+	Refused       uint64                 `protobuf:"varint,4,opt,name=refused,proto3" json:"refused,omitempty"` // attempts refused (lockdown)
+	FirstSeen     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	Processes     []string               `protobuf:"bytes,7,rep,name=processes,proto3" json:"processes,omitempty"` // executables of the processes that tried (pid exe)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingCode) Reset() {
+	*x = PendingCode{}
+	mi := &file_vigil_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingCode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingCode) ProtoMessage() {}
+
+func (x *PendingCode) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingCode.ProtoReflect.Descriptor instead.
+func (*PendingCode) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PendingCode) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *PendingCode) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *PendingCode) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *PendingCode) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *PendingCode) GetFirstSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeen
+	}
+	return nil
+}
+
+func (x *PendingCode) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *PendingCode) GetProcesses() []string {
+	if x != nil {
+		return x.Processes
+	}
+	return nil
+}
+
+type ApproveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`                        // hex digest to trust
+	SignerKey     []byte                 `protobuf:"bytes,2,opt,name=signer_key,json=signerKey,proto3" json:"signer_key,omitempty"` // or: a public key (PEM) whose catalogs are trusted
+	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	Deny          bool                   `protobuf:"varint,4,opt,name=deny,proto3" json:"deny,omitempty"` // deny instead of approve (explicit deny by hash)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveRequest) Reset() {
+	*x = ApproveRequest{}
+	mi := &file_vigil_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveRequest) ProtoMessage() {}
+
+func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
+func (*ApproveRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ApproveRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ApproveRequest) GetSignerKey() []byte {
+	if x != nil {
+		return x.SignerKey
+	}
+	return nil
+}
+
+func (x *ApproveRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *ApproveRequest) GetDeny() bool {
+	if x != nil {
+		return x.Deny
+	}
+	return false
+}
+
+type ApproveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Detail        string                 `protobuf:"bytes,1,opt,name=detail,proto3" json:"detail,omitempty"` // what was added, e.g. key id or digest
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveResponse) Reset() {
+	*x = ApproveResponse{}
+	mi := &file_vigil_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveResponse) ProtoMessage() {}
+
+func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
+func (*ApproveResponse) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ApproveResponse) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+type StopRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         []byte                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"` // signed admin token (DSSE envelope), needed in protected mode
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopRequest) Reset() {
+	*x = StopRequest{}
+	mi := &file_vigil_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopRequest) ProtoMessage() {}
+
+func (x *StopRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
+func (*StopRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *StopRequest) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+type StopResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopResponse) Reset() {
+	*x = StopResponse{}
+	mi := &file_vigil_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopResponse) ProtoMessage() {}
+
+func (x *StopResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
+func (*StopResponse) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{32}
 }
 
 // DoctorResponse is `vigil doctor -o json`: what this kernel offers and the
@@ -1930,7 +2587,7 @@ type DoctorResponse struct {
 
 func (x *DoctorResponse) Reset() {
 	*x = DoctorResponse{}
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2599,7 @@ func (x *DoctorResponse) String() string {
 func (*DoctorResponse) ProtoMessage() {}
 
 func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2612,7 @@ func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
 func (*DoctorResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{23}
+	return file_vigil_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DoctorResponse) GetKernelRelease() string {
@@ -1991,7 +2648,7 @@ type Guarantee struct {
 
 func (x *Guarantee) Reset() {
 	*x = Guarantee{}
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2660,7 @@ func (x *Guarantee) String() string {
 func (*Guarantee) ProtoMessage() {}
 
 func (x *Guarantee) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2673,7 @@ func (x *Guarantee) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Guarantee.ProtoReflect.Descriptor instead.
 func (*Guarantee) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{24}
+	return file_vigil_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Guarantee) GetControl() string {
@@ -2044,7 +2701,7 @@ var File_vigil_proto protoreflect.FileDescriptor
 
 const file_vigil_proto_rawDesc = "" +
 	"\n" +
-	"\vvigil.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x05\n" +
+	"\vvigil.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x06\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
@@ -2063,9 +2720,12 @@ const file_vigil_proto_rawDesc = "" +
 	"\x06kernel\x18\x10 \x01(\v2\x12.vigil.v1.KernelOpH\x00R\x06kernel\x12!\n" +
 	"\x03gap\x18\x11 \x01(\v2\r.vigil.v1.GapH\x00R\x03gap\x127\n" +
 	"\vfile_modify\x18\x12 \x01(\v2\x14.vigil.v1.FileModifyH\x00R\n" +
-	"fileModify\x12+\n" +
+	"fileModify\x123\n" +
+	"\tintegrity\x18\x13 \x01(\v2\x13.vigil.v1.IntegrityH\x00R\tintegrity\x12*\n" +
+	"\x06tamper\x18\x14 \x01(\v2\x10.vigil.v1.TamperH\x00R\x06tamper\x12+\n" +
 	"\averdict\x18\x1e \x01(\v2\x11.vigil.v1.VerdictR\averdict\x12\x0e\n" +
-	"\x02id\x18\x1f \x01(\x04R\x02idB\b\n" +
+	"\x02id\x18\x1f \x01(\x04R\x02id\x12%\n" +
+	"\x05trust\x18  \x01(\v2\x0f.vigil.v1.TrustR\x05trustB\b\n" +
 	"\x06detail\"\x90\x02\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
@@ -2138,7 +2798,25 @@ const file_vigil_proto_rawDesc = "" +
 	"FileModify\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\"\n" +
 	"\x04file\x18\x02 \x01(\v2\x0e.vigil.v1.FileR\x04file\x12\x19\n" +
-	"\bnew_path\x18\x03 \x01(\tR\anewPath\"\x9a\x01\n" +
+	"\bnew_path\x18\x03 \x01(\tR\anewPath\"\xa1\x01\n" +
+	"\tIntegrity\x12\x14\n" +
+	"\x05check\x18\x01 \x01(\tR\x05check\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1a\n" +
+	"\bexpected\x18\x03 \x01(\tR\bexpected\x12\x16\n" +
+	"\x06actual\x18\x04 \x01(\tR\x06actual\x12\x16\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\x12\x18\n" +
+	"\atrigger\x18\x06 \x01(\tR\atrigger\"j\n" +
+	"\x06Tamper\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x18\n" +
+	"\arefused\x18\x04 \x01(\bR\arefused\"}\n" +
+	"\x05Trust\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x18\n" +
+	"\averdict\x18\x02 \x01(\tR\averdict\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\x12\x16\n" +
+	"\x06cached\x18\x04 \x01(\bR\x06cached\x12\x12\n" +
+	"\x04mode\x18\x05 \x01(\tR\x04mode\"\x9a\x01\n" +
 	"\aVerdict\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x12\n" +
@@ -2198,12 +2876,37 @@ const file_vigil_proto_rawDesc = "" +
 	"\x05limit\x18\x05 \x01(\rR\x05limit\x12\x16\n" +
 	"\x06follow\x18\x06 \x01(\bR\x06follow\x12\x19\n" +
 	"\bafter_id\x18\a \x01(\x04R\aafterId\x12\x16\n" +
-	"\x06latest\x18\b \x01(\bR\x06latest\"B\n" +
+	"\x06latest\x18\b \x01(\bR\x06latest\"X\n" +
 	"\x12ApplyPolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\fR\acontent\"E\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\fR\x05token\"E\n" +
 	"\x13ApplyPolicyResponse\x12.\n" +
-	"\x06policy\x18\x01 \x01(\v2\x16.vigil.v1.PolicyStatusR\x06policy\"\x9b\x01\n" +
+	"\x06policy\x18\x01 \x01(\v2\x16.vigil.v1.PolicyStatusR\x06policy\"&\n" +
+	"\x0ePendingRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\">\n" +
+	"\x0fPendingResponse\x12+\n" +
+	"\x05items\x18\x01 \x03(\v2\x15.vigil.v1.PendingCodeR\x05items\"\xfd\x01\n" +
+	"\vPendingCode\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x14\n" +
+	"\x05paths\x18\x02 \x03(\tR\x05paths\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x04R\x05count\x12\x18\n" +
+	"\arefused\x18\x04 \x01(\x04R\arefused\x129\n" +
+	"\n" +
+	"first_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x127\n" +
+	"\tlast_seen\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x1c\n" +
+	"\tprocesses\x18\a \x03(\tR\tprocesses\"u\n" +
+	"\x0eApproveRequest\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x1d\n" +
+	"\n" +
+	"signer_key\x18\x02 \x01(\fR\tsignerKey\x12\x18\n" +
+	"\acomment\x18\x03 \x01(\tR\acomment\x12\x12\n" +
+	"\x04deny\x18\x04 \x01(\bR\x04deny\")\n" +
+	"\x0fApproveResponse\x12\x16\n" +
+	"\x06detail\x18\x01 \x01(\tR\x06detail\"#\n" +
+	"\vStopRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\fR\x05token\"\x0e\n" +
+	"\fStopResponse\"\x9b\x01\n" +
 	"\x0eDoctorResponse\x12%\n" +
 	"\x0ekernel_release\x18\x01 \x01(\tR\rkernelRelease\x12-\n" +
 	"\bfeatures\x18\x02 \x03(\v2\x11.vigil.v1.FeatureR\bfeatures\x123\n" +
@@ -2213,11 +2916,14 @@ const file_vigil_proto_rawDesc = "" +
 	"\tGuarantee\x12\x18\n" +
 	"\acontrol\x18\x01 \x01(\tR\acontrol\x12\x14\n" +
 	"\x05level\x18\x02 \x01(\tR\x05level\x12\x10\n" +
-	"\x03why\x18\x03 \x01(\tR\x03why2\xc6\x01\n" +
+	"\x03why\x18\x03 \x01(\tR\x03why2\xfd\x02\n" +
 	"\x05Agent\x12;\n" +
 	"\x06Status\x12\x17.vigil.v1.StatusRequest\x1a\x18.vigil.v1.StatusResponse\x124\n" +
 	"\x06Events\x12\x17.vigil.v1.EventsRequest\x1a\x0f.vigil.v1.Event0\x01\x12J\n" +
-	"\vApplyPolicy\x12\x1c.vigil.v1.ApplyPolicyRequest\x1a\x1d.vigil.v1.ApplyPolicyResponseB2Z0github.com/vigil-hips/vigil/api/vigil/v1;vigilv1b\x06proto3"
+	"\vApplyPolicy\x12\x1c.vigil.v1.ApplyPolicyRequest\x1a\x1d.vigil.v1.ApplyPolicyResponse\x12>\n" +
+	"\aPending\x12\x18.vigil.v1.PendingRequest\x1a\x19.vigil.v1.PendingResponse\x12>\n" +
+	"\aApprove\x12\x18.vigil.v1.ApproveRequest\x1a\x19.vigil.v1.ApproveResponse\x125\n" +
+	"\x04Stop\x12\x15.vigil.v1.StopRequest\x1a\x16.vigil.v1.StopResponseB2Z0github.com/vigil-hips/vigil/api/vigil/v1;vigilv1b\x06proto3"
 
 var (
 	file_vigil_proto_rawDescOnce sync.Once
@@ -2231,7 +2937,7 @@ func file_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_proto_rawDescData
 }
 
-var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_vigil_proto_goTypes = []any{
 	(*Event)(nil),                 // 0: vigil.v1.Event
 	(*Process)(nil),               // 1: vigil.v1.Process
@@ -2246,23 +2952,33 @@ var file_vigil_proto_goTypes = []any{
 	(*KernelOp)(nil),              // 10: vigil.v1.KernelOp
 	(*Gap)(nil),                   // 11: vigil.v1.Gap
 	(*FileModify)(nil),            // 12: vigil.v1.FileModify
-	(*Verdict)(nil),               // 13: vigil.v1.Verdict
-	(*StatusRequest)(nil),         // 14: vigil.v1.StatusRequest
-	(*StatusResponse)(nil),        // 15: vigil.v1.StatusResponse
-	(*PolicyStatus)(nil),          // 16: vigil.v1.PolicyStatus
-	(*RuleHits)(nil),              // 17: vigil.v1.RuleHits
-	(*Feature)(nil),               // 18: vigil.v1.Feature
-	(*Counters)(nil),              // 19: vigil.v1.Counters
-	(*EventsRequest)(nil),         // 20: vigil.v1.EventsRequest
-	(*ApplyPolicyRequest)(nil),    // 21: vigil.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),   // 22: vigil.v1.ApplyPolicyResponse
-	(*DoctorResponse)(nil),        // 23: vigil.v1.DoctorResponse
-	(*Guarantee)(nil),             // 24: vigil.v1.Guarantee
-	nil,                           // 25: vigil.v1.Counters.ByKindEntry
-	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*Integrity)(nil),             // 13: vigil.v1.Integrity
+	(*Tamper)(nil),                // 14: vigil.v1.Tamper
+	(*Trust)(nil),                 // 15: vigil.v1.Trust
+	(*Verdict)(nil),               // 16: vigil.v1.Verdict
+	(*StatusRequest)(nil),         // 17: vigil.v1.StatusRequest
+	(*StatusResponse)(nil),        // 18: vigil.v1.StatusResponse
+	(*PolicyStatus)(nil),          // 19: vigil.v1.PolicyStatus
+	(*RuleHits)(nil),              // 20: vigil.v1.RuleHits
+	(*Feature)(nil),               // 21: vigil.v1.Feature
+	(*Counters)(nil),              // 22: vigil.v1.Counters
+	(*EventsRequest)(nil),         // 23: vigil.v1.EventsRequest
+	(*ApplyPolicyRequest)(nil),    // 24: vigil.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),   // 25: vigil.v1.ApplyPolicyResponse
+	(*PendingRequest)(nil),        // 26: vigil.v1.PendingRequest
+	(*PendingResponse)(nil),       // 27: vigil.v1.PendingResponse
+	(*PendingCode)(nil),           // 28: vigil.v1.PendingCode
+	(*ApproveRequest)(nil),        // 29: vigil.v1.ApproveRequest
+	(*ApproveResponse)(nil),       // 30: vigil.v1.ApproveResponse
+	(*StopRequest)(nil),           // 31: vigil.v1.StopRequest
+	(*StopResponse)(nil),          // 32: vigil.v1.StopResponse
+	(*DoctorResponse)(nil),        // 33: vigil.v1.DoctorResponse
+	(*Guarantee)(nil),             // 34: vigil.v1.Guarantee
+	nil,                           // 35: vigil.v1.Counters.ByKindEntry
+	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
 }
 var file_vigil_proto_depIdxs = []int32{
-	26, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	36, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: vigil.v1.Event.process:type_name -> vigil.v1.Process
 	4,  // 2: vigil.v1.Event.exec:type_name -> vigil.v1.Exec
 	5,  // 3: vigil.v1.Event.fork:type_name -> vigil.v1.Fork
@@ -2273,35 +2989,47 @@ var file_vigil_proto_depIdxs = []int32{
 	10, // 8: vigil.v1.Event.kernel:type_name -> vigil.v1.KernelOp
 	11, // 9: vigil.v1.Event.gap:type_name -> vigil.v1.Gap
 	12, // 10: vigil.v1.Event.file_modify:type_name -> vigil.v1.FileModify
-	13, // 11: vigil.v1.Event.verdict:type_name -> vigil.v1.Verdict
-	2,  // 12: vigil.v1.Process.ancestry:type_name -> vigil.v1.Ancestor
-	3,  // 13: vigil.v1.Exec.file:type_name -> vigil.v1.File
-	3,  // 14: vigil.v1.ImageLoad.file:type_name -> vigil.v1.File
-	3,  // 15: vigil.v1.MemExec.file:type_name -> vigil.v1.File
-	3,  // 16: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
-	3,  // 17: vigil.v1.FileModify.file:type_name -> vigil.v1.File
-	26, // 18: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	18, // 19: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
-	19, // 20: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
-	16, // 21: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
-	26, // 22: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
-	17, // 23: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
-	25, // 24: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
-	26, // 25: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
-	16, // 26: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
-	18, // 27: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
-	24, // 28: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
-	14, // 29: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
-	20, // 30: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
-	21, // 31: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
-	15, // 32: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
-	0,  // 33: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
-	22, // 34: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
-	32, // [32:35] is the sub-list for method output_type
-	29, // [29:32] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	13, // 11: vigil.v1.Event.integrity:type_name -> vigil.v1.Integrity
+	14, // 12: vigil.v1.Event.tamper:type_name -> vigil.v1.Tamper
+	16, // 13: vigil.v1.Event.verdict:type_name -> vigil.v1.Verdict
+	15, // 14: vigil.v1.Event.trust:type_name -> vigil.v1.Trust
+	2,  // 15: vigil.v1.Process.ancestry:type_name -> vigil.v1.Ancestor
+	3,  // 16: vigil.v1.Exec.file:type_name -> vigil.v1.File
+	3,  // 17: vigil.v1.ImageLoad.file:type_name -> vigil.v1.File
+	3,  // 18: vigil.v1.MemExec.file:type_name -> vigil.v1.File
+	3,  // 19: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
+	3,  // 20: vigil.v1.FileModify.file:type_name -> vigil.v1.File
+	36, // 21: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	21, // 22: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
+	22, // 23: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
+	19, // 24: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
+	36, // 25: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
+	20, // 26: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
+	35, // 27: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
+	36, // 28: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
+	19, // 29: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
+	28, // 30: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
+	36, // 31: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
+	36, // 32: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
+	21, // 33: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
+	34, // 34: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
+	17, // 35: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
+	23, // 36: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
+	24, // 37: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
+	26, // 38: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
+	29, // 39: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
+	31, // 40: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
+	18, // 41: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
+	0,  // 42: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
+	25, // 43: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
+	27, // 44: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
+	30, // 45: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
+	32, // 46: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
+	41, // [41:47] is the sub-list for method output_type
+	35, // [35:41] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_vigil_proto_init() }
@@ -2319,6 +3047,8 @@ func file_vigil_proto_init() {
 		(*Event_Kernel)(nil),
 		(*Event_Gap)(nil),
 		(*Event_FileModify)(nil),
+		(*Event_Integrity)(nil),
+		(*Event_Tamper)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2326,7 +3056,7 @@ func file_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_proto_rawDesc), len(file_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,9 @@ const (
 	Agent_Status_FullMethodName      = "/vigil.v1.Agent/Status"
 	Agent_Events_FullMethodName      = "/vigil.v1.Agent/Events"
 	Agent_ApplyPolicy_FullMethodName = "/vigil.v1.Agent/ApplyPolicy"
+	Agent_Pending_FullMethodName     = "/vigil.v1.Agent/Pending"
+	Agent_Approve_FullMethodName     = "/vigil.v1.Agent/Approve"
+	Agent_Stop_FullMethodName        = "/vigil.v1.Agent/Stop"
 )
 
 // AgentClient is the client API for Agent service.
@@ -41,6 +44,14 @@ type AgentClient interface {
 	// does not parse, validate or compile is refused (InvalidArgument, with
 	// file:line:column) and the policy in force stays in force.
 	ApplyPolicy(ctx context.Context, in *ApplyPolicyRequest, opts ...grpc.CallOption) (*ApplyPolicyResponse, error)
+	// Pending lists code that execution control refused or recorded because
+	// no trust source knew it, most recent first.
+	Pending(ctx context.Context, in *PendingRequest, opts ...grpc.CallOption) (*PendingResponse, error)
+	// Approve trusts a content digest or a signer key at once: the kernel
+	// verdict cache is updated before the call returns.
+	Approve(ctx context.Context, in *ApproveRequest, opts ...grpc.CallOption) (*ApproveResponse, error)
+	// Stop ends the agent. In protected mode it needs a signed admin token.
+	Stop(ctx context.Context, in *StopRequest, opts ...grpc.CallOption) (*StopResponse, error)
 }
 
 type agentClient struct {
@@ -90,6 +101,36 @@ func (c *agentClient) ApplyPolicy(ctx context.Context, in *ApplyPolicyRequest, o
 	return out, nil
 }
 
+func (c *agentClient) Pending(ctx context.Context, in *PendingRequest, opts ...grpc.CallOption) (*PendingResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PendingResponse)
+	err := c.cc.Invoke(ctx, Agent_Pending_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) Approve(ctx context.Context, in *ApproveRequest, opts ...grpc.CallOption) (*ApproveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApproveResponse)
+	err := c.cc.Invoke(ctx, Agent_Approve_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) Stop(ctx context.Context, in *StopRequest, opts ...grpc.CallOption) (*StopResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StopResponse)
+	err := c.cc.Invoke(ctx, Agent_Stop_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -103,6 +144,14 @@ type AgentServer interface {
 	// does not parse, validate or compile is refused (InvalidArgument, with
 	// file:line:column) and the policy in force stays in force.
 	ApplyPolicy(context.Context, *ApplyPolicyRequest) (*ApplyPolicyResponse, error)
+	// Pending lists code that execution control refused or recorded because
+	// no trust source knew it, most recent first.
+	Pending(context.Context, *PendingRequest) (*PendingResponse, error)
+	// Approve trusts a content digest or a signer key at once: the kernel
+	// verdict cache is updated before the call returns.
+	Approve(context.Context, *ApproveRequest) (*ApproveResponse, error)
+	// Stop ends the agent. In protected mode it needs a signed admin token.
+	Stop(context.Context, *StopRequest) (*StopResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -121,6 +170,15 @@ func (UnimplementedAgentServer) Events(*EventsRequest, grpc.ServerStreamingServe
 }
 func (UnimplementedAgentServer) ApplyPolicy(context.Context, *ApplyPolicyRequest) (*ApplyPolicyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ApplyPolicy not implemented")
+}
+func (UnimplementedAgentServer) Pending(context.Context, *PendingRequest) (*PendingResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Pending not implemented")
+}
+func (UnimplementedAgentServer) Approve(context.Context, *ApproveRequest) (*ApproveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Approve not implemented")
+}
+func (UnimplementedAgentServer) Stop(context.Context, *StopRequest) (*StopResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Stop not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -190,6 +248,60 @@ func _Agent_ApplyPolicy_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_Pending_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PendingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Pending(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Pending_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Pending(ctx, req.(*PendingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_Approve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApproveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Approve(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Approve_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Approve(ctx, req.(*ApproveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_Stop_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StopRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Stop(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Stop_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Stop(ctx, req.(*StopRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -204,6 +316,18 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ApplyPolicy",
 			Handler:    _Agent_ApplyPolicy_Handler,
+		},
+		{
+			MethodName: "Pending",
+			Handler:    _Agent_Pending_Handler,
+		},
+		{
+			MethodName: "Approve",
+			Handler:    _Agent_Approve_Handler,
+		},
+		{
+			MethodName: "Stop",
+			Handler:    _Agent_Stop_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
