@@ -38,6 +38,7 @@ const (
 	drainTimeout  = 5 * time.Second        // on stop, how long to wait for the sensor to close its channel
 	stopTimeout   = 5 * time.Second        // on stop, how long API calls may take to finish
 	storeTimeout  = 30 * time.Second       // one store operation
+	localQueue    = 4096                   // events from the agent's own sources waiting for the pipeline
 )
 
 // Kernel is what the kernel offers, for Status.
@@ -80,6 +81,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		started: time.Now(),
 		metrics: metrics.New(),
 		broker:  server.NewBroker(),
+		local:   make(chan *vigilv1.Event, localQueue),
 	}
 	var cleanups []func() error
 	defer func() {
@@ -236,6 +238,10 @@ type agent struct {
 	attached  atomic.Bool
 	stored    atomic.Uint64
 	storeErrs atomic.Uint64
+	// local carries events the agent makes itself (integrity watch,
+	// tamper reports, execution control) into the pipeline; see emit.
+	local     chan *vigilv1.Event
+	localLost atomic.Uint64
 	lastLost  uint64 // pipeline goroutine only
 	storeBad  bool   // pipeline goroutine only: the last append failed
 	jsonlBad  bool   // pipeline goroutine only: the last write failed
@@ -247,6 +253,19 @@ func (a *agent) setAttached(v bool) {
 		a.metrics.SensorAttached.Set(1)
 	} else {
 		a.metrics.SensorAttached.Set(0)
+	}
+}
+
+// emit queues an event the agent made itself (not read from the kernel)
+// for the pipeline, which stores and publishes it like a sensor event. It
+// never blocks: when the queue is full the event is counted as lost
+// (localLost) and logged.
+func (a *agent) emit(ev *vigilv1.Event) {
+	select {
+	case a.local <- ev:
+	default:
+		a.localLost.Add(1)
+		a.log.Warn("agent event queue full, event dropped", "kind", ev.GetKind())
 	}
 }
 
@@ -291,6 +310,8 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 				return errors.New("sensor stopped delivering events")
 			}
 			add(ev)
+		case ev := <-a.local:
+			add(ev)
 		case <-tick.C:
 			flush()
 		case <-ctx.Done():
@@ -305,6 +326,8 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 						flush()
 						return nil
 					}
+					add(ev)
+				case ev := <-a.local:
 					add(ev)
 				case <-tick.C:
 					flush()
