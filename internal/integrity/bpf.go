@@ -171,7 +171,8 @@ func (KernelBPF) Inventory(sym Symbolizer) (BPFState, error) {
 			continue
 		}
 		if info, err := m.Info(); err == nil {
-			st.Maps = append(st.Maps, Map{ID: uint32(next), Type: info.Type.String(), Name: info.Name})
+			st.Maps = append(st.Maps, Map{ID: uint32(next), Type: info.Type.String(), Name: info.Name,
+				KeySize: info.KeySize, ValueSize: info.ValueSize, MaxEntries: info.MaxEntries})
 		}
 		m.Close()
 	}

@@ -237,3 +237,39 @@ func (c *Collector) collectSyscalls(s *State, ks *Kallsyms, ksErr error) {
 		s.Syscalls[n] = fmt.Sprintf("%+#x", int64(a-ks.Text))
 	}
 }
+
+// markOwn marks the BPF objects the process OwnPID holds open: each bpf
+// fd's fdinfo names the object's id (prog_id, map_id or link_id).
+func (c *Collector) markOwn(s *State) {
+	dir := fmt.Sprintf("/proc/%d/fdinfo", c.OwnPID)
+	fds, err := c.FS.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	progs, maps, links := map[uint32]bool{}, map[uint32]bool{}, map[uint32]bool{}
+	for _, fd := range fds {
+		b, err := c.FS.ReadFile(dir + "/" + fd)
+		if err != nil {
+			continue
+		}
+		for k, v := range ParseFdinfoIDs(b) {
+			switch k {
+			case "prog_id":
+				progs[v] = true
+			case "map_id":
+				maps[v] = true
+			case "link_id":
+				links[v] = true
+			}
+		}
+	}
+	for i := range s.BPF.Programs {
+		s.BPF.Programs[i].Vigil = progs[s.BPF.Programs[i].ID]
+	}
+	for i := range s.BPF.Maps {
+		s.BPF.Maps[i].Vigil = maps[s.BPF.Maps[i].ID]
+	}
+	for i := range s.BPF.Links {
+		s.BPF.Links[i].Vigil = links[s.BPF.Links[i].ID]
+	}
+}

@@ -239,3 +239,82 @@ func TestHooksComparedOnlyWhenReadable(t *testing.T) {
 		t.Fatalf("findings %q, want %q", got, want)
 	}
 }
+
+// TestCompareMapsAndLinks: a map or link is expected when it is in the
+// baseline, is Vigil's (held by the agent, or used by or attaching one of
+// Vigil's programs); a new map names the programs using it, a new link the
+// program it attaches.
+func TestCompareMapsAndLinks(t *testing.T) {
+	vigilProg := Program{ID: 5, Type: "TracePoint", Name: KernelName("tp_sys_enter_process_vm_writev"), Tag: "aaaa", MapIDs: []uint32{1}}
+	known := Program{ID: 6, Type: "CGroupDevice", Name: "sd_devices", Tag: "bbbb", MapIDs: []uint32{2}}
+	knownMap := Map{ID: 2, Type: "Hash", Name: "sd_map", KeySize: 4, ValueSize: 8, MaxEntries: 16}
+	knownLink := Link{ID: 3, Type: "cgroup", ProgramID: 6}
+	base := (&Collector{FS: host(), BPF: &fakeBPF{BPFState{
+		Programs: []Program{known}, Maps: []Map{knownMap}, Links: []Link{knownLink}}}}).Collect()
+
+	foreign := Program{ID: 9, Type: "Kprobe", Name: "evil", Tag: "cccc", MapIDs: []uint32{20}}
+	reloaded := known
+	reloaded.ID, reloaded.MapIDs = 60, []uint32{21}
+	reMap := knownMap
+	reMap.ID = 21
+	cur := State{BPF: BPFState{
+		Programs: []Program{vigilProg, reloaded, foreign},
+		Maps: []Map{
+			{ID: 1, Type: "RingBuf", Name: "events", MaxEntries: 1 << 20},               // used by Vigil's program
+			{ID: 4, Type: "Array", Name: "held", KeySize: 4, ValueSize: 4, Vigil: true}, // held by the agent
+			reMap, // the baseline's map, recreated
+			{ID: 20, Type: "Hash", Name: "evil_map", KeySize: 4, ValueSize: 4, MaxEntries: 8},
+			{ID: 22, Type: "Array", Name: "stash", KeySize: 4, ValueSize: 64, MaxEntries: 1},
+		},
+		Links: []Link{
+			{ID: 7, Type: "perf_event", ProgramID: 5},  // attaches Vigil's program
+			{ID: 8, Type: "cgroup", ProgramID: 60},     // the baseline's link, re-made
+			{ID: 10, Type: "perf_event", ProgramID: 9}, // foreign
+			{ID: 11, Type: "tracing", ProgramID: 60},   // baseline program, new attach type
+		},
+	}}
+	for _, s := range []*State{base, &cur} {
+		if s.Unreadable == nil {
+			s.Unreadable = map[string]string{}
+		}
+	}
+	cur.KernelRelease, cur.SecureBoot = base.KernelRelease, base.SecureBoot
+	r := Compare(base, &cur)
+	var got []string
+	for _, f := range r.Findings {
+		if f.Severity == Violation && f.Section == SecBPF {
+			got = append(got, f.Subject)
+			switch {
+			case f.Map != nil && f.Map.ID == 20 && !strings.Contains(f.Message, "used by Kprobe evil tag cccc (id 9)"):
+				t.Errorf("map finding does not name its program: %s", f.Message)
+			case f.Map != nil && f.Map.ID == 22 && !strings.Contains(f.Message, "used by no loaded program"):
+				t.Errorf("unused map finding: %s", f.Message)
+			}
+		}
+	}
+	want := []string{
+		"Kprobe evil tag cccc",
+		"map Hash evil_map",
+		"map Array stash",
+		"link perf_event to Kprobe evil tag cccc (id 9)",
+		"link tracing to CGroupDevice sd_devices tag bbbb (id 60)",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("bpf violations\n got %q\nwant %q", got, want)
+	}
+}
+
+// TestMarkOwn: the objects the agent's fds name are marked Vigil's.
+func TestMarkOwn(t *testing.T) {
+	f := host()
+	f["/proc/42/fdinfo/3"] = "pos:\t0\nflags:\t02000002\nmap_type:\t2\nmap_id:\t17\n"
+	f["/proc/42/fdinfo/4"] = "link_type:\tperf\nlink_id:\t9\nprog_tag:\tabcd\nprog_id:\t30\n"
+	f["/proc/42/fdinfo/5"] = "pos:\t0\n"
+	c := &Collector{FS: f, OwnPID: 42, BPF: &fakeBPF{BPFState{
+		Programs: []Program{{ID: 30}, {ID: 31}}, Maps: []Map{{ID: 17}, {ID: 18}}, Links: []Link{{ID: 9}, {ID: 10}}}}}
+	s := c.Collect()
+	if !s.BPF.Programs[0].Vigil || s.BPF.Programs[1].Vigil || !s.BPF.Maps[0].Vigil || s.BPF.Maps[1].Vigil ||
+		!s.BPF.Links[0].Vigil || s.BPF.Links[1].Vigil {
+		t.Fatalf("marks: %+v", s.BPF)
+	}
+}

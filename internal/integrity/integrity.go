@@ -12,6 +12,7 @@ package integrity
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -132,23 +133,39 @@ type Program struct {
 	Dangerous []string `json:"dangerous,omitempty"`
 	UID       *uint32  `json:"created_by_uid,omitempty"`
 	MapIDs    []uint32 `json:"map_ids,omitempty"`
+	// Vigil is set when the Vigil agent itself holds the program (see
+	// Collector.OwnPID).
+	Vigil bool `json:"held_by_vigil,omitempty"`
 }
 
 // Key identifies a program across loads.
 func (p Program) Key() string { return p.Type + "/" + p.Name + "/" + p.Tag }
 
-// Link is one BPF link.
+// Link is one BPF link. Its identity across loads is its type and the
+// Key of the program it attaches.
 type Link struct {
 	ID        uint32 `json:"id"`
 	Type      string `json:"type"`
 	ProgramID uint32 `json:"program_id"`
+	Vigil     bool   `json:"held_by_vigil,omitempty"`
 }
 
-// Map is one BPF map.
+// Map is one BPF map. Its identity across loads is Key: the kernel does not
+// say who created a map; the programs using it (Program.MapIDs) and the
+// processes holding it are what is known.
 type Map struct {
-	ID   uint32 `json:"id"`
-	Type string `json:"type"`
-	Name string `json:"name"`
+	ID         uint32 `json:"id"`
+	Type       string `json:"type"`
+	Name       string `json:"name"`
+	KeySize    uint32 `json:"key_size,omitempty"`
+	ValueSize  uint32 `json:"value_size,omitempty"`
+	MaxEntries uint32 `json:"max_entries,omitempty"`
+	Vigil      bool   `json:"held_by_vigil,omitempty"`
+}
+
+// Key identifies a map across loads.
+func (m Map) Key() string {
+	return fmt.Sprintf("%s/%s/%d/%d/%d", m.Type, m.Name, m.KeySize, m.ValueSize, m.MaxEntries)
 }
 
 // BPF lists the kernel's BPF objects; sym (nil when kallsyms is not
@@ -161,6 +178,9 @@ type BPF interface {
 type Collector struct {
 	FS  FS
 	BPF BPF // nil: the BPF section is reported unreadable
+	// OwnPID, when set, is the Vigil agent's pid: the BPF objects it holds
+	// open (its /proc/PID/fdinfo) are marked as Vigil's.
+	OwnPID int
 }
 
 // NewCollector reads the running kernel.
@@ -191,6 +211,10 @@ func (c *Collector) Collect() *State {
 		s.BPF = inv
 	}
 	sort.Slice(s.BPF.Programs, func(i, j int) bool { return s.BPF.Programs[i].ID < s.BPF.Programs[j].ID })
+	sort.Slice(s.BPF.Maps, func(i, j int) bool { return s.BPF.Maps[i].ID < s.BPF.Maps[j].ID })
+	if c.OwnPID != 0 {
+		c.markOwn(s)
+	}
 	return s
 }
 

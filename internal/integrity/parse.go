@@ -238,3 +238,23 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	return out
 }
+
+// ParseFdinfoIDs returns the BPF object ids a /proc/PID/fdinfo/FD file
+// names: prog_id, map_id and link_id (a link's fdinfo names its program's
+// prog_id too).
+func ParseFdinfoIDs(b []byte) map[string]uint32 {
+	out := map[string]uint32{}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch k = strings.TrimSpace(k); k {
+		case "prog_id", "map_id", "link_id":
+			if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
+				out[k] = uint32(n)
+			}
+		}
+	}
+	return out
+}
