@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/integrity"
 	"github.com/vigil-hips/vigil/internal/metrics"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/server"
@@ -57,6 +58,9 @@ type Deps struct {
 	Logger *slog.Logger
 	// Version is reported by Status.
 	Version string
+	// Integrity reads the kernel's state for the integrity watch.
+	// Optional: the real kernel, the agent's own BPF objects marked.
+	Integrity func() *integrity.State
 }
 
 // Run runs the agent until ctx is done or the sensor fails. The API socket
@@ -202,6 +206,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		return err
 	}
 	a.setAttached(true)
+	if err := a.startIntegrity(ctx, svcCtx, &wg, deps.Integrity); err != nil {
+		return err
+	}
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("systemd notification failed", "err", err)
 	}
@@ -242,6 +249,9 @@ type agent struct {
 	// tamper reports, execution control) into the pipeline; see emit.
 	local     chan *vigilv1.Event
 	localLost atomic.Uint64
+	// integrity is the kernel integrity watch, nil when off; set before
+	// the pipeline starts.
+	integrity atomic.Pointer[integrityWatch]
 	lastLost  uint64 // pipeline goroutine only
 	storeBad  bool   // pipeline goroutine only: the last append failed
 	jsonlBad  bool   // pipeline goroutine only: the last write failed
@@ -285,6 +295,9 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 			a.log.Debug("event had invalid UTF-8, replaced", "seq", ev.GetSeq(), "kind", ev.GetKind())
 		}
 		a.metrics.Events.WithLabelValues(ev.GetKind()).Inc()
+		if w := a.integrity.Load(); w != nil {
+			w.observe(ev) // never blocks
+		}
 		batch = append(batch, ev)
 		if len(batch) == batchSize {
 			a.flush(s, batch)
@@ -439,6 +452,9 @@ func (a *agent) status(context.Context) *vigilv1.StatusResponse {
 		r.Counters.ByKind = maps.Clone(stats.ByKind)
 	}
 	r.Policy = a.policyStatus()
+	if w := a.integrity.Load(); w != nil {
+		r.Integrity = w.status()
+	}
 	return r
 }
 

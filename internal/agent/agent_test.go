@@ -30,6 +30,8 @@ func testConfig(t *testing.T) agent.Config {
 	cfg.StateDir = filepath.Join(dir, "state")
 	cfg.Socket = filepath.Join(dir, "run", "vigil.sock")
 	cfg.JSONLPath = filepath.Join(dir, "log", "events.jsonl")
+	// The integrity watch reads the real kernel; its tests turn it on.
+	cfg.IntegrityInterval = 0
 	return cfg
 }
 
@@ -47,17 +49,25 @@ type running struct {
 // attached.
 func start(t *testing.T, cfg agent.Config) *running {
 	t.Helper()
+	return startDeps(t, cfg, func(*agent.Deps) {})
+}
+
+// startDeps is start with the agent's collaborators adjusted by set.
+func startDeps(t *testing.T, cfg agent.Config, set func(*agent.Deps)) *running {
+	t.Helper()
 	r := &running{cfg: cfg, sensor: agenttest.New(testInfo), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
+	deps := agent.Deps{
+		NewSensor: func() (sensor.Sensor, error) { return r.sensor, nil },
+		Kernel: func() agent.Kernel {
+			return agent.Kernel{Release: "6.18.0-test", Features: []*vigilv1.Feature{{Name: "tp_btf", Available: true}}}
+		},
+		Version: "test",
+	}
+	set(&deps)
 	go func() {
-		r.done <- agent.Run(ctx, cfg, agent.Deps{
-			NewSensor: func() (sensor.Sensor, error) { return r.sensor, nil },
-			Kernel: func() agent.Kernel {
-				return agent.Kernel{Release: "6.18.0-test", Features: []*vigilv1.Feature{{Name: "tp_btf", Available: true}}}
-			},
-			Version: "test",
-		})
+		r.done <- agent.Run(ctx, cfg, deps)
 	}()
 	// Connect once the socket exists: a failed first connection would
 	// make the client back off for a second.

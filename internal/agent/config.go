@@ -18,6 +18,9 @@ const (
 	DefaultSocket        = "/run/vigil/vigil.sock"
 	DefaultPruneInterval = time.Minute
 	DefaultBackend       = "auto"
+	// DefaultIntegrityInterval is how often the integrity watch checks
+	// the kernel's state.
+	DefaultIntegrityInterval = time.Minute
 )
 
 // maxSocketPath is the longest path a unix socket address holds
@@ -51,6 +54,16 @@ type Config struct {
 	// FanotifyMarks are paths whose filesystems get exec control by
 	// fanotify when BPF LSM is not available.
 	FanotifyMarks []string
+	// IntegrityInterval is how often the kernel integrity watch runs the
+	// checks of `vigil integrity check` (it also runs after kernel events
+	// that change kernel state); 0 turns the watch off.
+	IntegrityInterval time.Duration
+	// IntegrityBaseline is a signed baseline (`vigil integrity baseline`)
+	// to compare with, verified with the admin public key IntegrityPubKey.
+	// Empty: the watch's first check, at agent start, is the baseline,
+	// held in memory.
+	IntegrityBaseline string
+	IntegrityPubKey   string
 }
 
 // DefaultConfig returns the default configuration.
@@ -62,8 +75,9 @@ func DefaultConfig() Config {
 			MaxAge:  store.DefaultMaxAge,
 			MaxRows: store.DefaultMaxRows,
 		},
-		PruneInterval: DefaultPruneInterval,
-		Backend:       DefaultBackend,
+		PruneInterval:     DefaultPruneInterval,
+		Backend:           DefaultBackend,
+		IntegrityInterval: DefaultIntegrityInterval,
 	}
 }
 
@@ -112,6 +126,20 @@ func (c Config) Validate() error {
 		if n < 0 || bits.OnesCount(uint(n)) != 1 || n%page != 0 {
 			bad("ring buffer size %d: want 0 (default) or a power of two that is a multiple of the page size (%d)", n, page)
 		}
+	}
+	switch {
+	case c.IntegrityInterval < 0:
+		bad("integrity interval %s: must not be negative (0 turns the watch off)", c.IntegrityInterval)
+	case c.IntegrityInterval > 0 && c.IntegrityInterval < time.Second:
+		bad("integrity interval %s: must be at least 1s (0 turns the watch off)", c.IntegrityInterval)
+	}
+	switch {
+	case c.IntegrityBaseline != "" && c.IntegrityPubKey == "":
+		bad("integrity baseline %q: needs the admin public key to verify it", c.IntegrityBaseline)
+	case c.IntegrityBaseline == "" && c.IntegrityPubKey != "":
+		bad("integrity public key %q: given without a baseline", c.IntegrityPubKey)
+	case c.IntegrityBaseline != "" && c.IntegrityInterval == 0:
+		bad("integrity baseline %q: given with the watch off (integrity interval 0)", c.IntegrityBaseline)
 	}
 	return errors.Join(errs...)
 }

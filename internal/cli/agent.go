@@ -57,6 +57,9 @@ and serve the API on the socket. Stops on SIGINT or SIGTERM.`,
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
 	f.StringVar(&cfg.Backend, "backend", cfg.Backend, "sensor backend: auto, lsm or tracepoint")
 	f.IntVar(&cfg.RingBufBytes, "ringbuf-bytes", 0, "kernel ring buffer size in bytes, a power of two (0: the sensor's default)")
+	f.DurationVar(&cfg.IntegrityInterval, "integrity-interval", cfg.IntegrityInterval, "run the kernel integrity checks this often, and after each BPF program load, module load or tracefs control write (0: off)")
+	f.StringVar(&cfg.IntegrityBaseline, "integrity-baseline", "", "compare the kernel with this signed baseline (vigil integrity baseline); default: the state at agent start, held in memory")
+	f.StringVar(&cfg.IntegrityPubKey, "integrity-pubkey", "", "admin public key (ed25519) that verifies --integrity-baseline")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd

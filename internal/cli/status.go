@@ -160,6 +160,16 @@ func printStatus(w io.Writer, st *vigilv1.StatusResponse, socket string, now tim
 		}
 		row("By kind:", "%s", strings.Join(parts, ", "))
 	}
+	if in := st.GetIntegrity(); in != nil {
+		last := "not yet"
+		if in.GetLastCheck() != nil {
+			last = fmt.Sprintf("%s ago (%s)", now.Sub(in.GetLastCheck().AsTime()).Round(time.Second), orDash(in.GetLastTrigger()))
+		}
+		row("Integrity:", "%d violations, last check %s, every %s, baseline %s, %d sections unreadable",
+			in.GetViolations(), last, in.GetInterval().AsDuration(), in.GetBaseline(), len(in.GetUnreadable()))
+	} else {
+		row("Integrity:", "watch off")
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

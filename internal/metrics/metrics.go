@@ -24,6 +24,9 @@ type Metrics struct {
 	EventsStored   prometheus.Counter     // vigil_events_stored_total
 	StoreErrors    prometheus.Counter     // vigil_store_errors_total
 	SensorAttached prometheus.Gauge       // vigil_sensor_attached
+	// IntegrityViolations is the number of kernel integrity violations
+	// found by the agent's last integrity check.
+	IntegrityViolations prometheus.Gauge // vigil_integrity_violations
 }
 
 // New returns the metrics, registered in a new registry together with the
@@ -51,9 +54,13 @@ func New() *Metrics {
 			Name: "vigil_sensor_attached",
 			Help: "1 while the sensors are attached to the kernel, else 0.",
 		}),
+		IntegrityViolations: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vigil_integrity_violations",
+			Help: "Kernel integrity violations found by the agent's last integrity check.",
+		}),
 	}
 	m.Registry.MustRegister(
-		m.Events, m.EventsLost, m.EventsStored, m.StoreErrors, m.SensorAttached,
+		m.Events, m.EventsLost, m.EventsStored, m.StoreErrors, m.SensorAttached, m.IntegrityViolations,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -13,6 +13,7 @@ package vigilv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1587,7 +1588,8 @@ type StatusResponse struct {
 	Hooks           []string               `protobuf:"bytes,8,rep,name=hooks,proto3" json:"hooks,omitempty"`                                   // attached hooks
 	MissingHooks    []string               `protobuf:"bytes,9,rep,name=missing_hooks,json=missingHooks,proto3" json:"missing_hooks,omitempty"` // hooks this kernel did not offer
 	Counters        *Counters              `protobuf:"bytes,10,opt,name=counters,proto3" json:"counters,omitempty"`
-	Policy          *PolicyStatus          `protobuf:"bytes,11,opt,name=policy,proto3" json:"policy,omitempty"` // unset: no policy
+	Policy          *PolicyStatus          `protobuf:"bytes,11,opt,name=policy,proto3" json:"policy,omitempty"`       // unset: no policy
+	Integrity       *IntegrityStatus       `protobuf:"bytes,12,opt,name=integrity,proto3" json:"integrity,omitempty"` // unset: the integrity watch is off
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1699,6 +1701,106 @@ func (x *StatusResponse) GetPolicy() *PolicyStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetIntegrity() *IntegrityStatus {
+	if x != nil {
+		return x.Integrity
+	}
+	return nil
+}
+
+// IntegrityStatus is the agent's continuous kernel integrity watch.
+type IntegrityStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Interval      *durationpb.Duration   `protobuf:"bytes,1,opt,name=interval,proto3" json:"interval,omitempty"`
+	Baseline      string                 `protobuf:"bytes,2,opt,name=baseline,proto3" json:"baseline,omitempty"`      // the baseline file, or "taken at agent start"
+	Violations    uint32                 `protobuf:"varint,3,opt,name=violations,proto3" json:"violations,omitempty"` // current violations (as of the last check)
+	Checks        uint64                 `protobuf:"varint,4,opt,name=checks,proto3" json:"checks,omitempty"`         // checks run since the agent started
+	LastCheck     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
+	LastTrigger   string                 `protobuf:"bytes,6,opt,name=last_trigger,json=lastTrigger,proto3" json:"last_trigger,omitempty"`                                                      // start | interval | bpf_prog_load | module_load | tracefs_write
+	Unreadable    map[string]string      `protobuf:"bytes,7,rep,name=unreadable,proto3" json:"unreadable,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // section -> what this kernel did not let the agent read
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IntegrityStatus) Reset() {
+	*x = IntegrityStatus{}
+	mi := &file_vigil_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IntegrityStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IntegrityStatus) ProtoMessage() {}
+
+func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IntegrityStatus.ProtoReflect.Descriptor instead.
+func (*IntegrityStatus) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *IntegrityStatus) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *IntegrityStatus) GetBaseline() string {
+	if x != nil {
+		return x.Baseline
+	}
+	return ""
+}
+
+func (x *IntegrityStatus) GetViolations() uint32 {
+	if x != nil {
+		return x.Violations
+	}
+	return 0
+}
+
+func (x *IntegrityStatus) GetChecks() uint64 {
+	if x != nil {
+		return x.Checks
+	}
+	return 0
+}
+
+func (x *IntegrityStatus) GetLastCheck() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastCheck
+	}
+	return nil
+}
+
+func (x *IntegrityStatus) GetLastTrigger() string {
+	if x != nil {
+		return x.LastTrigger
+	}
+	return ""
+}
+
+func (x *IntegrityStatus) GetUnreadable() map[string]string {
+	if x != nil {
+		return x.Unreadable
+	}
+	return nil
+}
+
 type PolicyStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1714,7 +1816,7 @@ type PolicyStatus struct {
 
 func (x *PolicyStatus) Reset() {
 	*x = PolicyStatus{}
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1828,7 @@ func (x *PolicyStatus) String() string {
 func (*PolicyStatus) ProtoMessage() {}
 
 func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1841,7 @@ func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{19}
+	return file_vigil_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PolicyStatus) GetName() string {
@@ -1803,7 +1905,7 @@ type RuleHits struct {
 
 func (x *RuleHits) Reset() {
 	*x = RuleHits{}
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1815,7 +1917,7 @@ func (x *RuleHits) String() string {
 func (*RuleHits) ProtoMessage() {}
 
 func (x *RuleHits) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1828,7 +1930,7 @@ func (x *RuleHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
 func (*RuleHits) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{20}
+	return file_vigil_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RuleHits) GetRule() string {
@@ -1870,7 +1972,7 @@ type Feature struct {
 
 func (x *Feature) Reset() {
 	*x = Feature{}
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1882,7 +1984,7 @@ func (x *Feature) String() string {
 func (*Feature) ProtoMessage() {}
 
 func (x *Feature) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1895,7 +1997,7 @@ func (x *Feature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Feature.ProtoReflect.Descriptor instead.
 func (*Feature) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{21}
+	return file_vigil_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Feature) GetName() string {
@@ -1932,7 +2034,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2046,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2059,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{22}
+	return file_vigil_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Counters) GetEventsReceived() uint64 {
@@ -2013,7 +2115,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2127,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2140,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{23}
+	return file_vigil_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EventsRequest) GetKinds() []string {
@@ -2108,7 +2210,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2222,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2235,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{24}
+	return file_vigil_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyPolicyRequest) GetName() string {
@@ -2166,7 +2268,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2178,7 +2280,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2191,7 +2293,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{25}
+	return file_vigil_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApplyPolicyResponse) GetPolicy() *PolicyStatus {
@@ -2210,7 +2312,7 @@ type PendingRequest struct {
 
 func (x *PendingRequest) Reset() {
 	*x = PendingRequest{}
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2324,7 @@ func (x *PendingRequest) String() string {
 func (*PendingRequest) ProtoMessage() {}
 
 func (x *PendingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2337,7 @@ func (x *PendingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingRequest.ProtoReflect.Descriptor instead.
 func (*PendingRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{26}
+	return file_vigil_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PendingRequest) GetLimit() uint32 {
@@ -2254,7 +2356,7 @@ type PendingResponse struct {
 
 func (x *PendingResponse) Reset() {
 	*x = PendingResponse{}
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2266,7 +2368,7 @@ func (x *PendingResponse) String() string {
 func (*PendingResponse) ProtoMessage() {}
 
 func (x *PendingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2279,7 +2381,7 @@ func (x *PendingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingResponse.ProtoReflect.Descriptor instead.
 func (*PendingResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{27}
+	return file_vigil_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PendingResponse) GetItems() []*PendingCode {
@@ -2305,7 +2407,7 @@ type PendingCode struct {
 
 func (x *PendingCode) Reset() {
 	*x = PendingCode{}
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2419,7 @@ func (x *PendingCode) String() string {
 func (*PendingCode) ProtoMessage() {}
 
 func (x *PendingCode) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2432,7 @@ func (x *PendingCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingCode.ProtoReflect.Descriptor instead.
 func (*PendingCode) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{28}
+	return file_vigil_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PendingCode) GetSha256() string {
@@ -2394,7 +2496,7 @@ type ApproveRequest struct {
 
 func (x *ApproveRequest) Reset() {
 	*x = ApproveRequest{}
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2508,7 @@ func (x *ApproveRequest) String() string {
 func (*ApproveRequest) ProtoMessage() {}
 
 func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2521,7 @@ func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
 func (*ApproveRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{29}
+	return file_vigil_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ApproveRequest) GetSha256() string {
@@ -2459,7 +2561,7 @@ type ApproveResponse struct {
 
 func (x *ApproveResponse) Reset() {
 	*x = ApproveResponse{}
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2471,7 +2573,7 @@ func (x *ApproveResponse) String() string {
 func (*ApproveResponse) ProtoMessage() {}
 
 func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2484,7 +2586,7 @@ func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
 func (*ApproveResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{30}
+	return file_vigil_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ApproveResponse) GetDetail() string {
@@ -2503,7 +2605,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2515,7 +2617,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2528,7 +2630,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{31}
+	return file_vigil_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StopRequest) GetToken() []byte {
@@ -2546,7 +2648,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2558,7 +2660,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2571,7 +2673,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{32}
+	return file_vigil_proto_rawDescGZIP(), []int{33}
 }
 
 // DoctorResponse is `vigil doctor -o json`: what this kernel offers and the
@@ -2587,7 +2689,7 @@ type DoctorResponse struct {
 
 func (x *DoctorResponse) Reset() {
 	*x = DoctorResponse{}
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2701,7 @@ func (x *DoctorResponse) String() string {
 func (*DoctorResponse) ProtoMessage() {}
 
 func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +2714,7 @@ func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
 func (*DoctorResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{33}
+	return file_vigil_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DoctorResponse) GetKernelRelease() string {
@@ -2648,7 +2750,7 @@ type Guarantee struct {
 
 func (x *Guarantee) Reset() {
 	*x = Guarantee{}
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2660,7 +2762,7 @@ func (x *Guarantee) String() string {
 func (*Guarantee) ProtoMessage() {}
 
 func (x *Guarantee) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2673,7 +2775,7 @@ func (x *Guarantee) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Guarantee.ProtoReflect.Descriptor instead.
 func (*Guarantee) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{34}
+	return file_vigil_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Guarantee) GetControl() string {
@@ -2701,7 +2803,7 @@ var File_vigil_proto protoreflect.FileDescriptor
 
 const file_vigil_proto_rawDesc = "" +
 	"\n" +
-	"\vvigil.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x06\n" +
+	"\vvigil.proto\x12\bvigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x06\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
@@ -2825,7 +2927,7 @@ const file_vigil_proto_rawDesc = "" +
 	"decided_by\x18\x04 \x01(\tR\tdecidedBy\x12\x18\n" +
 	"\arefused\x18\x05 \x01(\bR\arefused\x12\x16\n" +
 	"\x06policy\x18\x06 \x01(\tR\x06policy\"\x0f\n" +
-	"\rStatusRequest\"\xb8\x03\n" +
+	"\rStatusRequest\"\xf1\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1b\n" +
 	"\tagent_pid\x18\x02 \x01(\rR\bagentPid\x129\n" +
@@ -2839,7 +2941,24 @@ const file_vigil_proto_rawDesc = "" +
 	"\rmissing_hooks\x18\t \x03(\tR\fmissingHooks\x12.\n" +
 	"\bcounters\x18\n" +
 	" \x01(\v2\x12.vigil.v1.CountersR\bcounters\x12.\n" +
-	"\x06policy\x18\v \x01(\v2\x16.vigil.v1.PolicyStatusR\x06policy\"\xe7\x01\n" +
+	"\x06policy\x18\v \x01(\v2\x16.vigil.v1.PolicyStatusR\x06policy\x127\n" +
+	"\tintegrity\x18\f \x01(\v2\x19.vigil.v1.IntegrityStatusR\tintegrity\"\x84\x03\n" +
+	"\x0fIntegrityStatus\x125\n" +
+	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12\x1a\n" +
+	"\bbaseline\x18\x02 \x01(\tR\bbaseline\x12\x1e\n" +
+	"\n" +
+	"violations\x18\x03 \x01(\rR\n" +
+	"violations\x12\x16\n" +
+	"\x06checks\x18\x04 \x01(\x04R\x06checks\x129\n" +
+	"\n" +
+	"last_check\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tlastCheck\x12!\n" +
+	"\flast_trigger\x18\x06 \x01(\tR\vlastTrigger\x12I\n" +
+	"\n" +
+	"unreadable\x18\a \x03(\v2).vigil.v1.IntegrityStatus.UnreadableEntryR\n" +
+	"unreadable\x1a=\n" +
+	"\x0fUnreadableEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe7\x01\n" +
 	"\fPolicyStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
@@ -2937,7 +3056,7 @@ func file_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_proto_rawDescData
 }
 
-var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_vigil_proto_goTypes = []any{
 	(*Event)(nil),                 // 0: vigil.v1.Event
 	(*Process)(nil),               // 1: vigil.v1.Process
@@ -2958,27 +3077,30 @@ var file_vigil_proto_goTypes = []any{
 	(*Verdict)(nil),               // 16: vigil.v1.Verdict
 	(*StatusRequest)(nil),         // 17: vigil.v1.StatusRequest
 	(*StatusResponse)(nil),        // 18: vigil.v1.StatusResponse
-	(*PolicyStatus)(nil),          // 19: vigil.v1.PolicyStatus
-	(*RuleHits)(nil),              // 20: vigil.v1.RuleHits
-	(*Feature)(nil),               // 21: vigil.v1.Feature
-	(*Counters)(nil),              // 22: vigil.v1.Counters
-	(*EventsRequest)(nil),         // 23: vigil.v1.EventsRequest
-	(*ApplyPolicyRequest)(nil),    // 24: vigil.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),   // 25: vigil.v1.ApplyPolicyResponse
-	(*PendingRequest)(nil),        // 26: vigil.v1.PendingRequest
-	(*PendingResponse)(nil),       // 27: vigil.v1.PendingResponse
-	(*PendingCode)(nil),           // 28: vigil.v1.PendingCode
-	(*ApproveRequest)(nil),        // 29: vigil.v1.ApproveRequest
-	(*ApproveResponse)(nil),       // 30: vigil.v1.ApproveResponse
-	(*StopRequest)(nil),           // 31: vigil.v1.StopRequest
-	(*StopResponse)(nil),          // 32: vigil.v1.StopResponse
-	(*DoctorResponse)(nil),        // 33: vigil.v1.DoctorResponse
-	(*Guarantee)(nil),             // 34: vigil.v1.Guarantee
-	nil,                           // 35: vigil.v1.Counters.ByKindEntry
-	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
+	(*IntegrityStatus)(nil),       // 19: vigil.v1.IntegrityStatus
+	(*PolicyStatus)(nil),          // 20: vigil.v1.PolicyStatus
+	(*RuleHits)(nil),              // 21: vigil.v1.RuleHits
+	(*Feature)(nil),               // 22: vigil.v1.Feature
+	(*Counters)(nil),              // 23: vigil.v1.Counters
+	(*EventsRequest)(nil),         // 24: vigil.v1.EventsRequest
+	(*ApplyPolicyRequest)(nil),    // 25: vigil.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),   // 26: vigil.v1.ApplyPolicyResponse
+	(*PendingRequest)(nil),        // 27: vigil.v1.PendingRequest
+	(*PendingResponse)(nil),       // 28: vigil.v1.PendingResponse
+	(*PendingCode)(nil),           // 29: vigil.v1.PendingCode
+	(*ApproveRequest)(nil),        // 30: vigil.v1.ApproveRequest
+	(*ApproveResponse)(nil),       // 31: vigil.v1.ApproveResponse
+	(*StopRequest)(nil),           // 32: vigil.v1.StopRequest
+	(*StopResponse)(nil),          // 33: vigil.v1.StopResponse
+	(*DoctorResponse)(nil),        // 34: vigil.v1.DoctorResponse
+	(*Guarantee)(nil),             // 35: vigil.v1.Guarantee
+	nil,                           // 36: vigil.v1.IntegrityStatus.UnreadableEntry
+	nil,                           // 37: vigil.v1.Counters.ByKindEntry
+	(*timestamppb.Timestamp)(nil), // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
 }
 var file_vigil_proto_depIdxs = []int32{
-	36, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	38, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: vigil.v1.Event.process:type_name -> vigil.v1.Process
 	4,  // 2: vigil.v1.Event.exec:type_name -> vigil.v1.Exec
 	5,  // 3: vigil.v1.Event.fork:type_name -> vigil.v1.Fork
@@ -2999,37 +3121,41 @@ var file_vigil_proto_depIdxs = []int32{
 	3,  // 18: vigil.v1.MemExec.file:type_name -> vigil.v1.File
 	3,  // 19: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
 	3,  // 20: vigil.v1.FileModify.file:type_name -> vigil.v1.File
-	36, // 21: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	21, // 22: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
-	22, // 23: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
-	19, // 24: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
-	36, // 25: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
-	20, // 26: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
-	35, // 27: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
-	36, // 28: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
-	19, // 29: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
-	28, // 30: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
-	36, // 31: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
-	36, // 32: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
-	21, // 33: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
-	34, // 34: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
-	17, // 35: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
-	23, // 36: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
-	24, // 37: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
-	26, // 38: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
-	29, // 39: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
-	31, // 40: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
-	18, // 41: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
-	0,  // 42: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
-	25, // 43: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
-	27, // 44: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
-	30, // 45: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
-	32, // 46: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
-	41, // [41:47] is the sub-list for method output_type
-	35, // [35:41] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	38, // 21: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	22, // 22: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
+	23, // 23: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
+	20, // 24: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
+	19, // 25: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
+	39, // 26: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
+	38, // 27: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
+	36, // 28: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
+	38, // 29: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
+	21, // 30: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
+	37, // 31: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
+	38, // 32: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
+	20, // 33: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
+	29, // 34: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
+	38, // 35: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
+	38, // 36: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
+	22, // 37: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
+	35, // 38: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
+	17, // 39: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
+	24, // 40: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
+	25, // 41: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
+	27, // 42: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
+	30, // 43: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
+	32, // 44: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
+	18, // 45: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
+	0,  // 46: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
+	26, // 47: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
+	28, // 48: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
+	31, // 49: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
+	33, // 50: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
+	45, // [45:51] is the sub-list for method output_type
+	39, // [39:45] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_vigil_proto_init() }
@@ -3056,7 +3182,7 @@ func file_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_proto_rawDesc), len(file_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
