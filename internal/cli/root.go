@@ -47,6 +47,7 @@ func New(opts Options) *cobra.Command {
 		newEventsCmd(g),
 		newVersionCmd(opts, g),
 		newPolicyCmd(g),
+		newTrustCmd(), newKeysCmd(), newCatalogCmd(), newPendingCmd(g), newApproveCmd(g),
 	)
 	return root
 }

@@ -534,3 +534,38 @@ func (db *DB) writeScan(ctx context.Context, results []scanResult, gone []string
 		return nil
 	})
 }
+
+// File is a scanned file that is code.
+type File struct {
+	Path   string
+	SHA    [32]byte
+	Source string // "database" or "dpkg:PACKAGE"
+}
+
+// Files calls fn for every scanned code file, by path; sha, when not nil,
+// selects the files with that content.
+func (db *DB) Files(ctx context.Context, sha *[32]byte, fn func(File) error) error {
+	q, args := `SELECT path, sha, source FROM files WHERE sha IS NOT NULL ORDER BY path`, []any(nil)
+	if sha != nil {
+		q, args = `SELECT path, sha, source FROM files WHERE sha = ? ORDER BY path`, []any{sha[:]}
+	}
+	rows, err := db.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("trust files: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			f File
+			b []byte
+		)
+		if err := rows.Scan(&f.Path, &b, &f.Source); err != nil {
+			return fmt.Errorf("trust files: %w", err)
+		}
+		copy(f.SHA[:], b)
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
