@@ -123,10 +123,10 @@ exists); --dpkg also scans every file dpkg lists.`,
 				return fmt.Errorf("trust scan: %w", err)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "%s: %s (%d hashed, %d unchanged), %s removed, %d other files\n",
-				dbPath, plural(st.Code, "code file"), st.Hashed, st.Unchanged, plural(st.Removed, "entry"), st.NotCode)
-			if ix != nil {
-				fmt.Fprintf(w, "dpkg: %d hashed files as installed, %d differ from dpkg's record\n", st.Dpkg, st.DpkgMismatch)
+			fmt.Fprintf(w, "%s: %s (%d hashed, %d unchanged), %d other files, %d entries of gone files removed\n",
+				dbPath, plural(st.Code, "code file"), st.Hashed, st.Unchanged, st.NotCode, st.Removed)
+			if ix != nil && st.Hashed > 0 {
+				fmt.Fprintf(w, "dpkg: of the hashed files, %d as dpkg installed them, %d changed since\n", st.Dpkg, st.DpkgMismatch)
 			}
 			if st.ProblemCount > 0 {
 				fmt.Fprintf(w, "%s could not be read\n", plural(st.ProblemCount, "path"))

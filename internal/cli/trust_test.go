@@ -99,7 +99,7 @@ func TestTrustScanListLookup(t *testing.T) {
 	wantErr(t, "", []string{"nothing to scan"}, "trust", "scan", "--db", db)
 
 	out := mustVigil(t, "", "trust", "scan", "--db", db, "--dpkg-admindir", admin, tree)
-	for _, w := range []string{"2 code files (2 hashed, 0 unchanged)", "1 other files", "dpkg: 1 hashed files as installed"} {
+	for _, w := range []string{"2 code files (2 hashed, 0 unchanged)", "1 other files", "dpkg: of the hashed files, 1 as dpkg installed them, 0 changed since"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("trust scan output lacks %q:\n%s", w, out)
 		}

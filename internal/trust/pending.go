@@ -10,10 +10,10 @@ import (
 
 // Bounds of the pending list, so that a flood of unknown code cannot grow
 // the database without limit.
-const (
-	// MaxPending is how many digests the pending list keeps (the most
+var (
+	// maxPending is how many digests the pending list keeps (the most
 	// recently seen).
-	MaxPending = 10000
+	maxPending = 10000
 	// maxSeen is how many paths and how many processes a digest keeps
 	// (the most recent).
 	maxSeen = 16
@@ -41,7 +41,8 @@ type PendingCode struct {
 }
 
 // RecordPending records an attempt to load unknown code. It does not
-// change Generation: pending code changes no verdict.
+// change Generation: pending code changes no verdict. It is one write
+// transaction (about a millisecond): call it off the path that decides.
 func (db *DB) RecordPending(ctx context.Context, a Attempt) error {
 	if a.Time.IsZero() {
 		a.Time = time.Now()
@@ -60,6 +61,10 @@ func (db *DB) RecordPending(ctx context.Context, a Attempt) error {
 		if err == nil {
 			_, err = tx.ExecContext(ctx, q, args...)
 		}
+	}
+	var known bool
+	if err = tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pending WHERE sha = ?)`, a.SHA[:]).Scan(&known); err != nil {
+		return fmt.Errorf("record pending %x: %w", a.SHA, err)
 	}
 	exec(`INSERT INTO pending (sha, count, refused, first_ns, last_ns) VALUES (?1, 1, ?2, ?3, ?3)
 		ON CONFLICT (sha) DO UPDATE SET count = count + 1, refused = refused + ?2,
@@ -80,8 +85,13 @@ func (db *DB) RecordPending(ctx context.Context, a Attempt) error {
 		proc = strconv.FormatUint(uint64(a.PID), 10) + " " + a.Exe
 	}
 	seen(1, proc)
-	exec(`DELETE FROM pending WHERE sha IN (SELECT sha FROM pending ORDER BY last_ns DESC LIMIT -1 OFFSET ?)`, MaxPending)
-	exec(`DELETE FROM pending_seen WHERE sha NOT IN (SELECT sha FROM pending)`)
+	if !known && err == nil {
+		// A new digest: drop the least recently seen beyond maxPending.
+		exec(`DELETE FROM pending_seen WHERE sha IN
+			(SELECT sha FROM pending ORDER BY last_ns DESC LIMIT -1 OFFSET ?)`, maxPending)
+		exec(`DELETE FROM pending WHERE sha IN
+			(SELECT sha FROM pending ORDER BY last_ns DESC LIMIT -1 OFFSET ?)`, maxPending)
+	}
 	if err != nil {
 		return fmt.Errorf("record pending %x: %w", a.SHA, err)
 	}

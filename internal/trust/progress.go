@@ -40,7 +40,7 @@ func newProgress(w io.Writer, interval time.Duration, files int, total int64, un
 	if isTerminal(w) {
 		p.bar = progressbar.NewOptions64(total,
 			progressbar.OptionSetWriter(w),
-			progressbar.OptionSetDescription(fmt.Sprintf("hashing %d files (%d unchanged)", files, unchanged)),
+			progressbar.OptionSetDescription(fmt.Sprintf("reading %d new or changed files (%d unchanged)", files, unchanged)),
 			progressbar.OptionShowBytes(true),
 			progressbar.OptionSetWidth(30),
 			progressbar.OptionThrottle(100*time.Millisecond),
@@ -53,7 +53,7 @@ func newProgress(w io.Writer, interval time.Duration, files int, total int64, un
 	if interval <= 0 {
 		interval = 5 * time.Second
 	}
-	fmt.Fprintf(w, "trust scan: %d files to hash (%s), %d unchanged\n", files, formatBytes(total), unchanged)
+	fmt.Fprintf(w, "trust scan: %d new or changed files to read (%s), %d unchanged\n", files, formatBytes(total), unchanged)
 	p.stop = make(chan struct{})
 	p.wg.Add(1)
 	go func() {
@@ -75,7 +75,7 @@ func newProgress(w io.Writer, interval time.Duration, files int, total int64, un
 func (p *progress) line() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	fmt.Fprintf(p.w, "trust scan: hashed %d/%d files, %s/%s\n", p.doneFiles, p.files, formatBytes(p.doneBytes), formatBytes(p.total))
+	fmt.Fprintf(p.w, "trust scan: read %d/%d files, %s/%s\n", p.doneFiles, p.files, formatBytes(p.doneBytes), formatBytes(p.total))
 }
 
 func (p *progress) add(n int64) {

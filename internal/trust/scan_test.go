@@ -321,7 +321,7 @@ func TestScanProgressLines(t *testing.T) {
 	if _, err := Scan(context.Background(), db, []string{dir}, ScanOptions{Progress: &out}); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "trust scan: 1 files to hash") || !strings.Contains(out.String(), "hashed 1/1 files") {
+	if !strings.Contains(out.String(), "trust scan: 1 new or changed files to read") || !strings.Contains(out.String(), "read 1/1 files") {
 		t.Fatalf("progress:\n%s", out.String())
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -356,11 +357,32 @@ func TestPendingBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ps) != 1 || ps[0].Count != maxSeen+5 || len(ps[0].Paths) != maxSeen || len(ps[0].Processes) != maxSeen {
+	if len(ps) != 1 || ps[0].Count != uint64(maxSeen+5) || len(ps[0].Paths) != maxSeen || len(ps[0].Processes) != maxSeen {
 		t.Fatalf("pending: count %d, %d paths, %d processes", ps[0].Count, len(ps[0].Paths), len(ps[0].Processes))
 	}
 	if ps[0].Paths[0] != "/p"+string(rune('a'+maxSeen+4)) {
 		t.Fatalf("most recent path first: %q", ps[0].Paths)
+	}
+
+	// At most maxPending digests: the least recently seen go.
+	defer func(n int) { maxPending = n }(maxPending)
+	maxPending = 3
+	for i := range 5 {
+		if err := db.RecordPending(ctx, Attempt{SHA: digest(fmt.Sprint(i)), Path: "/x", Time: time.Unix(int64(100+i), 0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps, err = db.Pending(ctx, AllSources, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 3 || ps[0].SHA != digest("4") || ps[2].SHA != digest("2") {
+		t.Fatalf("bounded pending list: %d items", len(ps))
+	}
+	var seen int
+	db.db.QueryRow(`SELECT COUNT(DISTINCT sha) FROM pending_seen`).Scan(&seen)
+	if seen != 3 {
+		t.Fatalf("pending_seen keeps %d digests, want 3", seen)
 	}
 }
 
