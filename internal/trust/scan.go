@@ -457,15 +457,52 @@ func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
 // HashFile returns the SHA-256 of the file at path.
 func HashFile(path string) ([32]byte, error) {
-	var sum [32]byte
 	f, err := os.Open(path)
 	if err != nil {
-		return sum, err
+		return [32]byte{}, err
 	}
 	defer f.Close()
-	h := sha256.New()
-	if _, err := io.CopyBuffer(h, onlyReader{f}, make([]byte, 1<<20)); err != nil {
+	sum, _, err := HashReader(f)
+	if err != nil {
 		return sum, fmt.Errorf("%s: %w", path, err)
+	}
+	return sum, nil
+}
+
+// HashReader returns the SHA-256 of what r yields, and its length.
+func HashReader(r io.Reader) ([32]byte, int64, error) {
+	var sum [32]byte
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, onlyReader{r}, make([]byte, 1<<20))
+	if err != nil {
+		return sum, n, err
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, n, nil
+}
+
+// HashFD returns the SHA-256 of the whole file open as fd (for example the
+// descriptor of a fanotify event), read with pread from offset 0: the
+// descriptor's offset is left as it is and fd is not closed. Hash what the
+// kernel handed over rather than a path, which may name another file by
+// the time it is opened.
+func HashFD(fd int) ([32]byte, error) {
+	var sum [32]byte
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); ; {
+		n, err := unix.Pread(fd, buf, off)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return sum, fmt.Errorf("hash fd %d: %w", fd, err)
+		}
+		if n == 0 {
+			break
+		}
+		h.Write(buf[:n])
+		off += int64(n)
 	}
 	copy(sum[:], h.Sum(nil))
 	return sum, nil
@@ -535,19 +572,27 @@ func (db *DB) writeScan(ctx context.Context, results []scanResult, gone []string
 	})
 }
 
-// File is a scanned file that is code.
+// File is a scanned file that is code, with the identity it had when it
+// was hashed. Dev is st_dev as stat(2) gives it (the userspace encoding,
+// not the kernel's s_dev). CtimeNS is -1 for a file changed just before it
+// was read (a re-scan reads it again).
 type File struct {
-	Path   string
-	SHA    [32]byte
-	Source string // "database" or "dpkg:PACKAGE"
+	Path                   string
+	SHA                    [32]byte
+	Source                 string // "database" or "dpkg:PACKAGE"
+	Dev, Ino               uint64
+	Size, MtimeNS, CtimeNS int64
 }
 
 // Files calls fn for every scanned code file, by path; sha, when not nil,
-// selects the files with that content.
+// selects the files with that content. fn must not write to db. The agent
+// can use the identities to seed a verdict cache keyed by file identity,
+// after checking that the file still has them.
 func (db *DB) Files(ctx context.Context, sha *[32]byte, fn func(File) error) error {
-	q, args := `SELECT path, sha, source FROM files WHERE sha IS NOT NULL ORDER BY path`, []any(nil)
+	const cols = `SELECT path, sha, source, dev, ino, size, mtime_ns, ctime_ns FROM files `
+	q, args := cols+`WHERE sha IS NOT NULL ORDER BY path`, []any(nil)
 	if sha != nil {
-		q, args = `SELECT path, sha, source FROM files WHERE sha = ? ORDER BY path`, []any{sha[:]}
+		q, args = cols+`WHERE sha = ? ORDER BY path`, []any{sha[:]}
 	}
 	rows, err := db.db.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -556,13 +601,15 @@ func (db *DB) Files(ctx context.Context, sha *[32]byte, fn func(File) error) err
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			f File
-			b []byte
+			f        File
+			b        []byte
+			dev, ino int64
 		)
-		if err := rows.Scan(&f.Path, &b, &f.Source); err != nil {
+		if err := rows.Scan(&f.Path, &b, &f.Source, &dev, &ino, &f.Size, &f.MtimeNS, &f.CtimeNS); err != nil {
 			return fmt.Errorf("trust files: %w", err)
 		}
 		copy(f.SHA[:], b)
+		f.Dev, f.Ino = uint64(dev), uint64(ino)
 		if err := fn(f); err != nil {
 			return err
 		}

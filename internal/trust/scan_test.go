@@ -8,7 +8,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"os"
+	"syscall"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,6 +44,31 @@ func TestHashFile(t *testing.T) {
 	}
 	if _, err := HashFile(p + ".missing"); err == nil || !strings.Contains(err.Error(), "f.missing") {
 		t.Fatalf("HashFile of a missing file: %v", err)
+	}
+
+	// HashFD hashes the whole file whatever the descriptor's offset, and
+	// leaves the offset alone.
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(1000, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	got, err = HashFD(int(f.Fd()))
+	if err != nil || got != sum(content) {
+		t.Fatalf("HashFD = %x, %v; want %x", got, err, sum(content))
+	}
+	if off, _ := f.Seek(0, io.SeekCurrent); off != 1000 {
+		t.Fatalf("HashFD moved the offset to %d", off)
+	}
+	if _, err := HashFD(-1); err == nil {
+		t.Fatal("HashFD(-1) succeeded")
+	}
+	got, n, err := HashReader(strings.NewReader("abc"))
+	if err != nil || got != sum("abc") || n != 3 {
+		t.Fatalf("HashReader = %x, %d, %v", got, n, err)
 	}
 }
 
@@ -96,6 +123,25 @@ func TestScanIncremental(t *testing.T) {
 	for _, p := range code {
 		if d, _ := db.Lookup(ctx, sum(contents[p]), Database); d != (Decision{Trusted, "database"}) {
 			t.Errorf("%s: %v", p, d)
+		}
+	}
+	// Files gives each code file with the identity it was hashed with.
+	var files []File
+	if err := db.Files(ctx, nil, func(f File) error { files = append(files, f); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 4 {
+		t.Fatalf("Files: %d, want 4", len(files))
+	}
+	for _, f := range files {
+		var st syscall.Stat_t
+		if err := syscall.Stat(f.Path, &st); err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(root, f.Path)
+		if f.Dev != st.Dev || f.Ino != st.Ino || f.Size != st.Size || f.MtimeNS != st.Mtim.Nano() ||
+			f.CtimeNS != st.Ctim.Nano() || f.SHA != sum(contents[rel]) || f.Source != "database" {
+			t.Errorf("Files: %+v, stat %+v", f, st)
 		}
 	}
 	for _, p := range []string{"share/readme", "share/tiny"} {

@@ -35,9 +35,11 @@
 //	db, _ := trust.Open(ctx, filepath.Join(stateDir, trust.FileName))
 //	gen, _ := db.Generation(ctx)                     // poll; reload when it moves
 //	db.Each(ctx, srcs, func(sha [32]byte, d trust.Decision) error {...}) // fill the kernel map
+//	sha, _ := trust.HashFD(fanotifyEventFD)           // hash what the kernel handed over, not a path
 //	d, _ := db.Lookup(ctx, sha, srcs)                // an unknown file the kernel asked about
-//	db.RecordPending(ctx, trust.Attempt{...})         // unknown code seen or refused
-//	server.Config{Pending: trust.PendingHandler(db, srcs), Approve: trust.ApproveHandler(db)}
+//	db.RecordPending(ctx, trust.Attempt{...})         // unknown code seen or refused (off the decision path)
+//	db.Files(ctx, nil, fn)                            // scanned files with dev/inode/size/mtime/ctime, to seed a cache
+//	server.Config{Pending: trust.PendingHandler(db, currentSources), Approve: trust.ApproveHandler(db, reload)}
 package trust
 
 import (
