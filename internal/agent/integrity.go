@@ -25,8 +25,16 @@ const (
 	// that changes kernel state, so a burst of loads is one check and the
 	// object the LSM hook saw being loaded is in place when it runs.
 	integrityDebounce = time.Second
+	// integrityRecheck: a check set off by kernel events is made again
+	// this much later, for a load still in progress at the first (the LSM
+	// hooks see a module or program before it is in place).
+	integrityRecheck = 5 * time.Second
 	// baselineAtStart names the in-memory baseline in status and logs.
 	baselineAtStart = "taken at agent start"
+	// kallsymsIntervals: /proc/kallsyms, most of a check's cost, is read
+	// again after this many intervals, or at once when the modules change
+	// or a module_load event comes.
+	kallsymsIntervals = 10
 )
 
 // Integrity event triggers (vigilv1.Integrity.trigger): "start",
@@ -50,9 +58,13 @@ var integrityOps = map[string]bool{
 // appears, and again only when it changes or after it has gone and come
 // back.
 type integrityWatch struct {
-	collect  func() *integrity.State
+	collect func() *integrity.State
+	// forget, when set, makes the next collect read everything afresh
+	// (kallsyms); called after a module_load event.
+	forget   func()
 	interval time.Duration
 	debounce time.Duration
+	recheck  time.Duration
 	emit     func(*vigilv1.Event)
 	log      *slog.Logger
 	gauge    func(float64) // current violations
@@ -81,6 +93,7 @@ func newIntegrityWatch(ctx context.Context, cfg Config, log *slog.Logger, emit f
 	w := &integrityWatch{
 		interval: cfg.IntegrityInterval,
 		debounce: integrityDebounce,
+		recheck:  integrityRecheck,
 		emit:     emit,
 		log:      log,
 		gauge:    gauge,
@@ -91,7 +104,8 @@ func newIntegrityWatch(ctx context.Context, cfg Config, log *slog.Logger, emit f
 	}
 	c := integrity.NewCollector()
 	c.OwnPID = os.Getpid()
-	w.collect = c.Collect
+	c.KallsymsTTL = kallsymsIntervals * cfg.IntegrityInterval
+	w.collect, w.forget = c.Collect, c.ForgetKallsyms
 	if cfg.IntegrityBaseline != "" {
 		pub, err := sign.LoadPublicKey(cfg.IntegrityPubKey)
 		if err != nil {
@@ -126,17 +140,18 @@ func (w *integrityWatch) observe(ev *vigilv1.Event) {
 // run checks at start, every interval and after the triggers, until ctx
 // is done.
 func (w *integrityWatch) run(ctx context.Context) {
-	w.check(triggerStart)
+	w.check(ctx, triggerStart)
 	tick := time.NewTicker(w.interval)
 	defer tick.Stop()
-	var debounce <-chan time.Time
+	var debounce, recheck <-chan time.Time
+	var recheckTrig string
 	pending := map[string]bool{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			w.check(triggerInterval)
+			w.check(ctx, triggerInterval)
 		case op := <-w.triggers:
 			pending[op] = true
 			if debounce == nil {
@@ -144,16 +159,33 @@ func (w *integrityWatch) run(ctx context.Context) {
 			}
 		case <-debounce:
 			debounce = nil
-			w.check(strings.Join(slices.Sorted(maps.Keys(pending)), ","))
+			if pending["module_load"] && w.forget != nil {
+				w.forget()
+			}
+			recheckTrig = strings.Join(slices.Sorted(maps.Keys(pending)), ",")
+			w.check(ctx, recheckTrig)
 			clear(pending)
+			recheck = time.After(w.recheck)
+		case <-recheck:
+			recheck = nil
+			w.check(ctx, recheckTrig)
 		}
 	}
 }
 
 // check collects the kernel's state, compares it with the baseline and
-// emits the violations not reported yet in this form.
-func (w *integrityWatch) check(trigger string) {
-	cur := w.collect()
+// emits the violations not reported yet in this form. A collection still
+// running when ctx is done is abandoned, so the agent stops without
+// waiting for it (it can take seconds on a slow machine).
+func (w *integrityWatch) check(ctx context.Context, trigger string) {
+	res := make(chan *integrity.State, 1)
+	go func() { res <- w.collect() }()
+	var cur *integrity.State
+	select {
+	case cur = <-res:
+	case <-ctx.Done():
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.base == nil {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"strings"
 	"sync"
@@ -69,7 +70,7 @@ func (e *events) take() []*vigilv1.Integrity {
 
 func testWatch(k *fakeKernel, e *events, gauge *float64) *integrityWatch {
 	return &integrityWatch{
-		collect: k.collect, interval: time.Hour, debounce: 10 * time.Millisecond,
+		collect: k.collect, interval: time.Hour, debounce: 10 * time.Millisecond, recheck: 100 * time.Millisecond,
 		emit: e.emit, log: slog.New(slog.DiscardHandler), gauge: func(v float64) { *gauge = v },
 		ownPID: 4242, triggers: make(chan string, 16), baseFrom: baselineAtStart, reported: map[string]string{},
 	}
@@ -86,7 +87,7 @@ func TestIntegrityWatchReportsOnce(t *testing.T) {
 	var gauge float64
 	w := testWatch(k, e, &gauge)
 
-	w.check(triggerStart) // the in-memory baseline
+	w.check(context.Background(), triggerStart) // the in-memory baseline
 	if got := e.take(); len(got) != 0 || gauge != 0 {
 		t.Fatalf("start against its own baseline: %v, gauge %v", got, gauge)
 	}
@@ -94,7 +95,7 @@ func TestIntegrityWatchReportsOnce(t *testing.T) {
 		s.Sysctls["kernel.kptr_restrict"] = "0"
 		s.BPF.Programs = []integrity.Program{foreignProg}
 	})
-	w.check(triggerInterval)
+	w.check(context.Background(), triggerInterval)
 	got := e.take()
 	if len(got) != 2 || gauge != 2 {
 		t.Fatalf("after a sysctl change and a foreign program: %v, gauge %v", got, gauge)
@@ -119,30 +120,30 @@ func TestIntegrityWatchReportsOnce(t *testing.T) {
 		t.Errorf("sysctl violation: %v", sysctl)
 	}
 
-	w.check(triggerInterval)
+	w.check(context.Background(), triggerInterval)
 	if got := e.take(); len(got) != 0 || gauge != 2 {
 		t.Fatalf("unchanged violations reported again: %v, gauge %v", got, gauge)
 	}
 
 	k.set(func(s *integrity.State) { s.Sysctls["kernel.kptr_restrict"] = "2" })
-	w.check(triggerInterval)
+	w.check(context.Background(), triggerInterval)
 	if got := e.take(); len(got) != 1 || got[0].Actual != "2" {
 		t.Fatalf("changed sysctl: %v", got)
 	}
 
 	k.set(func(s *integrity.State) { s.BPF.Programs = nil })
-	w.check(triggerInterval)
+	w.check(context.Background(), triggerInterval)
 	if got := e.take(); len(got) != 0 || gauge != 1 {
 		t.Fatalf("program gone: %v, gauge %v", got, gauge)
 	}
 	k.set(func(s *integrity.State) { s.BPF.Programs = []integrity.Program{foreignProg} })
-	w.check("bpf_prog_load")
+	w.check(context.Background(), "bpf_prog_load")
 	if got := e.take(); len(got) != 1 || got[0].Check != "bpf_prog" || got[0].Trigger != "bpf_prog_load" {
 		t.Fatalf("program back: %v", got)
 	}
 	// Reloaded under a new id: a new violation.
 	k.set(func(s *integrity.State) { p := foreignProg; p.ID = 78; s.BPF.Programs = []integrity.Program{p} })
-	w.check(triggerInterval)
+	w.check(context.Background(), triggerInterval)
 	if got := e.take(); len(got) != 1 || !strings.Contains(got[0].Actual, "id 78") {
 		t.Fatalf("program reloaded: %v", got)
 	}
@@ -190,5 +191,60 @@ func TestIntegrityWatchObserve(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("observe blocked with nobody reading the triggers")
+	}
+}
+
+// TestIntegrityWatchRun: a module_load event makes the next check read
+// kallsyms afresh and names its trigger; a check still collecting when the
+// agent stops is abandoned, so run returns at once.
+func TestIntegrityWatchRun(t *testing.T) {
+	k, e := newFakeKernel(), &events{}
+	w := testWatch(k, e, new(float64))
+	forgot := make(chan struct{}, 1)
+	w.forget = func() { forgot <- struct{}{} }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.run(ctx); close(done) }()
+
+	waitChecks := func(n uint64) *vigilv1.IntegrityStatus {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if st := w.status(); st.Checks >= n {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("fewer than %d checks: %v", n, w.status())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitChecks(1)
+	w.observe(kernelEvent(10, "module_load"))
+	w.observe(kernelEvent(10, "tracefs_write"))
+	if st := waitChecks(2); st.LastTrigger != "module_load,tracefs_write" {
+		t.Fatalf("trigger %q, want module_load,tracefs_write", st.LastTrigger)
+	}
+	select {
+	case <-forgot:
+	default:
+		t.Fatal("a module_load did not make the watch read kallsyms afresh")
+	}
+	// The same check again a little later, for a load still in progress.
+	if st := waitChecks(3); st.LastTrigger != "module_load,tracefs_write" {
+		t.Fatalf("recheck trigger %q, want module_load,tracefs_write", st.LastTrigger)
+	}
+
+	// A collection that never ends does not hold up the stop.
+	block := make(chan struct{})
+	defer close(block)
+	w.collect = func() *integrity.State { <-block; return nil }
+	w.observe(kernelEvent(10, "bpf_prog_load"))
+	time.Sleep(50 * time.Millisecond) // the debounce has passed: collecting
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("run did not return while a collection was running")
 	}
 }

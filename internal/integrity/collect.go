@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Sysctls are the security-relevant sysctls read and compared.
@@ -103,11 +104,24 @@ func (c *Collector) collectSysctls(s *State) {
 }
 
 func (c *Collector) kallsyms() (*Kallsyms, error) {
+	var mods string
+	if c.KallsymsTTL > 0 {
+		if b, err := c.FS.ReadFile("/proc/modules"); err == nil {
+			mods = strings.Join(ParseProcModules(b), " ")
+		}
+		if c.ks != nil && time.Since(c.ksAt) < c.KallsymsTTL && mods == c.ksModules {
+			return c.ks, nil
+		}
+	}
 	b, err := c.FS.ReadFile("/proc/kallsyms")
 	if err != nil {
 		return nil, errors.New(reason(err))
 	}
-	return ParseKallsyms(b)
+	ks, err := ParseKallsyms(b)
+	if err == nil && c.KallsymsTTL > 0 {
+		c.ks, c.ksAt, c.ksModules = ks, time.Now(), mods
+	}
+	return ks, err
 }
 
 // collectModules compares the three views of loaded modules.

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // fakeFS is a map of path → content; directories are implied.
@@ -316,5 +317,52 @@ func TestMarkOwn(t *testing.T) {
 	if !s.BPF.Programs[0].Vigil || s.BPF.Programs[1].Vigil || !s.BPF.Maps[0].Vigil || s.BPF.Maps[1].Vigil ||
 		!s.BPF.Links[0].Vigil || s.BPF.Links[1].Vigil {
 		t.Fatalf("marks: %+v", s.BPF)
+	}
+}
+
+// countFS counts the reads of each path.
+type countFS struct {
+	fakeFS
+	reads map[string]int
+}
+
+func (c *countFS) ReadFile(p string) ([]byte, error) {
+	c.reads[p]++
+	return c.fakeFS.ReadFile(p)
+}
+
+// TestKallsymsTTL: with a TTL, kallsyms is read once while the modules
+// stay the same; a module loaded makes it read again (so the new module is
+// not taken for a hidden one), and so does ForgetKallsyms.
+func TestKallsymsTTL(t *testing.T) {
+	f := &countFS{fakeFS: host(), reads: map[string]int{}}
+	c := &Collector{FS: f, BPF: &fakeBPF{}, KallsymsTTL: time.Hour}
+	c.Collect()
+	c.Collect()
+	if n := f.reads["/proc/kallsyms"]; n != 1 {
+		t.Fatalf("kallsyms read %d times in two collections, want 1", n)
+	}
+	f.fakeFS["/proc/modules"] += "dummy 12288 0 - Live 0x0\n"
+	f.fakeFS["/sys/module/dummy/initstate"] = "live\n"
+	f.fakeFS["/proc/kallsyms"] += "ffffffffc0100000 t dummy_setup\t[dummy]\n"
+	s := c.Collect()
+	if n := f.reads["/proc/kallsyms"]; n != 2 {
+		t.Fatalf("kallsyms read %d times after a module load, want 2", n)
+	}
+	for _, m := range s.Modules {
+		if m.Hidden {
+			t.Errorf("module %s taken for hidden", m.Name)
+		}
+	}
+	c.ForgetKallsyms()
+	c.Collect()
+	if n := f.reads["/proc/kallsyms"]; n != 3 {
+		t.Fatalf("kallsyms read %d times after ForgetKallsyms, want 3", n)
+	}
+	c.KallsymsTTL = 0
+	c.Collect()
+	c.Collect()
+	if n := f.reads["/proc/kallsyms"]; n != 5 {
+		t.Fatalf("without a TTL kallsyms read %d times, want 5", n)
 	}
 }
