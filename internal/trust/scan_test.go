@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
@@ -395,5 +397,58 @@ func BenchmarkHashFile10MB(b *testing.B) {
 		if _, err := HashFile(p); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestScanProgressBar gives the scan a terminal (a pseudo-terminal): it
+// draws a progress bar there instead of lines.
+func TestScanProgressBar(t *testing.T) {
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal here: %v", err)
+	}
+	defer master.Close()
+	mfd := int(master.Fd())
+	if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {
+		t.Skipf("unlock pseudo-terminal: %v", err)
+	}
+	n, err := unix.IoctlGetInt(mfd, unix.TIOCGPTN)
+	if err != nil {
+		t.Skipf("pseudo-terminal number: %v", err)
+	}
+	slave, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("open pseudo-terminal: %v", err)
+	}
+	defer slave.Close()
+	if !isTerminal(slave) || isTerminal(&bytes.Buffer{}) {
+		t.Fatal("isTerminal does not tell a terminal from a buffer")
+	}
+	got := make(chan string)
+	go func() {
+		var b bytes.Buffer
+		buf := make([]byte, 4096)
+		for {
+			n, err := master.Read(buf)
+			b.Write(buf[:n])
+			if err != nil || strings.Contains(b.String(), "100%") {
+				got <- b.String()
+				return
+			}
+		}
+	}()
+	db := openTest(t)
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "a"), "#!/bin/a\n", 0o755)
+	if _, err := Scan(context.Background(), db, []string{dir}, ScanOptions{Progress: slave}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case out := <-got:
+		if !strings.Contains(out, "reading 1 new or changed files") || !strings.Contains(out, "100%") || strings.Contains(out, "trust scan:") {
+			t.Fatalf("terminal progress: %q", out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no progress bar on the terminal")
 	}
 }

@@ -196,12 +196,17 @@ type DB struct {
 	lookup *sql.Stmt
 }
 
+// schemaVersion is the version of schema; a database of a newer version
+// is refused.
+const schemaVersion = 1
+
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (
 	k TEXT PRIMARY KEY,
 	v INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (k, v) VALUES ('generation', 0);
+INSERT OR IGNORE INTO meta (k, v) VALUES ('schema', 1);
 -- explicit verdicts by hash: 1 approve, 2 deny
 CREATE TABLE IF NOT EXISTS rules (
 	sha     BLOB PRIMARY KEY,
@@ -297,6 +302,13 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	}
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		return fail(fmt.Errorf("create schema: %w", err))
+	}
+	var version int
+	if err := db.QueryRowContext(ctx, `SELECT v FROM meta WHERE k = 'schema'`).Scan(&version); err != nil {
+		return fail(err)
+	}
+	if version > schemaVersion {
+		return fail(fmt.Errorf("schema version %d is newer than this vigil's (%d)", version, schemaVersion))
 	}
 	var mode string
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -53,6 +54,25 @@ func TestDecidePrecedence(t *testing.T) {
 		if got := decide(tt.f, tt.srcs); got != tt.want {
 			t.Errorf("%s: decide(%+v, %v) = %v, want %v", tt.name, tt.f, tt.srcs, got, tt.want)
 		}
+	}
+}
+
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), FileName)
+	db, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.db.Exec(`UPDATE meta SET v = ? WHERE k = 'schema'`, schemaVersion+1); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if _, err := Open(ctx, path); err == nil || !strings.Contains(err.Error(), "newer") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Open of a newer schema: %v", err)
+	}
+	if _, err := Open(ctx, filepath.Join(t.TempDir(), "no", "dir", FileName)); err == nil {
+		t.Fatal("Open in a missing directory succeeded")
 	}
 }
 
