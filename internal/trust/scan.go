@@ -202,6 +202,13 @@ func Scan(ctx context.Context, db *DB, paths []string, opt ScanOptions) (ScanSta
 		jobs = append(jobs, scanJob{path: path, stat: fst, mode: info.Mode()})
 		total += fst.size
 	}
+	if opt.Progress != nil {
+		what := strings.Join(walkRoots, " ")
+		if len(fileRoots) > 0 {
+			what = strings.TrimSpace(fmt.Sprintf("%s and %d files dpkg lists", what, len(fileRoots)))
+		}
+		fmt.Fprintf(opt.Progress, "trust scan: looking for code under %s\n", what)
+	}
 	for _, root := range walkRoots {
 		if err := walk(ctx, root, consider, &st); err != nil {
 			return st, err

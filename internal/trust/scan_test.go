@@ -369,7 +369,9 @@ func TestScanProgressLines(t *testing.T) {
 	if _, err := Scan(context.Background(), db, []string{dir}, ScanOptions{Progress: &out}); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "trust scan: 1 new or changed files to read") || !strings.Contains(out.String(), "read 1/1 files") {
+	real, _ := filepath.EvalSymlinks(dir)
+	if !strings.Contains(out.String(), "trust scan: looking for code under "+real+"\n") ||
+		!strings.Contains(out.String(), "trust scan: 1 new or changed files to read") || !strings.Contains(out.String(), "read 1/1 files") {
 		t.Fatalf("progress:\n%s", out.String())
 	}
 }
@@ -445,7 +447,7 @@ func TestScanProgressBar(t *testing.T) {
 	}
 	select {
 	case out := <-got:
-		if !strings.Contains(out, "reading 1 new or changed files") || !strings.Contains(out, "100%") || strings.Contains(out, "trust scan:") {
+		if !strings.Contains(out, "reading 1 new or changed files") || !strings.Contains(out, "100%") || strings.Contains(out, "trust scan: read ") {
 			t.Fatalf("terminal progress: %q", out)
 		}
 	case <-time.After(10 * time.Second):
