@@ -8,7 +8,7 @@ BIN := $(CURDIR)/bin
 VIGIL := $(BIN)/vigil
 
 # Debian packages the build and tests need (installed when missing).
-BUILD_PKGS := clang llvm libbpf-dev protobuf-compiler
+BUILD_PKGS := clang llvm libbpf-dev protobuf-compiler libc6-dev
 
 .PHONY: all build deps generate check-generated vet test test-host bench clean
 
@@ -70,8 +70,21 @@ VMTEST_INCLUDE := bin/vigil:/usr/bin/vigil \
 	/lib64/ld-linux-x86-64.so.2:/lib64/ld-linux-x86-64.so.2 \
 	$(VM_LIBDIR)/libc.so.6:$(VM_LIBDIR)/libc.so.6 \
 	/usr/bin/true:/opt/vigil-test/true \
+	bin/xcloader:/opt/vigil-test/xcloader \
+	bin/libxctest.so:/opt/vigil-test/libxctest.so \
 	examples:$(CURDIR)/examples
 include mk/vm.mk
 include mk/bench.mk
 
-test-vm: build
+test-vm: build xctest
+
+# Execution control's VM tests load a library through dlopen (xcloader)
+# and LD_PRELOAD: a C program and library linked against the system libc.
+.PHONY: xctest
+xctest: $(BIN)/xcloader $(BIN)/libxctest.so
+$(BIN)/xcloader: tools/xctest/xcloader.c
+	@mkdir -p $(BIN)
+	clang -O2 -Wall -Werror -o $@ $<
+$(BIN)/libxctest.so: tools/xctest/xclib.c
+	@mkdir -p $(BIN)
+	clang -O2 -Wall -Werror -shared -fPIC -o $@ $<

@@ -21,6 +21,13 @@ import (
 type File struct {
 	Path       string
 	Dev, Inode uint64
+	// Fd is the event's open file, valid only while the Decider runs
+	// (read it with pread: the offset is shared with nobody else).
+	Fd int
+	// Size, Mtime and Ctime (ns) are from fstat: with Dev and Inode they
+	// change whenever the content can have changed.
+	Size         int64
+	Mtime, Ctime int64
 }
 
 // Decider answers a permission request: pid is the process calling
@@ -121,11 +128,12 @@ func (g *Guard) handle(m *unix.FanotifyEventMetadata) {
 	if m.Mask&unix.FAN_OPEN_EXEC_PERM == 0 {
 		return
 	}
-	f := File{}
+	f := File{Fd: int(m.Fd)}
 	f.Path, _ = os.Readlink("/proc/self/fd/" + strconv.Itoa(int(m.Fd)))
 	var st unix.Stat_t
 	if unix.Fstat(int(m.Fd), &st) == nil {
-		f.Dev, f.Inode = st.Dev, st.Ino
+		f.Dev, f.Inode, f.Size = st.Dev, st.Ino, st.Size
+		f.Mtime, f.Ctime = st.Mtim.Nano(), st.Ctim.Nano()
 	}
 	resp := unix.FanotifyResponse{Fd: m.Fd, Response: unix.FAN_ALLOW}
 	if !g.decide(m.Pid, f) {

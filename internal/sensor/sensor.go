@@ -56,3 +56,40 @@ type Enforcer interface {
 	// in force has made since it was applied.
 	RuleHits() (map[string]uint64, error)
 }
+
+// Execution control modes.
+const (
+	ExecOff      = "off"
+	ExecMonitor  = "monitor"  // unknown code runs and is recorded
+	ExecLockdown = "lockdown" // unknown code is refused
+)
+
+// ExecControl is what execution control decides with: the mode and the
+// merged trust set, already resolved by precedence (an explicitly denied
+// digest is false, a trusted one true; digests absent are unknown).
+type ExecControl struct {
+	Mode string
+	// Trust maps SHA-256 digests to trusted (true) or denied (false).
+	Trust map[[32]byte]bool
+	// UnlinkedDeny refuses files without a name (memfd, deleted,
+	// O_TMPFILE) whatever their content; otherwise their content decides.
+	UnlinkedDeny bool
+	// AnonDeny refuses anonymous memory made executable, except in the
+	// executables listed in AnonAllow (JITs).
+	AnonDeny  bool
+	AnonAllow []FileID
+}
+
+// FileID names a file by identity, as stat(2) reports it.
+type FileID struct {
+	Dev uint64 // st_dev
+	Ino uint64
+}
+
+// ExecController is a sensor that can enforce execution control.
+type ExecController interface {
+	// SetExecControl makes xc the execution control in force. The kernel
+	// verdict cache is re-validated before it returns: the next
+	// decision uses xc.
+	SetExecControl(xc *ExecControl) error
+}

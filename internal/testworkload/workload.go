@@ -72,6 +72,8 @@ func Main() {
 	case "exec":
 		execShell(os.Getenv("VIGIL_TW_EXEC"))
 		os.Exit(0)
+	case "memfd-exec":
+		memfdExec(os.Getenv("VIGIL_TW_SRC"))
 	case "burst":
 		n, _ := strconv.Atoi(os.Getenv("VIGIL_TESTWORKLOAD_N"))
 		burst(n)
@@ -275,6 +277,8 @@ func burst(n int) {
 func addrOf(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&b[0]))) }
 
 func addrOfByte(p *byte) uintptr { return uintptr(unsafe.Pointer(p)) }
+
+func unsafePointer[T any](p *T) unsafe.Pointer { return unsafe.Pointer(p) }
 
 // Prepare returns the resolved path of the workload binary (this test
 // binary) and of a copy of it in dir, named like a shared library, for

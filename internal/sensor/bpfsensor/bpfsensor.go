@@ -89,6 +89,10 @@ type Sensor struct {
 
 	fan        *fanotify.Guard               // tracepoint backend with marks
 	userPolicy atomic.Pointer[policy.Policy] // decides fanotify events
+	userXC     atomic.Pointer[userXC]        // execution control on fanotify events
+
+	xcMu sync.Mutex  // serializes SetExecControl
+	xc   *execState // execution control in force (LSM backend)
 
 	policyMu sync.Mutex // serializes ApplyPolicy
 	version  uint32     // of the last policy applied
@@ -166,6 +170,10 @@ func (s *Sensor) Start(ctx context.Context) error {
 			delete(spec.Programs, name)
 		}
 	}
+	if s.backend != sensor.BackendLSM {
+		// Only LSM programs use it, and the map type needs BPF LSM.
+		delete(spec.Maps, sensorMapXcCache)
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{})
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -240,7 +248,7 @@ func attach(prog *ebpf.Program, section string) (link.Link, error) {
 	switch kind {
 	case "tp_btf":
 		return link.AttachTracing(link.TracingOptions{Program: prog})
-	case "lsm":
+	case "lsm", "lsm.s":
 		return link.AttachLSM(link.LSMOptions{Program: prog})
 	case "tracepoint":
 		group, name, _ := strings.Cut(target, "/")

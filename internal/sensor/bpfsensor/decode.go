@@ -103,6 +103,9 @@ var hookNames = map[sensorEventHook]string{
 	sensorEventHookHOOK_LSM_PATH_CHMOD:       "lsm/path_chmod",
 	sensorEventHookHOOK_LSM_PATH_CHOWN:       "lsm/path_chown",
 	sensorEventHookHOOK_LSM_PATH_TRUNCATE:    "lsm/path_truncate",
+	sensorEventHookHOOK_XC_BPRM_CHECK:        "lsm.s/bprm_check_security",
+	sensorEventHookHOOK_XC_MMAP_FILE:         "lsm.s/mmap_file",
+	sensorEventHookHOOK_XC_FILE_MPROTECT:     "lsm/file_mprotect",
 }
 
 var actionNames = map[uint8]string{
@@ -243,6 +246,12 @@ func (d *decoder) decode(rec []byte) (*vigilv1.Event, error) {
 			File:    file(),
 			NewPath: joinPath(str(strPath2), h.Flags&(flagPath0Trunc<<strPath2) != 0),
 		}}
+	}
+	if isXC(h.Hook) {
+		// Execution control: the verdict is the trust decision, not a
+		// policy rule's; the digest is in arg0..arg3.
+		xcDecode(&h, ev)
+		return ev, nil
 	}
 	if name, ok := actionNames[h.Action]; ok {
 		v := &vigilv1.Verdict{

@@ -35,7 +35,7 @@ func (s *Sensor) startFanotify() error {
 // decideExec answers an exec permission event with the policy in force.
 func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 	p := s.userPolicy.Load()
-	if p == nil {
+	if p == nil && s.userXC.Load() == nil {
 		return true
 	}
 	in := policy.Input{
@@ -56,6 +56,9 @@ func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 	for _, a := range proc.Ancestry {
 		in.Process.Ancestry = append(in.Process.Ancestry, policy.Ancestor{Pid: a.Pid, StartTimeNs: a.StartTimeNs, Exe: a.Exe})
 	}
+	if p == nil {
+		return s.decideExecTrust(proc, f)
+	}
 	v := p.Evaluate(in, procEnv(pid))
 	if v.Rule != "" {
 		s.emitUser(&vigilv1.Event{
@@ -73,7 +76,10 @@ func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 			},
 		})
 	}
-	return !v.Enforced
+	if v.Enforced {
+		return false
+	}
+	return s.decideExecTrust(proc, f)
 }
 
 // procUID is the real uid of pid (from /proc), or the nobody uid.

@@ -46,6 +46,10 @@ var programs = []program{
 	{sensorProgLsmPathChmod, lsmOnly, true},
 	{sensorProgLsmPathChown, lsmOnly, true},
 	{sensorProgLsmPathTruncate, lsmOnly, true},
+	// execution control (execctl.bpf.h): off until SetExecControl.
+	{sensorProgXcBprmCheck, lsmOnly, true},
+	{sensorProgXcMmapFile, lsmOnly, true},
+	{sensorProgXcFileMprotect, lsmOnly, true},
 
 	// tracepoint: syscalls are observed; only exec rules are enforced
 	// (by killing the new image in sched_process_exec).

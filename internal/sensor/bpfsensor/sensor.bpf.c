@@ -304,6 +304,8 @@ struct {
 	__type(value, struct verdict);
 } exec_verdicts SEC(".maps");
 
+#include "execctl.bpf.h"
+
 // ------------------------------------------------------------- processes
 
 static __always_inline __u32 put_exec(struct event_buf *b, struct linux_binprm *bprm)
@@ -674,6 +676,8 @@ static __always_inline void open_event(__u32 hook, struct file *file, __u32 kind
 SEC("lsm/file_open")
 int BPF_PROG(lsm_file_open, struct file *file)
 {
+	if (file->f_mode & FMODE_WRITE)
+		xc_invalidate(file->f_inode);
 	if (is_agent())
 		return 0;
 	__u32 op = 0;
@@ -840,6 +844,7 @@ int BPF_PROG(lsm_path_chown, const struct path *path)
 SEC("lsm/path_truncate")
 int BPF_PROG(lsm_path_truncate, const struct path *path)
 {
+	xc_invalidate(path->dentry->d_inode);
 	return path_op(HOOK_LSM_PATH_TRUNCATE, OP_FILE_TRUNCATE, path);
 }
 

@@ -92,6 +92,9 @@ enum event_hook {
 	HOOK_LSM_PATH_CHMOD = 32,
 	HOOK_LSM_PATH_CHOWN = 33,
 	HOOK_LSM_PATH_TRUNCATE = 34,
+	HOOK_XC_BPRM_CHECK = 35,    // execution control, lsm.s/bprm_check_security
+	HOOK_XC_MMAP_FILE = 36,     // execution control, lsm.s/mmap_file
+	HOOK_XC_FILE_MPROTECT = 37, // execution control, lsm/file_mprotect
 };
 
 // ---------------------------------------------------------------- policy
@@ -243,7 +246,60 @@ struct event_hdr {
 	__u8 decided_by;  // enum decided_by
 	__u8 denied;      // the action was refused
 	__u16 rule_index; // the policy rule
-	__u16 _pad;
+	__u16 xc;         // execution control: enum xc_reason | XC_CACHED | XC_HASHED
 	__u32 policy_version;
-	__u32 _pad2;
+	__u32 aux;        // execution control: the PROT_* asked for (mmap, mprotect)
+};
+
+// ----------------------------------------------------- execution control
+//
+// Execution control events (HOOK_XC_*) carry the file's SHA-256 in
+// arg0..arg3 (byte order as in memory) and what decided in xc.
+
+enum xc_mode {
+	XC_OFF = 0,
+	XC_MONITOR = 1,  // unknown code runs and is recorded
+	XC_LOCKDOWN = 2, // unknown code is refused
+};
+
+enum xc_verdict {
+	XC_V_UNKNOWN = 0,
+	XC_V_TRUSTED = 1,
+	XC_V_DENIED = 2, // explicit deny by hash
+};
+
+enum xc_reason {
+	XC_R_NONE = 0,
+	XC_R_UNKNOWN = 1,  // no trust source knows the digest
+	XC_R_DENIED = 2,   // the digest is explicitly denied
+	XC_R_NOHASH = 3,   // the kernel could not hash the file
+	XC_R_UNLINKED = 4, // the file has no name (memfd, deleted) and policy refuses those
+	XC_R_ANON = 5,     // anonymous memory made executable
+	XC_R_UNCACHED = 6, // mprotect of a file never decided (not hashed under the mmap lock)
+};
+
+#define XC_CACHED 0x100 // decided from the verdict cache
+#define XC_HASHED 0x200 // the digest is known (arg0..arg3)
+
+struct xc_cfg {
+	enum xc_mode mode;
+	__u32 epoch;         // bumped when the trust set changes
+	__u32 unlinked_deny; // refuse files without a name whatever their content
+	__u32 anon_deny;     // refuse anonymous executable memory unless the exe is in xc_anon_allow
+};
+
+struct xc_digest {
+	__u8 b[32];
+};
+
+struct xc_entry {
+	struct xc_digest sha;
+	__u32 epoch;   // of xc_cfg when verdict was read
+	enum xc_verdict verdict;
+};
+
+struct xc_file_key {
+	__u64 ino;
+	__u32 dev; // kernel dev_t
+	__u32 _pad;
 };

@@ -78,9 +78,9 @@ type sensorEventHdr struct {
 	DecidedBy     uint8
 	Denied        uint8
 	RuleIndex     uint16
-	Pad           uint16
+	Xc            uint16
 	PolicyVersion uint32
-	Pad2          uint32
+	Aux           uint32
 	_             [4]byte
 }
 
@@ -121,6 +121,9 @@ const (
 	sensorEventHookHOOK_LSM_PATH_CHMOD       sensorEventHook = 32
 	sensorEventHookHOOK_LSM_PATH_CHOWN       sensorEventHook = 33
 	sensorEventHookHOOK_LSM_PATH_TRUNCATE    sensorEventHook = 34
+	sensorEventHookHOOK_XC_BPRM_CHECK        sensorEventHook = 35
+	sensorEventHookHOOK_XC_MMAP_FILE         sensorEventHook = 36
+	sensorEventHookHOOK_XC_FILE_MPROTECT     sensorEventHook = 37
 )
 
 type sensorEventKind uint32
@@ -265,6 +268,49 @@ const (
 	sensorVerdictActionACT_SKIP  sensorVerdictAction = 5
 )
 
+type sensorXcCfg struct {
+	_            structs.HostLayout
+	Mode         sensorXcMode
+	Epoch        uint32
+	UnlinkedDeny uint32
+	AnonDeny     uint32
+}
+
+type sensorXcDigest struct {
+	_ structs.HostLayout
+	B [32]uint8
+}
+
+type sensorXcEntry struct {
+	_       structs.HostLayout
+	Sha     sensorXcDigest
+	Epoch   uint32
+	Verdict sensorXcVerdict
+}
+
+type sensorXcFileKey struct {
+	_   structs.HostLayout
+	Ino uint64
+	Dev uint32
+	Pad uint32
+}
+
+type sensorXcMode uint32
+
+const (
+	sensorXcModeXC_OFF      sensorXcMode = 0
+	sensorXcModeXC_MONITOR  sensorXcMode = 1
+	sensorXcModeXC_LOCKDOWN sensorXcMode = 2
+)
+
+type sensorXcVerdict uint32
+
+const (
+	sensorXcVerdictXC_V_UNKNOWN sensorXcVerdict = 0
+	sensorXcVerdictXC_V_TRUSTED sensorXcVerdict = 1
+	sensorXcVerdictXC_V_DENIED  sensorXcVerdict = 2
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -280,6 +326,10 @@ const (
 	sensorMapRuleHits                   = "rule_hits"
 	sensorMapRules                      = "rules"
 	sensorMapScratch                    = "scratch"
+	sensorMapXcAnonAllow                = "xc_anon_allow"
+	sensorMapXcCache                    = "xc_cache"
+	sensorMapXcConfig                   = "xc_config"
+	sensorMapXcTrust                    = "xc_trust"
 	sensorProgLsmBpf                    = "lsm_bpf"
 	sensorProgLsmBprmCheck              = "lsm_bprm_check"
 	sensorProgLsmFileMprotect           = "lsm_file_mprotect"
@@ -314,6 +364,9 @@ const (
 	sensorProgTpSysExitOpen             = "tp_sys_exit_open"
 	sensorProgTpSysExitOpenat           = "tp_sys_exit_openat"
 	sensorProgTpSysExitOpenat2          = "tp_sys_exit_openat2"
+	sensorProgXcBprmCheck               = "xc_bprm_check"
+	sensorProgXcFileMprotect            = "xc_file_mprotect"
+	sensorProgXcMmapFile                = "xc_mmap_file"
 	sensorVarAgentTgid                  = "agent_tgid"
 	sensorVarLostEvents                 = "lost_events"
 	sensorVarLsmBackend                 = "lsm_backend"
@@ -396,6 +449,9 @@ type sensorProgramSpecs struct {
 	TpSysExitOpen             *ebpf.ProgramSpec `ebpf:"tp_sys_exit_open"`
 	TpSysExitOpenat           *ebpf.ProgramSpec `ebpf:"tp_sys_exit_openat"`
 	TpSysExitOpenat2          *ebpf.ProgramSpec `ebpf:"tp_sys_exit_openat2"`
+	XcBprmCheck               *ebpf.ProgramSpec `ebpf:"xc_bprm_check"`
+	XcFileMprotect            *ebpf.ProgramSpec `ebpf:"xc_file_mprotect"`
+	XcMmapFile                *ebpf.ProgramSpec `ebpf:"xc_mmap_file"`
 }
 
 // sensorMapSpecs contains maps before they are loaded into the kernel.
@@ -413,6 +469,10 @@ type sensorMapSpecs struct {
 	RuleHits     *ebpf.MapSpec `ebpf:"rule_hits"`
 	Rules        *ebpf.MapSpec `ebpf:"rules"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
+	XcAnonAllow  *ebpf.MapSpec `ebpf:"xc_anon_allow"`
+	XcCache      *ebpf.MapSpec `ebpf:"xc_cache"`
+	XcConfig     *ebpf.MapSpec `ebpf:"xc_config"`
+	XcTrust      *ebpf.MapSpec `ebpf:"xc_trust"`
 }
 
 // sensorVariableSpecs contains global variables before they are loaded into the kernel.
@@ -456,6 +516,10 @@ type sensorMaps struct {
 	RuleHits     *ebpf.Map `ebpf:"rule_hits"`
 	Rules        *ebpf.Map `ebpf:"rules"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
+	XcAnonAllow  *ebpf.Map `ebpf:"xc_anon_allow"`
+	XcCache      *ebpf.Map `ebpf:"xc_cache"`
+	XcConfig     *ebpf.Map `ebpf:"xc_config"`
+	XcTrust      *ebpf.Map `ebpf:"xc_trust"`
 }
 
 func (m *sensorMaps) Close() error {
@@ -471,6 +535,10 @@ func (m *sensorMaps) Close() error {
 		m.RuleHits,
 		m.Rules,
 		m.Scratch,
+		m.XcAnonAllow,
+		m.XcCache,
+		m.XcConfig,
+		m.XcTrust,
 	)
 }
 
@@ -522,6 +590,9 @@ type sensorPrograms struct {
 	TpSysExitOpen             *ebpf.Program `ebpf:"tp_sys_exit_open"`
 	TpSysExitOpenat           *ebpf.Program `ebpf:"tp_sys_exit_openat"`
 	TpSysExitOpenat2          *ebpf.Program `ebpf:"tp_sys_exit_openat2"`
+	XcBprmCheck               *ebpf.Program `ebpf:"xc_bprm_check"`
+	XcFileMprotect            *ebpf.Program `ebpf:"xc_file_mprotect"`
+	XcMmapFile                *ebpf.Program `ebpf:"xc_mmap_file"`
 }
 
 func (p *sensorPrograms) Close() error {
@@ -560,6 +631,9 @@ func (p *sensorPrograms) Close() error {
 		p.TpSysExitOpen,
 		p.TpSysExitOpenat,
 		p.TpSysExitOpenat2,
+		p.XcBprmCheck,
+		p.XcFileMprotect,
+		p.XcMmapFile,
 	)
 }
 
