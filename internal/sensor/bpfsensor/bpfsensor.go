@@ -91,7 +91,7 @@ type Sensor struct {
 	userPolicy atomic.Pointer[policy.Policy] // decides fanotify events
 	userXC     atomic.Pointer[userXC]        // execution control on fanotify events
 
-	xcMu sync.Mutex  // serializes SetExecControl
+	xcMu sync.Mutex // serializes SetExecControl
 	xc   *execState // execution control in force (LSM backend)
 
 	policyMu sync.Mutex // serializes ApplyPolicy
