@@ -23,7 +23,8 @@ func KernelName(name string) string {
 }
 
 // IsVigilProgram says whether a program (name as the kernel reports it,
-// type as cilium/ebpf names it) is one of Vigil's own.
+// cut to 15 bytes, or in full; type as cilium/ebpf names it) is one of
+// Vigil's own.
 // If the embedded object cannot be read, nothing is Vigil's: its own
 // programs then show as foreign, never the other way round.
 func IsVigilProgram(typ, name string) bool {
@@ -32,7 +33,9 @@ func IsVigilProgram(typ, name string) bool {
 		return false
 	}
 	for n, t := range own {
-		if KernelName(n) == name && t == typ {
+		// The kernel keeps 15 bytes of the name; cilium/ebpf gives the
+		// full name from the program's BTF when the kernel has it.
+		if (n == name || KernelName(n) == name) && t == typ {
 			return true
 		}
 	}

@@ -17,7 +17,8 @@ func TestIsVigilProgram(t *testing.T) {
 		{"LSM", "lsm_bprm_check", true},
 		{"Tracing", KernelName("sched_process_exec"), true},
 		{"TracePoint", KernelName("tp_sys_enter_process_vm_writev"), true},
-		{"TracePoint", "tp_sys_enter_process_vm_writev", false}, // the kernel never reports it uncut
+		{"TracePoint", "tp_sys_enter_process_vm_writev", true}, // cilium/ebpf's full name from BTF
+		{"TracePoint", "tp_sys_enter_process_vm_writevX", false},
 		{"Kprobe", "lsm_bpf", false},
 		{"TracePoint", "lsm_bpf", false},
 		{"SocketFilter", "vigil_tw_prog", false},
