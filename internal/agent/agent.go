@@ -30,6 +30,7 @@ import (
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/server"
 	"github.com/vigil-hips/vigil/internal/store"
+	"github.com/vigil-hips/vigil/internal/trust"
 )
 
 // Pipeline tuning.
@@ -110,6 +111,11 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	}
 	cleanups = append(cleanups, a.store.Close)
 
+	if err := a.openTrust(ctx); err != nil {
+		return err
+	}
+	cleanups = append(cleanups, a.xc.db.Close)
+
 	if cfg.JSONLPath != "" {
 		a.jsonl, err = openJSONL(cfg.JSONLPath)
 		if err != nil {
@@ -156,7 +162,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 
 	a.metrics.CollectRuleHits(a.ruleHits)
 	srv, err := server.New(server.Config{Store: a.store, Broker: a.broker, Status: a.status,
-		ApplyPolicy: a.applyPolicy, BadPolicy: ErrBadPolicy})
+		ApplyPolicy: a.applyPolicy, BadPolicy: ErrBadPolicy,
+		Pending: trust.PendingHandler(a.xc.db, a.policySources),
+		Approve: trust.ApproveHandler(a.xc.db, a.reloadExecControl)})
 	if err != nil {
 		return err
 	}
@@ -178,6 +186,8 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		srv.Shutdown(sctx)
 	})
 	wg.Go(func() { a.pruneLoop(svcCtx) })
+	wg.Go(func() { a.trustLoop(svcCtx) })
+	wg.Go(func() { a.pendingLoop(svcCtx) })
 	log.Info("agent serving", "socket", cfg.Socket, "state_dir", cfg.StateDir,
 		"metrics_addr", cfg.MetricsAddr, "jsonl", cfg.JSONLPath, "pid", os.Getpid(), "version", deps.Version)
 
@@ -242,6 +252,7 @@ type agent struct {
 
 	sensor    atomic.Pointer[sensor.Sensor]
 	policy    policyState
+	xc        *execState // set before the API serves
 	attached  atomic.Bool
 	stored    atomic.Uint64
 	storeErrs atomic.Uint64
@@ -295,6 +306,7 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 			a.log.Debug("event had invalid UTF-8, replaced", "seq", ev.GetSeq(), "kind", ev.GetKind())
 		}
 		a.metrics.Events.WithLabelValues(ev.GetKind()).Inc()
+		a.notePending(ev)
 		if w := a.integrity.Load(); w != nil {
 			w.observe(ev) // never blocks
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -57,6 +58,15 @@ func (a *agent) applyPolicy(name string, content []byte) (*vigilv1.PolicyStatus,
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrBadPolicy, name, err)
 	}
+	xw, err := a.setExecControlLocked(context.Background(), p.Trust)
+	if err != nil {
+		// Put the previous policy's rules back: nothing of this one applies.
+		if _, rerr := enf.Enforce(a.policy.p); rerr != nil {
+			a.log.Error("previous policy not restored after execution control failed", "err", rerr)
+		}
+		return nil, fmt.Errorf("%s: execution control: %w", name, err)
+	}
+	warnings = append(warnings, xw...)
 	a.policy.p, a.policy.source, a.policy.appliedAt, a.policy.warnings = p, name, time.Now(), warnings
 	for _, w := range warnings {
 		a.log.Warn("policy applied in part", "policy", name, "warning", w)

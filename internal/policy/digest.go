@@ -24,12 +24,27 @@ func digest(p *Policy) string {
 		Match  map[string]any    `json:"match"`
 		Except []json.RawMessage `json:"except"`
 	}
+	type trust struct {
+		Mode      TrustMode `json:"mode"`
+		Sources   []string  `json:"sources"`
+		Allow     []string  `json:"allow_sha256"`
+		Deny      []string  `json:"deny_sha256"`
+		Unlinked  string    `json:"unlinked"`
+		Anon      string    `json:"anonymous_exec"`
+		AnonAllow []string  `json:"anonymous_exec_allow"`
+		Catalogs  string    `json:"catalog_dir"`
+	}
 	doc := struct {
 		Format  string `json:"format"`
 		Version int    `json:"version"`
 		Mode    Mode   `json:"mode"`
 		Rules   []rule `json:"rules"`
+		Trust   *trust `json:"trust,omitempty"` // absent: the digest of a policy without trust is unchanged
 	}{Format: "vigil.policy", Version: p.Version, Mode: p.Mode, Rules: []rule{}}
+	if t := p.Trust; t != nil {
+		doc.Trust = &trust{Mode: t.Mode, Sources: sorted(t.Sources), Allow: sorted(t.Allow), Deny: sorted(t.Deny),
+			Unlinked: t.Unlinked, Anon: t.AnonymousExec, AnonAllow: sorted(t.AnonymousExecAllow), Catalogs: t.CatalogDir}
+	}
 	for _, r := range p.Rules {
 		cr := rule{ID: r.ID, On: sorted(r.On), Action: r.Action, Mode: r.Mode, Match: canonical(&r.Match), Except: []json.RawMessage{}}
 		for i := range r.Except {

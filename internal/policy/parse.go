@@ -243,8 +243,8 @@ var (
 func (p *parser) policy(doc *yaml.Node) *Policy {
 	pol := &Policy{}
 	have := map[string]bool{}
-	var rules *yaml.Node
-	ok := p.fields(doc, "policy", []string{"version", "name", "description", "mode", "lists", "rules"}, func(key string, k, v *yaml.Node) {
+	var rules, trust *yaml.Node
+	ok := p.fields(doc, "policy", []string{"version", "name", "description", "mode", "lists", "rules", "trust"}, func(key string, k, v *yaml.Node) {
 		have[key] = true
 		switch key {
 		case "version":
@@ -262,12 +262,17 @@ func (p *parser) policy(doc *yaml.Node) *Policy {
 			p.defineLists(v)
 		case "rules":
 			rules = v
+		case "trust":
+			trust = v
 		}
 	})
 	if !ok {
 		return nil
 	}
 	p.require(doc, "policy", have, "version", "mode", "rules")
+	if trust != nil { // after lists, which it may name
+		pol.Trust = p.trust(trust)
+	}
 	if rules == nil {
 		return pol
 	}
@@ -285,6 +290,45 @@ func (p *parser) policy(doc *yaml.Node) *Policy {
 		}
 	}
 	return pol
+}
+
+// trust parses the trust block (execution control).
+func (p *parser) trust(n *yaml.Node) *Trust {
+	t := &Trust{Unlinked: "hash", AnonymousExec: "allow", Sources: []string{}}
+	have := map[string]bool{}
+	keys := []string{"mode", "sources", "allow_sha256", "deny_sha256", "unlinked", "anonymous_exec",
+		"anonymous_exec_allow", "catalog_dir"}
+	if !p.fields(n, "trust", keys, func(key string, k, v *yaml.Node) {
+		have[key] = true
+		switch key {
+		case "mode":
+			t.Mode = enum(p, v, "trust.mode", []TrustMode{TrustMonitor, TrustLockdown})
+		case "sources":
+			t.Sources = p.strings(v, "trust.sources", oneOf("a trust source", TrustSources))
+		case "allow_sha256":
+			t.Allow = p.strings(v, "trust.allow_sha256", sha256Hex)
+		case "deny_sha256":
+			t.Deny = p.strings(v, "trust.deny_sha256", sha256Hex)
+		case "unlinked":
+			t.Unlinked = string(enum(p, v, "trust.unlinked", []string{"hash", "deny"}))
+		case "anonymous_exec":
+			t.AnonymousExec = string(enum(p, v, "trust.anonymous_exec", []string{"allow", "deny"}))
+		case "anonymous_exec_allow":
+			t.AnonymousExecAllow = p.strings(v, "trust.anonymous_exec_allow", exactPath)
+		case "catalog_dir":
+			if d := p.str(v, "trust.catalog_dir"); d != "" {
+				if norm, problem := checkPath(d, false); problem != "" {
+					p.errorf(v, "trust.catalog_dir: %s", problem)
+				} else {
+					t.CatalogDir = norm
+				}
+			}
+		}
+	}) {
+		return nil
+	}
+	p.require(n, "trust", have, "mode")
+	return t
 }
 
 func (p *parser) defineLists(n *yaml.Node) {

@@ -37,7 +37,7 @@ func TestParseErrors(t *testing.T) {
 
 		// The policy.
 		{"unknown key", head + "rules: []\nrule: []\n", []string{
-			`4:1: policy: unknown key "rule" (want version, name, description, mode, lists, rules)`}},
+			`4:1: policy: unknown key "rule" (want version, name, description, mode, lists, rules, trust)`}},
 		{"missing keys", "name: x\n", []string{
 			`1:1: policy: missing key "version"`, `1:1: policy: missing key "mode"`, `1:1: policy: missing key "rules"`}},
 		{"version 2", "version: 2\nmode: enforce\nrules: []\n", []string{

@@ -74,8 +74,44 @@ type Policy struct {
 	Description string
 	Mode        Mode // the default of every rule's mode, and the mode of the default verdict
 	Rules       []*Rule
-	digest      string
+	// Trust is execution control; nil: off.
+	Trust  *Trust
+	digest string
 }
+
+// Trust is a policy's execution control: which code may run or be mapped
+// executable, decided by content (SHA-256) on every code-loading path.
+// Precedence (docs/trust.md): a digest in Deny, or denied in the trust
+// database, is refused first; then Allow and the enabled trust sources
+// trust a digest; anything else is unknown, which lockdown refuses and
+// monitor records.
+type Trust struct {
+	Mode    TrustMode
+	Sources []string // trust sources that count: dpkg, database, catalogs
+	Allow   []string // digests this policy trusts (lower-case hex)
+	Deny    []string // digests this policy refuses, whatever else trusts them
+	// Unlinked decides files without a name (memfd, deleted, O_TMPFILE):
+	// "hash" by content like any file, "deny" always refused.
+	Unlinked string
+	// AnonymousExec decides anonymous memory made executable: "allow", or
+	// "deny" except in the executables of AnonymousExecAllow (JITs).
+	AnonymousExec      string
+	AnonymousExecAllow []string
+	// CatalogDir holds signed catalogs (vigil catalog sign) the agent adds
+	// to its trust database at start and when they change; "" none.
+	CatalogDir string
+}
+
+// TrustMode is execution control's mode.
+type TrustMode string
+
+const (
+	TrustMonitor  TrustMode = "monitor"  // unknown code runs and is recorded
+	TrustLockdown TrustMode = "lockdown" // unknown code is refused
+)
+
+// TrustSources are the trust sources a policy can enable.
+var TrustSources = []string{"dpkg", "database", "catalogs"}
 
 // Rule is one rule of a policy.
 type Rule struct {

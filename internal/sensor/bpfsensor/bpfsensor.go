@@ -330,7 +330,11 @@ func (s *Sensor) track(ev *vigilv1.Event) {
 		if before, ok := s.cache.Lookup(p.Pid); ok {
 			d.Exec.CallerExe = before.Exe
 		}
-		s.cache.Exec(p.Pid, p.Ppid, p.StartTimeNs, p.Exe)
+		// Decisions made before the exec (refused ones, execution
+		// control's) are not the exec: sched_process_exec reports that.
+		if !ev.GetVerdict().GetRefused() && ev.Trust == nil {
+			s.cache.Exec(p.Pid, p.Ppid, p.StartTimeNs, p.Exe)
+		}
 	case *vigilv1.Event_Fork:
 		s.cache.Fork(p.Pid, d.Fork.ChildPid, 0)
 	}

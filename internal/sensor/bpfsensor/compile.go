@@ -353,6 +353,10 @@ func (c *compiler) set(vals []string, kind setKind) (uint64, error) {
 // Enforce implements sensor.Enforcer: compile p for this machine and
 // apply it.
 func (s *Sensor) Enforce(p *policy.Policy) ([]string, error) {
+	if p == nil {
+		s.userPolicy.Store(nil)
+		return nil, s.ApplyPolicy(nil)
+	}
 	kp, warnings, err := Compile(p, OSResolver{})
 	var ws []string
 	for _, w := range warnings {

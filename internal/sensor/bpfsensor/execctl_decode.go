@@ -66,6 +66,10 @@ func xcDecode(h *sensorEventHdr, ev *vigilv1.Event) {
 	}
 	ev.Trust, ev.Verdict = t, v
 	switch d := ev.Detail.(type) {
+	case *vigilv1.Event_Exec:
+		// Decided before the exec: the process still runs its caller's
+		// image (filled in from the process cache).
+		ev.Process.Exe = ""
 	case *vigilv1.Event_ImageLoad:
 		d.ImageLoad.Prot, d.ImageLoad.Flags = h.Aux, 0
 	case *vigilv1.Event_MemExec:
