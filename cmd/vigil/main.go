@@ -17,6 +17,7 @@ import (
 	"github.com/vigil-hips/vigil/internal/probe"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/sensor/bpfsensor"
+	"github.com/vigil-hips/vigil/internal/tamper"
 )
 
 // version is set at link time: -ldflags "-X main.version=v1.2.3".
@@ -34,6 +35,9 @@ func main() {
 				FanotifyMarks: cfg.FanotifyMarks,
 				Logger:        logger,
 			})
+		},
+		NewGuard: func(c agent.GuardConfig, logger *slog.Logger) (agent.Guard, error) {
+			return tamper.Start(ctx, tamper.Config{AgentPID: c.AgentPID, Files: c.Files, Dirs: c.Dirs, Logger: logger})
 		},
 		Kernel: func() agent.Kernel {
 			r := probe.Run()

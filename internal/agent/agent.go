@@ -62,6 +62,9 @@ type Deps struct {
 	// Integrity reads the kernel's state for the integrity watch.
 	// Optional: the real kernel, the agent's own BPF objects marked.
 	Integrity func() *integrity.State
+	// NewGuard starts tamper protection. Optional: nil, the agent does
+	// not protect itself.
+	NewGuard func(GuardConfig) (Guard, error)
 }
 
 // Run runs the agent until ctx is done or the sensor fails. The API socket
@@ -88,6 +91,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		broker:  server.NewBroker(),
 		local:   make(chan *vigilv1.Event, localQueue),
 	}
+	// Stop (the API call) ends the agent like ctx does.
+	ctx, a.stop = context.WithCancel(ctx)
+	defer a.stop()
 	var cleanups []func() error
 	defer func() {
 		for _, c := range slices.Backward(cleanups) {
@@ -164,7 +170,8 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	srv, err := server.New(server.Config{Store: a.store, Broker: a.broker, Status: a.status,
 		ApplyPolicy: a.applyPolicy, BadPolicy: ErrBadPolicy,
 		Pending: trust.PendingHandler(a.xc.db, a.policySources),
-		Approve: trust.ApproveHandler(a.xc.db, a.reloadExecControl)})
+		Approve: trust.ApproveHandler(a.xc.db, a.reloadExecControl),
+		AuthorizePolicy: a.authorizePolicy, StopAgent: a.stopAgent})
 	if err != nil {
 		return err
 	}
@@ -215,6 +222,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	if err := a.startPolicy(); err != nil {
 		return err
 	}
+	unprotect, err := a.startProtection(ctx, deps.NewGuard, s)
+	if err != nil {
+		return err
+	}
+	if unprotect != nil {
+		cleanups = append(cleanups, unprotect)
+	}
 	a.setAttached(true)
 	if err := a.startIntegrity(ctx, svcCtx, &wg, deps.Integrity); err != nil {
 		return err
@@ -251,6 +265,10 @@ type agent struct {
 	broker  *server.Broker
 
 	sensor    atomic.Pointer[sensor.Sensor]
+	prot      atomic.Pointer[protection]
+	stop      context.CancelFunc
+	// adminKeyPath is the admin key in use (set before protection starts).
+	adminKeyPath string
 	policy    policyState
 	xc        *execState // set before the API serves
 	attached  atomic.Bool
@@ -335,6 +353,9 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 				return errors.New("sensor stopped delivering events")
 			}
 			add(ev)
+			if t := a.sensorTamper(ev); t != nil {
+				add(t)
+			}
 		case ev := <-a.local:
 			add(ev)
 		case <-tick.C:
@@ -447,7 +468,7 @@ func (a *agent) status(context.Context) *vigilv1.StatusResponse {
 		StartedAt:       timestamppb.New(a.started),
 		SensorsAttached: a.attached.Load(),
 		KernelRelease:   a.kernel.Release,
-		Features:        a.kernel.Features,
+		Features:        append(slices.Clip(a.kernel.Features), a.protectionFeature()),
 		Counters: &vigilv1.Counters{
 			EventsStored: a.stored.Load(),
 			StoreErrors:  a.storeErrs.Load(),

@@ -21,6 +21,8 @@ const (
 	// DefaultIntegrityInterval is how often the integrity watch checks
 	// the kernel's state.
 	DefaultIntegrityInterval = time.Minute
+	// DefaultAdminKey is the admin public key set at install.
+	DefaultAdminKey = "/etc/vigil/admin.pub"
 )
 
 // maxSocketPath is the longest path a unix socket address holds
@@ -64,6 +66,15 @@ type Config struct {
 	// held in memory.
 	IntegrityBaseline string
 	IntegrityPubKey   string
+	// Protect turns tamper protection on where BPF LSM is active and an
+	// admin key is set (internal/tamper, docs/tamper.md).
+	Protect bool
+	// AdminKeyPath is the admin ed25519 public key that signs stop,
+	// upgrade, unprotect and apply-policy tokens. Empty: DefaultAdminKey
+	// if it exists.
+	AdminKeyPath string
+	// HostIDFile names this host in admin tokens.
+	HostIDFile string
 }
 
 // DefaultConfig returns the default configuration.
@@ -78,6 +89,8 @@ func DefaultConfig() Config {
 		PruneInterval:     DefaultPruneInterval,
 		Backend:           DefaultBackend,
 		IntegrityInterval: DefaultIntegrityInterval,
+		Protect:           true,
+		HostIDFile:        "/etc/machine-id",
 	}
 }
 

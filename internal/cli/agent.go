@@ -43,6 +43,7 @@ and serve the API on the socket. Stops on SIGINT or SIGTERM.`,
 				Kernel:    opts.Kernel,
 				Logger:    logger,
 				Version:   opts.Version,
+				NewGuard:  newGuard(opts, logger),
 			})
 		},
 	}
@@ -60,9 +61,19 @@ and serve the API on the socket. Stops on SIGINT or SIGTERM.`,
 	f.DurationVar(&cfg.IntegrityInterval, "integrity-interval", cfg.IntegrityInterval, "run the kernel integrity checks this often, and after each BPF program load, module load or tracefs control write (0: off)")
 	f.StringVar(&cfg.IntegrityBaseline, "integrity-baseline", "", "compare the kernel with this signed baseline (vigil integrity baseline); default: the state at agent start, held in memory")
 	f.StringVar(&cfg.IntegrityPubKey, "integrity-pubkey", "", "admin public key (ed25519) that verifies --integrity-baseline")
+	f.BoolVar(&cfg.Protect, "protect", cfg.Protect, "protect the agent from root (needs BPF LSM and an admin key; see docs/tamper.md)")
+	f.StringVar(&cfg.AdminKeyPath, "admin-key", "", "admin ed25519 public key that signs stop/apply-policy tokens (default "+agent.DefaultAdminKey+" if present)")
+	f.StringVar(&cfg.HostIDFile, "host-id-file", cfg.HostIDFile, "file naming this host in admin tokens")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd
+}
+
+func newGuard(opts Options, logger *slog.Logger) func(agent.GuardConfig) (agent.Guard, error) {
+	if opts.NewGuard == nil {
+		return nil
+	}
+	return func(c agent.GuardConfig) (agent.Guard, error) { return opts.NewGuard(c, logger) }
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

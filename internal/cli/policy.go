@@ -38,13 +38,16 @@ docs/policy.md.`,
 
 // newPolicyApplyCmd is `vigil policy apply FILE`.
 func newPolicyApplyCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var tokenFile string
+	cmd := &cobra.Command{
 		Use:   "apply FILE",
 		Short: "Make FILE the policy the running agent enforces",
 		Long: `Send FILE to the running agent, which parses, validates and compiles it and
 then swaps it in atomically. A policy that is refused (reported with
 file:line:column) changes nothing: the policy in force stays in force.
-The agent keeps the policy applied and enforces it again after a restart.`,
+The agent keeps the policy applied and enforces it again after a restart.
+A protected agent needs --token: an apply-policy token for this policy
+(vigil admin sign --action apply-policy --policy FILE).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			content, err := os.ReadFile(args[0])
@@ -56,7 +59,13 @@ The agent keeps the policy applied and enforces it again after a restart.`,
 				return err
 			}
 			defer c.Close()
-			resp, err := c.ApplyPolicy(cmd.Context(), &vigilv1.ApplyPolicyRequest{Name: args[0], Content: content})
+			var token []byte
+			if tokenFile != "" {
+				if token, err = os.ReadFile(tokenFile); err != nil {
+					return err
+				}
+			}
+			resp, err := c.ApplyPolicy(cmd.Context(), &vigilv1.ApplyPolicyRequest{Name: args[0], Content: content, Token: token})
 			if err != nil {
 				if st, ok := status.FromError(err); ok && st.Code() == codes.InvalidArgument {
 					return errors.New(st.Message())
@@ -72,6 +81,8 @@ The agent keeps the policy applied and enforces it again after a restart.`,
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&tokenFile, "token", "", "signed admin token file (needed by a protected agent)")
+	return cmd
 }
 
 func newPolicyCheckCmd() *cobra.Command {

@@ -22,6 +22,8 @@ type Options struct {
 	NewSensor func(cfg agent.Config, logger *slog.Logger) (sensor.Sensor, error)
 	// Kernel probes the running kernel for `vigil agent`. Optional.
 	Kernel func() agent.Kernel
+	// NewGuard starts tamper protection for `vigil agent`. Optional.
+	NewGuard func(cfg agent.GuardConfig, logger *slog.Logger) (agent.Guard, error)
 }
 
 // globals are the persistent flags.
@@ -48,6 +50,8 @@ func New(opts Options) *cobra.Command {
 		newVersionCmd(opts, g),
 		newPolicyCmd(g),
 		newTrustCmd(), newKeysCmd(), newCatalogCmd(), newPendingCmd(g), newApproveCmd(g),
+		newStopCmd(g),
+		newAdminCmd(),
 	)
 	return root
 }

@@ -39,6 +39,10 @@ type Config struct {
 	// server refuses ApplyPolicy (Unimplemented).
 	ApplyPolicy func(name string, content []byte) (*vigilv1.PolicyStatus, error)
 	BadPolicy   error
+	// AuthorizePolicy, when set, decides first whether an ApplyPolicy
+	// call may go ahead (a protected agent wants a signed token); its
+	// error carries the gRPC status (PermissionDenied).
+	AuthorizePolicy func(ctx context.Context, req *vigilv1.ApplyPolicyRequest) error
 	// Pending, Approve and StopAgent serve the RPCs of the same names;
 	// nil: Unimplemented. Their errors carry a gRPC status where they
 	// need one other than Internal (status.Error).
@@ -99,6 +103,11 @@ func (s *Server) ApplyPolicy(ctx context.Context, req *vigilv1.ApplyPolicyReques
 	name := req.Name
 	if name == "" {
 		name = "policy"
+	}
+	if s.cfg.AuthorizePolicy != nil {
+		if err := s.cfg.AuthorizePolicy(ctx, req); err != nil {
+			return nil, err
+		}
 	}
 	st, err := s.cfg.ApplyPolicy(name, req.Content)
 	if err != nil {

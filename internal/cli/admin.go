@@ -1,0 +1,131 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigil-hips/vigil/internal/admin"
+	"github.com/vigil-hips/vigil/internal/policy"
+	"github.com/vigil-hips/vigil/internal/sign"
+)
+
+// newAdminCmd is `vigil admin`: admin keys and signed tokens (offline).
+func newAdminCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "admin",
+		Short: "Admin keys and signed admin tokens (offline)",
+	}
+	cmd.AddCommand(newAdminKeygenCmd(), newAdminSignCmd())
+	return cmd
+}
+
+func newAdminKeygenCmd() *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "keygen --out PREFIX",
+		Short: "Make an admin key pair: PREFIX.key (private) and PREFIX.pub",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return errors.New("--out is required")
+			}
+			pub, priv, err := sign.GenerateKey()
+			if err != nil {
+				return err
+			}
+			privPEM, err := sign.MarshalPrivateKey(priv)
+			if err != nil {
+				return err
+			}
+			pubPEM, err := sign.MarshalPublicKey(pub)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(out+".key", privPEM, 0o600); err != nil {
+				return err
+			}
+			if err := os.WriteFile(out+".pub", pubPEM, 0o644); err != nil {
+				return err
+			}
+			id, _ := sign.KeyID(pub)
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s.key and %s.pub (key id %s)\n", out, out, id)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "path prefix of the key files")
+	return cmd
+}
+
+func newAdminSignCmd() *cobra.Command {
+	var keyFile, action, host, hostFile, policyFile, out string
+	ttl := durationFlag(10 * time.Minute)
+	cmd := &cobra.Command{
+		Use:   "sign --key admin.key --action ACTION [--ttl 10m] [--host ID] --out FILE",
+		Short: "Make a signed admin token (stop, apply-policy, unprotect, upgrade) for one host",
+		Long: `Make a token the agent on one host accepts once, until it expires: a DSSE
+envelope signed by the admin key, naming the action, the host
+(/etc/machine-id there), the expiry and a random nonce. An apply-policy
+token also names the policy's digest (--policy FILE).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if keyFile == "" || out == "" {
+				return errors.New("--key and --out are required")
+			}
+			a := admin.Action(action)
+			if !a.Valid() {
+				return fmt.Errorf("--action %q: want stop, apply-policy, unprotect or upgrade", action)
+			}
+			d := ttl.get()
+			if d <= 0 || d > admin.MaxTTL {
+				return fmt.Errorf("--ttl %s: want more than 0 and at most %s", d, admin.MaxTTL)
+			}
+			if host == "" {
+				id, err := admin.HostID(hostFile)
+				if err != nil {
+					return fmt.Errorf("%w (or give --host)", err)
+				}
+				host = id
+			}
+			c := admin.Claims{Action: a, Host: host, Expires: time.Now().Add(d).UTC()}
+			if a == admin.ActionApplyPolicy {
+				if policyFile == "" {
+					return errors.New("--action apply-policy needs --policy FILE: the token names that policy")
+				}
+				p, err := policy.Load(policyFile)
+				if err != nil {
+					return err
+				}
+				c.PolicyDigest = p.Digest()
+			}
+			priv, err := sign.LoadPrivateKey(keyFile)
+			if err != nil {
+				return err
+			}
+			if c.Nonce, err = admin.NewNonce(); err != nil {
+				return err
+			}
+			tok, err := admin.Sign(cmd.Context(), priv, c)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(out, tok, 0o600); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %s token for host %s, expires %s\n", out, a, host, c.Expires.Format(time.RFC3339))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&keyFile, "key", "", "admin private key")
+	f.StringVar(&action, "action", "", "stop, apply-policy, unprotect or upgrade")
+	f.Var(ttl, "ttl", "how long the token is valid (at most 24h)")
+	f.StringVar(&host, "host", "", "host id the token is for (default: this host's)")
+	f.StringVar(&hostFile, "host-id-file", admin.DefaultHostIDFile, "where to read this host's id when --host is not given")
+	f.StringVar(&policyFile, "policy", "", "apply-policy: the policy file the token allows")
+	f.StringVar(&out, "out", "", "token file to write")
+	return cmd
+}
