@@ -184,7 +184,7 @@ func TestRunStoresEverythingAndFlushesOnStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.GetVersion() != "test" || st.GetKernelRelease() != "6.18.0-test" || st.GetBackend() != "tracepoint" ||
-		len(st.GetHooks()) != 1 || len(st.GetFeatures()) != 1 || st.GetAgentPid() != uint32(os.Getpid()) {
+		len(st.GetHooks()) != 1 || len(st.GetFeatures()) != 2 || st.GetAgentPid() != uint32(os.Getpid()) {
 		t.Fatalf("status = %v", st)
 	}
 

@@ -192,7 +192,7 @@ func TestAgentAndCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !st.GetSensorsAttached() || st.GetBackend() != "tracepoint" || st.GetAgentPid() != uint32(os.Getpid()) ||
-		st.GetVersion() != "test" || len(st.GetFeatures()) != 2 {
+		st.GetVersion() != "test" || len(st.GetFeatures()) != 3 { // the kernel's two and tamper_protection
 		t.Fatalf("status -o json: %v", &st)
 	}
 
