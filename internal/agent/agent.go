@@ -265,10 +265,6 @@ type agent struct {
 	broker  *server.Broker
 
 	sensor    atomic.Pointer[sensor.Sensor]
-	prot      atomic.Pointer[protection]
-	stop      context.CancelFunc
-	// adminKeyPath is the admin key in use (set before protection starts).
-	adminKeyPath string
 	policy    policyState
 	xc        *execState // set before the API serves
 	attached  atomic.Bool
@@ -284,6 +280,11 @@ type agent struct {
 	lastLost  uint64 // pipeline goroutine only
 	storeBad  bool   // pipeline goroutine only: the last append failed
 	jsonlBad  bool   // pipeline goroutine only: the last write failed
+
+	// Tamper protection and administration (tamper.go).
+	prot         atomic.Pointer[protection]
+	stop         context.CancelFunc // ends Run, for the Stop call
+	adminKeyPath string             // the admin key in use
 }
 
 func (a *agent) setAttached(v bool) {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/agent"
 )
 
 const (
@@ -131,6 +132,11 @@ func printStatus(w io.Writer, st *vigilv1.StatusResponse, socket string, now tim
 	row("Version:", "%s", orDash(st.GetVersion()))
 	row("Kernel:", "%s", orDash(st.GetKernelRelease()))
 	row("Backend:", "%s", orDash(st.GetBackend()))
+	for _, f := range st.GetFeatures() {
+		if f.GetName() == agent.FeatureTamperProtection {
+			row("Protection:", "%s", f.GetDetail())
+		}
+	}
 	if st.GetSensorsAttached() {
 		row("Sensors:", "attached, %d hooks", len(st.GetHooks()))
 	} else {

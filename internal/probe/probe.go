@@ -218,8 +218,10 @@ func guarantees(r Report) []*vigilv1.Guarantee {
 	pick("kernel tampering (bpf, modules, kexec, /dev/mem)", "lsm/bpf, lsm/kernel_read_file, lsm/kernel_load_data, lsm/file_open deny", seen)
 	pick("protected files (persistence paths)", "lsm/file_open and lsm/path_* deny writes, creates, renames, unlinks, chmod, chown",
 		&vigilv1.Guarantee{Level: NotProvided, Why: noLSM + "; fanotify permission events do not tell an open for write from a read, so file changes are neither blocked nor reported here"})
-	// Not built yet, whatever the kernel offers: say so.
-	g = append(g, &vigilv1.Guarantee{Control: "tamper protection of the agent", Level: NotProvided,
-		Why: "not implemented yet: root can stop the agent, detach its programs and change its maps"})
+	// Tamper protection: refused in the kernel with BPF LSM (and an admin
+	// key, without which nothing could stop the agent); otherwise
+	// degraded to detection of what the sensors see aimed at the agent.
+	pick("tamper protection of the agent", "lsm/task_kill, ptrace_access_check, file_open, file_permission, path_*, sb_mount, move_mount, task_set*, bpf, bpf_map and bpf_prog refuse, to all but the agent, signals, tracing, writes to its files and cgroup and access to its BPF objects (with an admin key set: --admin-key)",
+		when(sysTP, ObserveOnly, noLSM+": protection is degraded to detection; ptrace, process_vm_writev and /proc/PID/mem aimed at the agent are reported as tamper events; signals, file changes and BPF object access are neither refused nor seen"))
 	return g
 }

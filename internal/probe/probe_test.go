@@ -37,13 +37,13 @@ func TestGuarantees(t *testing.T) {
 		why     string
 	}{
 		{"lsm exec", report(true, all...), "exec control", SyncBlock, "lsm/bprm_check_security"},
-		{"lsm tamper", report(true), "tamper protection", NotProvided, "not implemented yet"},
+		{"lsm tamper", report(true), "tamper protection", SyncBlock, "lsm/task_kill"},
 		{"fanotify exec", report(false, all...), "exec control", SyncBlock, "FAN_OPEN_EXEC_PERM"},
 		{"kill exec", report(false, FeatureSendSignal, FeatureTPBTF), "exec control", KillAfterExec, "bpf_send_signal"},
 		{"nothing exec", report(false), "exec control", ObserveOnly, "no fallback"},
 		{"no lsm mmap", report(false, all...), "executable mappings", ObserveOnly, "recorded, not stopped"},
 		{"no lsm inject", report(false, all...), "code injection", ObserveOnly, "recorded, not stopped"},
-		{"no lsm tamper", report(false, all...), "tamper protection", NotProvided, "root can stop"},
+		{"no lsm tamper", report(false, all...), "tamper protection", ObserveOnly, "degraded to detection"},
 		{"no lsm files", report(false, all...), "protected files", NotProvided, "do not tell an open for write from a read"},
 	} {
 		g := level(t, tc.r, tc.control)
