@@ -1,14 +1,28 @@
 package integrity
 
 import (
+	"maps"
 	"sync"
 
 	"github.com/vigil-hips/vigil/internal/sensor/bpfsensor"
+	"github.com/vigil-hips/vigil/internal/tamper"
 )
 
 // ownPrograms are Vigil's BPF programs (name -> type), from the sensor's
-// embedded object: there is no second list to keep in step.
-var ownPrograms = sync.OnceValues(bpfsensor.OwnPrograms)
+// and the tamper object's embedded objects: there is no second list to
+// keep in step.
+var ownPrograms = sync.OnceValues(func() (map[string]string, error) {
+	own, err := bpfsensor.OwnPrograms()
+	if err != nil {
+		return nil, err
+	}
+	t, err := tamper.OwnPrograms()
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(own, t)
+	return own, nil
+})
 
 // kernelNameLen is BPF_OBJ_NAME_LEN-1: the kernel keeps 15 bytes of a
 // program's name.

@@ -403,3 +403,18 @@ func bootToWall() time.Duration {
 	}
 	return time.Duration(time.Now().UnixNano() - ts.Nano())
 }
+
+// OwnPrograms returns the tamper object's BPF programs, read from the
+// embedded object: name -> program type (as cilium/ebpf names it), like
+// bpfsensor.OwnPrograms.
+func OwnPrograms() (map[string]string, error) {
+	spec, err := loadTamperobj()
+	if err != nil {
+		return nil, err
+	}
+	own := make(map[string]string, len(spec.Programs))
+	for name, p := range spec.Programs {
+		own[name] = p.Type.String()
+	}
+	return own, nil
+}
