@@ -13,50 +13,13 @@ import (
 	"github.com/vigil-hips/vigil/internal/sign"
 )
 
-// newAdminCmd is `vigil admin`: admin keys and signed tokens (offline).
+// newAdminCmd is `vigil admin`: signed admin tokens (offline).
 func newAdminCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "admin",
-		Short: "Admin keys and signed admin tokens (offline)",
+		Short: "Signed admin tokens (offline; keys come from `vigil keys generate`)",
 	}
-	cmd.AddCommand(newAdminKeygenCmd(), newAdminSignCmd())
-	return cmd
-}
-
-func newAdminKeygenCmd() *cobra.Command {
-	var out string
-	cmd := &cobra.Command{
-		Use:   "keygen --out PREFIX",
-		Short: "Make an admin key pair: PREFIX.key (private) and PREFIX.pub",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if out == "" {
-				return errors.New("--out is required")
-			}
-			pub, priv, err := sign.GenerateKey()
-			if err != nil {
-				return err
-			}
-			privPEM, err := sign.MarshalPrivateKey(priv)
-			if err != nil {
-				return err
-			}
-			pubPEM, err := sign.MarshalPublicKey(pub)
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(out+".key", privPEM, 0o600); err != nil {
-				return err
-			}
-			if err := os.WriteFile(out+".pub", pubPEM, 0o644); err != nil {
-				return err
-			}
-			id, _ := sign.KeyID(pub)
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s.key and %s.pub (key id %s)\n", out, out, id)
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&out, "out", "", "path prefix of the key files")
+	cmd.AddCommand(newAdminSignCmd())
 	return cmd
 }
 

@@ -60,8 +60,8 @@ func newTamperEnv(t *testing.T) *tamperEnv {
 		}
 		t.Cleanup(func() { os.Remove("/etc/machine-id") })
 	}
-	if out, err := exec.Command(vigilBin(t), "admin", "keygen", "--out", filepath.Join(dir, "admin")).CombinedOutput(); err != nil {
-		t.Fatalf("vigil admin keygen: %v\n%s", err, out)
+	if out, err := exec.Command(vigilBin(t), "keys", "generate", "--out", filepath.Join(dir, "admin")).CombinedOutput(); err != nil {
+		t.Fatalf("vigil keys generate: %v\n%s", err, out)
 	}
 	e.key, e.pub = filepath.Join(dir, "admin.key"), filepath.Join(dir, "admin.pub")
 	return e
