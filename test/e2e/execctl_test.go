@@ -252,3 +252,83 @@ func TestLockdownPolicy(t *testing.T) {
 		t.Fatalf("monitor: dlopen of unknown code not recorded as unknown and allowed: %v", seen)
 	}
 }
+
+// TestExecControlFanotify: without BPF LSM (the tracepoint backend; the
+// host), lockdown decides execs on a fanotify-marked test tmpfs by content
+// with the same verdicts as the kernel path: approved code runs, a copy
+// runs, new code is refused until approved, a modified or renamed-over
+// file is refused. Nothing outside the test tmpfs is marked.
+func TestExecControlFanotify(t *testing.T) {
+	testutil.RequireRoot(t)
+	mnt := testTmpfs(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, stderr, code := vigilRun(t, "trust", "scan", "--db", filepath.Join(state, "trust.db"), exe); code != 0 {
+		t.Fatalf("vigil trust scan: exit %d\n%s%s", code, out, stderr)
+	}
+	src, err := os.ReadFile(lockdownPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := filepath.Join(dir, "lockdown.yaml")
+	os.WriteFile(pol, []byte(strings.Replace(string(src), "/etc/vigil/catalogs", filepath.Join(dir, "no-catalogs"), 1)), 0o644)
+	a := startAgent(t, "--backend", "tracepoint", "--fanotify-mark", mnt, "--policy", pol, "--state-dir", state)
+
+	approved, _ := variant(t, exe, filepath.Join(mnt, "approved"))
+	if err := testworkload.Noop(approved); err != nil {
+		t.Fatalf("exec of a copy of approved code: %v\nagent log:\n%s", err, a.log)
+	}
+	fresh, freshSHA := variant(t, exe, filepath.Join(mnt, "fresh"), 1)
+	if err := testworkload.Noop(fresh); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("exec of new code: %v, want EPERM", err)
+	}
+	if err := within(10*time.Second, func() error {
+		if out, err := a.vigil("pending", "-o", "json"); err != nil || !strings.Contains(string(out), freshSHA) {
+			return errors.New("not listed")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("vigil pending does not list %s", freshSHA)
+	}
+	if out, err := a.vigil("approve", "--sha256", freshSHA); err != nil {
+		t.Fatalf("vigil approve: %v\n%s", err, out)
+	}
+	if err := testworkload.Noop(fresh); err != nil {
+		t.Fatalf("exec after approval: %v", err)
+	}
+	f, _ := os.OpenFile(approved, os.O_WRONLY|os.O_APPEND, 0)
+	f.Write([]byte{9}) // not 1: exe+1 is fresh, approved above
+	f.Close()
+	if err := testworkload.Noop(approved); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("exec after appending a byte: %v, want EPERM", err)
+	}
+	impostor, _ := variant(t, exe, filepath.Join(mnt, "impostor"), 2)
+	if err := os.Rename(impostor, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if err := testworkload.Noop(fresh); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("exec of new code renamed over approved code: %v, want EPERM", err)
+	}
+	// Outside the marked filesystem nothing is decided (the host is not armed).
+	outside, _ := variant(t, exe, filepath.Join(dir, "outside"), 3)
+	if err := testworkload.Noop(outside); err != nil {
+		t.Fatalf("exec outside the marked tmpfs: %v", err)
+	}
+	var ev *vigilv1.Event
+	within(10*time.Second, func() error {
+		for _, e := range a.events("--kind", "exec") {
+			if e.GetTrust() != nil && e.GetExec().GetFile().GetPath() == fresh && e.GetVerdict().GetRefused() {
+				ev = e
+				return nil
+			}
+		}
+		return errors.New("not yet")
+	})
+	if ev == nil || ev.GetVerdict().GetDecidedBy() != "fanotify" || ev.GetTrust().GetMode() != "lockdown" {
+		t.Fatalf("no refused exec event decided by fanotify with its digest: %v", ev)
+	}
+}
