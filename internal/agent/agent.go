@@ -169,8 +169,8 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	a.metrics.CollectRuleHits(a.ruleHits)
 	srv, err := server.New(server.Config{Store: a.store, Broker: a.broker, Status: a.status,
 		ApplyPolicy: a.applyPolicy, BadPolicy: ErrBadPolicy,
-		Pending: trust.PendingHandler(a.xc.db, a.policySources),
-		Approve: trust.ApproveHandler(a.xc.db, a.reloadExecControl),
+		Pending:         trust.PendingHandler(a.xc.db, a.policySources),
+		Approve:         trust.ApproveHandler(a.xc.db, a.reloadExecControl),
 		AuthorizePolicy: a.authorizePolicy, StopAgent: a.stopAgent})
 	if err != nil {
 		return err

@@ -50,9 +50,10 @@ type Config struct {
 	// RingBufBytes is the kernel ring buffer size: 0 for the sensor's
 	// default, else a power of two and a multiple of the page size.
 	RingBufBytes int
-	// PolicyPath is a policy file to enforce from the start. Empty: the
-	// last policy applied (kept in StateDir), if any.
-	PolicyPath string
+	// PolicyPaths are policy files to enforce from the start, merged in
+	// order (policy.Merge). Empty: the last policy applied (kept in
+	// StateDir), if any.
+	PolicyPaths []string
 	// FanotifyMarks are paths whose filesystems get exec control by
 	// fanotify when BPF LSM is not available.
 	FanotifyMarks []string

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,14 +37,38 @@ type policyState struct {
 	warnings  []string
 }
 
-// applyPolicy parses content, has the sensor enforce it and, once it is in
-// force, keeps it in the state directory. Any failure leaves the policy in
-// force unchanged.
+// policyPart is one policy file: its name (for error positions) and
+// content.
+type policyPart struct {
+	name    string
+	content []byte
+}
+
+// applyPolicy makes one policy file the policy in force (ApplyPolicy RPC).
 func (a *agent) applyPolicy(name string, content []byte) (*vigilv1.PolicyStatus, error) {
-	p, err := policy.Parse(name, content)
-	if err != nil {
-		return nil, fmt.Errorf("%w:\n%w", ErrBadPolicy, err)
+	return a.applyPolicyParts([]policyPart{{name, content}})
+}
+
+// applyPolicyParts parses the parts, merges them, has the sensor enforce
+// the result and, once it is in force, keeps the parts in the state
+// directory. Any failure leaves the policy in force unchanged.
+func (a *agent) applyPolicyParts(parts []policyPart) (*vigilv1.PolicyStatus, error) {
+	var (
+		names []string
+		ps    []*policy.Policy
+	)
+	for _, pt := range parts {
+		p, err := policy.Parse(pt.name, pt.content)
+		if err != nil {
+			return nil, fmt.Errorf("%w:\n%w", ErrBadPolicy, err)
+		}
+		names, ps = append(names, pt.name), append(ps, p)
 	}
+	p, err := policy.Merge(names, ps)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadPolicy, err)
+	}
+	name := strings.Join(names, " + ")
 	ptr := a.sensor.Load()
 	if ptr == nil {
 		return nil, errors.New("the sensors are not attached yet")
@@ -72,16 +97,33 @@ func (a *agent) applyPolicy(name string, content []byte) (*vigilv1.PolicyStatus,
 		a.log.Warn("policy applied in part", "policy", name, "warning", w)
 	}
 	a.log.Info("policy applied", "policy", name, "digest", p.Digest(), "rules", len(p.Rules), "mode", p.Mode)
-	if err := a.keepPolicy(name, content); err != nil {
+	if err := a.keepPolicy(parts); err != nil {
 		a.log.Error("policy in force but not kept for restarts", "err", err)
 	}
 	return a.policyStatusLocked(enf), nil
 }
 
-// keepPolicy writes the policy in force to the state directory,
-// atomically (write, sync, rename).
-func (a *agent) keepPolicy(name string, content []byte) error {
-	for file, data := range map[string][]byte{policyFile: content, policyNameFile: []byte(name)} {
+// keptPart is the state directory file of part i: policy.yaml, then
+// policy.1.yaml, policy.2.yaml, ...
+func keptPart(i int) string {
+	if i == 0 {
+		return policyFile
+	}
+	return fmt.Sprintf("policy.%d.yaml", i)
+}
+
+// keepPolicy writes the parts of the policy in force to the state
+// directory, each atomically (write, sync, rename); policy.name lists
+// their names, one a line.
+func (a *agent) keepPolicy(parts []policyPart) error {
+	var names []string
+	files := map[string][]byte{}
+	for i, pt := range parts {
+		names = append(names, pt.name)
+		files[keptPart(i)] = pt.content
+	}
+	files[policyNameFile] = []byte(strings.Join(names, "\n"))
+	for file, data := range files {
 		tmp, err := os.CreateTemp(a.cfg.StateDir, file+".*")
 		if err != nil {
 			return err
@@ -98,29 +140,52 @@ func (a *agent) keepPolicy(name string, content []byte) error {
 			return err
 		}
 	}
+	for i := len(parts); ; i++ {
+		if err := os.Remove(filepath.Join(a.cfg.StateDir, keptPart(i))); err != nil {
+			break
+		}
+	}
 	return nil
 }
 
-// startPolicy applies the policy the agent starts with: the --policy file,
-// else the one kept in the state directory, else none.
+// startPolicy applies the policy the agent starts with: the --policy
+// files, else the one kept in the state directory, else none.
 func (a *agent) startPolicy() error {
-	path := a.cfg.PolicyPath
-	name := path
-	if path == "" {
-		path = filepath.Join(a.cfg.StateDir, policyFile)
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+	var parts []policyPart
+	if len(a.cfg.PolicyPaths) > 0 {
+		for _, path := range a.cfg.PolicyPaths {
+			content, err := os.ReadFile(path)
+			if err != nil {
+				return fmt.Errorf("policy: %w", err)
+			}
+			parts = append(parts, policyPart{path, content})
+		}
+	} else {
+		first := filepath.Join(a.cfg.StateDir, policyFile)
+		if _, err := os.Stat(first); errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
-		name = path
+		var names []string
 		if b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, policyNameFile)); err == nil {
-			name = string(b)
+			names = strings.Split(string(b), "\n")
+		}
+		for i := 0; ; i++ {
+			path := filepath.Join(a.cfg.StateDir, keptPart(i))
+			content, err := os.ReadFile(path)
+			if errors.Is(err, os.ErrNotExist) && i > 0 {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("policy: %w", err)
+			}
+			name := path
+			if i < len(names) && names[i] != "" {
+				name = names[i]
+			}
+			parts = append(parts, policyPart{name, content})
 		}
 	}
-	content, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("policy: %w", err)
-	}
-	if _, err := a.applyPolicy(name, content); err != nil {
+	if _, err := a.applyPolicyParts(parts); err != nil {
 		return err
 	}
 	return nil

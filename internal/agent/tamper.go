@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -130,7 +131,7 @@ func (a *agent) startProtection(ctx context.Context, newGuard func(GuardConfig) 
 		exe = r
 	}
 	files := []string{exe, a.adminKeyPath, a.cfg.Socket}
-	for _, f := range []string{a.cfg.PolicyPath, a.cfg.JSONLPath} {
+	for _, f := range append(slices.Clone(a.cfg.PolicyPaths), a.cfg.JSONLPath) {
 		if f != "" {
 			files = append(files, f)
 		}

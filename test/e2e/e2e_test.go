@@ -74,7 +74,12 @@ type agent struct {
 	bin    string
 	socket string
 	log    *bytes.Buffer
+	stopFn func()
 }
+
+// stop stops the agent (SIGTERM) and waits for it; the test's cleanup
+// does the same for an agent still running.
+func (a *agent) stop(t *testing.T) { a.stopFn() }
 
 func startAgent(t *testing.T, extra ...string) *agent {
 	t.Helper()
@@ -96,7 +101,7 @@ func startAgent(t *testing.T, extra ...string) *agent {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
+	a.stopFn = sync.OnceFunc(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -109,6 +114,7 @@ func startAgent(t *testing.T, extra ...string) *agent {
 			t.Logf("agent log:\n%s", a.log)
 		}
 	})
+	t.Cleanup(a.stopFn)
 	if out, err := a.vigil("status", "--wait", "60s"); err != nil {
 		t.Fatalf("agent did not come up: %v\n%s\nagent log:\n%s", err, out, a.log)
 	}

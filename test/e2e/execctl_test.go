@@ -332,3 +332,43 @@ func TestExecControlFanotify(t *testing.T) {
 		t.Fatalf("no refused exec event decided by fanotify with its digest: %v", ev)
 	}
 }
+
+// TestAgentMergesPolicies: `--policy A --policy B` enforces A's rules then
+// B's, with B's trust block; a restarted agent without --policy enforces
+// the same merged policy (same digest) from its state directory.
+func TestAgentMergesPolicies(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	src, err := os.ReadFile(lockdownPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Monitor and no fanotify marks: nothing is refused on this machine.
+	mon := filepath.Join(dir, "lockdown-monitor.yaml")
+	os.WriteFile(mon, []byte(strings.Replace(strings.Replace(string(src), "/etc/vigil/catalogs", filepath.Join(dir, "none"), 1),
+		"  mode: lockdown", "  mode: monitor", 1)), 0o644)
+	state := filepath.Join(dir, "state")
+	a := startAgent(t, "--backend", "tracepoint", "--policy", baselinePolicy, "--policy", mon, "--state-dir", state)
+	st := a.status().GetPolicy()
+	base, err := os.ReadFile(baselinePolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nrules := strings.Count(string(base), "\n  - id: ")
+	if st.GetName() != "baseline+lockdown" || len(st.GetRules()) != nrules || nrules == 0 {
+		t.Fatalf("merged policy: name %q, %d rules (want baseline+lockdown, %d)", st.GetName(), len(st.GetRules()), nrules)
+	}
+	digest := st.GetDigest()
+	a.stop(t)
+
+	b := startAgent(t, "--backend", "tracepoint", "--state-dir", state)
+	if got := b.status().GetPolicy(); got.GetDigest() != digest || got.GetName() != "baseline+lockdown" {
+		t.Fatalf("restarted agent: policy %q %s, want the merged one %s", got.GetName(), got.GetDigest(), digest)
+	}
+	// Two trust blocks cannot be merged: refused with both names.
+	out, err := exec.Command(vigilBin(t), "agent", "--backend", "tracepoint", "--state-dir", filepath.Join(dir, "s2"),
+		"--socket", filepath.Join(dir, "s2.sock"), "--policy", mon, "--policy", mon).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "trust block") {
+		t.Fatalf("two trust blocks: %v\n%s", err, out)
+	}
+}
