@@ -6,11 +6,13 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -35,6 +37,8 @@ const (
 	// again after this many intervals, or at once when the modules change
 	// or a module_load event comes.
 	kallsymsIntervals = 10
+	// integrityNice is the niceness a collection runs at.
+	integrityNice = 10
 )
 
 // Integrity event triggers (vigilv1.Integrity.trigger): "start",
@@ -179,7 +183,14 @@ func (w *integrityWatch) run(ctx context.Context) {
 // waiting for it (it can take seconds on a slow machine).
 func (w *integrityWatch) check(ctx context.Context, trigger string) {
 	res := make(chan *integrity.State, 1)
-	go func() { res <- w.collect() }()
+	go func() {
+		// The collection runs on a thread of its own at a low priority,
+		// so it gives way to the machine's work; the thread is never
+		// unlocked, so it ends with the goroutine, its priority with it.
+		runtime.LockOSThread()
+		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), integrityNice)
+		res <- w.collect()
+	}()
 	var cur *integrity.State
 	select {
 	case cur = <-res:
