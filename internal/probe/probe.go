@@ -210,6 +210,9 @@ func guarantees(r Report) []*vigilv1.Guarantee {
 	pick("exec control", "lsm/bprm_check_security denies before the new program runs",
 		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_EXEC_PERM denies execve on the filesystems given with --fanotify-mark (not mmap, not memfd); elsewhere the new image is killed before it runs user code"),
 		when(kill, KillAfterExec, noLSM+" and no fanotify; bpf_send_signal from sched_process_exec kills the new image before it runs user code"))
+	pick("execution control by content (trust: lockdown)", "lsm.s/bprm_check_security and lsm.s/mmap_file decide every exec and executable mapping by SHA-256 (hashed in the kernel by IMA on first sight, then an inode verdict cache dropped on write); lsm/file_mprotect decides from the cache",
+		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_EXEC_PERM decides execve by content on the filesystems given with --fanotify-mark only (hashed by the agent); shared libraries, ld.so ./prog, memfd and mmap are not decided"),
+		&vigilv1.Guarantee{Level: NotProvided, Why: noLSM + " and no --fanotify-mark: unknown code is neither refused nor recorded"})
 	// Without LSM these are seen at syscall entry and recorded; Vigil does
 	// not kill for them (the syscall would have run by then anyway).
 	seen := when(sysTP, ObserveOnly, noLSM+"; seen at syscall entry and recorded, not stopped")
