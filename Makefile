@@ -64,7 +64,7 @@ clean:
 # The VM suite: these packages run in qemu on each kernel, with bin/vigil
 # in the image for the end-to-end tests, and the dynamic loader, libc and a
 # dynamically linked program for the direct-loader test.
-VM_PKGS := ./tools/vmtest/vmcheck/... ./internal/sensor/bpfsensor/... ./test/e2e/...
+VM_PKGS := ./tools/vmtest/vmcheck/... ./internal/sensor/bpfsensor/... ./internal/tamper/... ./test/e2e/...
 VM_LIBDIR := /lib/x86_64-linux-gnu
 VMTEST_INCLUDE := bin/vigil:/usr/bin/vigil \
 	/lib64/ld-linux-x86-64.so.2:/lib64/ld-linux-x86-64.so.2 \

@@ -37,7 +37,8 @@ func main() {
 			})
 		},
 		NewGuard: func(c agent.GuardConfig, logger *slog.Logger) (agent.Guard, error) {
-			return tamper.Start(ctx, tamper.Config{AgentPID: c.AgentPID, Files: c.Files, Dirs: c.Dirs, Logger: logger})
+			return tamper.Start(ctx, tamper.Config{AgentPID: c.AgentPID, Files: c.Files, Dirs: c.Dirs,
+				PinDir: tamper.DefaultPinDir, Logger: logger})
 		},
 		Kernel: func() agent.Kernel {
 			r := probe.Run()

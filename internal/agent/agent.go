@@ -282,9 +282,10 @@ type agent struct {
 	jsonlBad  bool   // pipeline goroutine only: the last write failed
 
 	// Tamper protection and administration (tamper.go).
-	prot         atomic.Pointer[protection]
-	stop         context.CancelFunc // ends Run, for the Stop call
-	adminKeyPath string             // the admin key in use
+	prot           atomic.Pointer[protection]
+	stop           context.CancelFunc // ends Run, for the Stop call
+	stopAuthorized atomic.Bool        // Stop was called (with a valid token when needed)
+	adminKeyPath   string             // the admin key in use
 }
 
 func (a *agent) setAttached(v bool) {

@@ -35,8 +35,13 @@ type Guard interface {
 	ProtectIDs(progs, maps, links []uint32) error
 	Hooks() []string
 	Warnings() []string
-	// Close ends the protection.
+	// Adopted: the guard took over the pinned protection of an agent
+	// that died.
+	Adopted() bool
+	// Close ends the protection (an authorized stop); Release only lets
+	// go of it, leaving what is pinned in force.
 	Close() error
+	Release() error
 }
 
 // GuardConfig is what the agent asks to protect.
@@ -160,7 +165,11 @@ func (a *agent) startProtection(ctx context.Context, newGuard func(GuardConfig) 
 		a.log.Warn("oom_score_adj not set", "err", err)
 	}
 	p.guard = g
-	p.detail = fmt.Sprintf("on: %d LSM hooks refuse signals, ptrace, writes to the agent's files and cgroup, and access to its BPF objects", len(g.Hooks()))
+	adopted := ""
+	if g.Adopted() {
+		adopted = " (adopted from the pins of an agent that died)"
+	}
+	p.detail = fmt.Sprintf("on%s: %d LSM hooks refuse signals, ptrace, writes to the agent's files and cgroup, and access to its BPF objects", adopted, len(g.Hooks()))
 	if w := g.Warnings(); len(w) > 0 {
 		p.detail += fmt.Sprintf(" (%d warnings: %v)", len(w), w)
 	}
@@ -174,7 +183,13 @@ func (a *agent) startProtection(ctx context.Context, newGuard func(GuardConfig) 
 	}()
 	a.log.Info("tamper protection on", "hooks", len(g.Hooks()), "files", files)
 	return func() error {
-		err := g.Close()
+		var err error
+		if a.stopAuthorized.Load() {
+			err = g.Close()
+		} else {
+			a.log.Warn("agent exiting without an authorized stop: pinned tamper protection stays in force")
+			err = g.Release()
+		}
 		<-done
 		return err
 	}, nil
@@ -272,6 +287,7 @@ func (a *agent) stopAgent(ctx context.Context, req *vigilv1.StopRequest) (*vigil
 		return nil, err
 	}
 	a.log.Info("stopping on request")
+	a.stopAuthorized.Store(true)
 	a.stop()
 	return &vigilv1.StopResponse{}, nil
 }

@@ -95,14 +95,42 @@ static __always_inline struct tamper_cfg *tcfg(void)
 	return c;
 }
 
-static __always_inline int is_agent(struct tamper_cfg *c)
+// runs_bin: t's executable is the agent's binary.
+static __always_inline int runs_bin(struct tamper_cfg *c, struct task_struct *t)
 {
-	return (bpf_get_current_pid_tgid() >> 32) == c->agent_tgid;
+	struct inode *inode = BPF_CORE_READ(t, mm, exe_file, f_inode);
+	if (!inode)
+		return 0;
+	return BPF_CORE_READ(inode, i_ino) == c->bin_ino && BPF_CORE_READ(inode, i_sb, s_dev) == c->bin_dev;
 }
 
+// is_agent_task: t belongs to the agent. While the agent is alive that is
+// its thread group (tgid and start time, so a recycled pid does not
+// qualify); once it died (orphaned), any process running the agent's
+// binary: a restarted agent adopts the pinned objects, and no one may
+// trace or signal a process that could.
 static __always_inline int is_agent_task(struct tamper_cfg *c, struct task_struct *t)
 {
-	return t && BPF_CORE_READ(t, tgid) == c->agent_tgid;
+	if (!t)
+		return 0;
+	if (c->orphaned)
+		return c->bin_ino && runs_bin(c, t);
+	if (BPF_CORE_READ(t, tgid) != c->agent_tgid)
+		return 0;
+	__u64 start = BPF_CORE_READ(t, group_leader, start_boottime);
+	// The loader cannot read the exact start time; the first task of
+	// the agent's thread group seen here (the agent opens files as soon
+	// as the maps are filled) records it.
+	if (!c->agent_start)
+		c->agent_start = start;
+	return start == c->agent_start;
+}
+
+static __always_inline int is_agent(struct tamper_cfg *c)
+{
+	if (!c->orphaned && (bpf_get_current_pid_tgid() >> 32) != c->agent_tgid)
+		return 0;
+	return is_agent_task(c, bpf_get_current_task_btf());
 }
 
 static __always_inline __u64 syscall_nr(void)
@@ -156,7 +184,7 @@ int BPF_PROG(tamper_task_kill, struct task_struct *p, struct kernel_siginfo *inf
 	struct tamper_cfg *c = tcfg();
 	if (!c || sig == 0 || !is_agent_task(c, p) || is_agent(c))
 		return 0;
-	return refuse(c, TM_SIGNAL, TH_TASK_KILL, sig, c->agent_tgid, 0, 0, NULL);
+	return refuse(c, TM_SIGNAL, TH_TASK_KILL, sig, BPF_CORE_READ(p, tgid), 0, 0, NULL);
 }
 
 // ptrace_access_check decides ptrace attach, pidfd_getfd,
@@ -176,7 +204,7 @@ int BPF_PROG(tamper_ptrace_access_check, struct task_struct *child, unsigned int
 		m = TM_PROCESS_VM;
 	else if (nr != NR_PTRACE)
 		m = TM_PROC_MEM;
-	return refuse(c, m, TH_PTRACE_ACCESS, (__u32)nr, c->agent_tgid, 0, 0, NULL);
+	return refuse(c, m, TH_PTRACE_ACCESS, (__u32)nr, BPF_CORE_READ(child, tgid), 0, 0, NULL);
 }
 
 SEC("lsm/task_setscheduler")
@@ -185,7 +213,7 @@ int BPF_PROG(tamper_task_setscheduler, struct task_struct *p)
 	struct tamper_cfg *c = tcfg();
 	if (!c || !is_agent_task(c, p) || is_agent(c))
 		return 0;
-	return refuse(c, TM_SETSCHEDULER, TH_TASK_SETSCHEDULER, 0, c->agent_tgid, 0, 0, NULL);
+	return refuse(c, TM_SETSCHEDULER, TH_TASK_SETSCHEDULER, 0, BPF_CORE_READ(p, tgid), 0, 0, NULL);
 }
 
 SEC("lsm/task_setnice")
@@ -194,7 +222,7 @@ int BPF_PROG(tamper_task_setnice, struct task_struct *p, int nice)
 	struct tamper_cfg *c = tcfg();
 	if (!c || !is_agent_task(c, p) || is_agent(c))
 		return 0;
-	return refuse(c, TM_SETNICE, TH_TASK_SETNICE, (__u32)nice, c->agent_tgid, 0, 0, NULL);
+	return refuse(c, TM_SETNICE, TH_TASK_SETNICE, (__u32)nice, BPF_CORE_READ(p, tgid), 0, 0, NULL);
 }
 
 SEC("lsm/task_setioprio")
@@ -203,7 +231,7 @@ int BPF_PROG(tamper_task_setioprio, struct task_struct *p, int ioprio)
 	struct tamper_cfg *c = tcfg();
 	if (!c || !is_agent_task(c, p) || is_agent(c))
 		return 0;
-	return refuse(c, TM_SETIOPRIO, TH_TASK_SETIOPRIO, (__u32)ioprio, c->agent_tgid, 0, 0, NULL);
+	return refuse(c, TM_SETIOPRIO, TH_TASK_SETIOPRIO, (__u32)ioprio, BPF_CORE_READ(p, tgid), 0, 0, NULL);
 }
 
 // task_setrlimit is asked by prlimit(2) for the target task.
@@ -213,7 +241,7 @@ int BPF_PROG(tamper_task_setrlimit, struct task_struct *p, unsigned int resource
 	struct tamper_cfg *c = tcfg();
 	if (!c || !is_agent_task(c, p) || is_agent(c))
 		return 0;
-	return refuse(c, TM_SETRLIMIT, TH_TASK_SETRLIMIT, resource, c->agent_tgid, 0, 0, NULL);
+	return refuse(c, TM_SETRLIMIT, TH_TASK_SETRLIMIT, resource, BPF_CORE_READ(p, tgid), 0, 0, NULL);
 }
 
 // ------------------------------------------------------------------ files
@@ -325,9 +353,9 @@ int BPF_PROG(tamper_file_open, struct file *file)
 		char name[8] = {};
 		bpf_probe_read_kernel_str(name, sizeof(name), kname);
 		if (is_name(name, "mem", 4))
-			return refuse(c, TM_PROC_MEM, TH_FILE_OPEN, fmode, c->agent_tgid, 0, 0, kname);
+			return refuse(c, TM_PROC_MEM, TH_FILE_OPEN, fmode, BPF_CORE_READ(t, tgid), 0, 0, kname);
 		if (fmode & FMODE_WRITE)
-			return refuse(c, TM_PROC_WRITE, TH_FILE_OPEN, fmode, c->agent_tgid, 0, 0, kname);
+			return refuse(c, TM_PROC_WRITE, TH_FILE_OPEN, fmode, BPF_CORE_READ(t, tgid), 0, 0, kname);
 		return 0;
 	}
 	if (!(fmode & FMODE_WRITE))
@@ -452,6 +480,21 @@ SEC("lsm/move_mount")
 int BPF_PROG(tamper_move_mount, const struct path *from_path, const struct path *to_path)
 {
 	return path_check(TM_MOUNT, TH_MOVE_MOUNT, to_path);
+}
+
+// The agent's last thread exits: the pinned programs go on refusing, and
+// a process running the agent's binary may adopt them.
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(tamper_agent_exit, struct task_struct *p)
+{
+	__u32 zero = 0;
+	struct tamper_cfg *c = bpf_map_lookup_elem(&tamper_config, &zero);
+	if (!c || !c->agent_tgid || c->orphaned || !is_agent_task(c, p))
+		return 0;
+	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+		return 0;
+	c->orphaned = 1;
+	return 0;
 }
 
 // ------------------------------------------------------------ BPF objects

@@ -51,7 +51,14 @@ type Config struct {
 	ReportOnly bool
 	// NoCgroup leaves the agent's cgroup unprotected.
 	NoCgroup bool
-	Logger   *slog.Logger
+	// Binary is the agent's executable. Empty: /proc/AgentPID/exe. Once
+	// the agent has died, a process running it may adopt the pins.
+	Binary string
+	// PinDir, when set, is where the programs' links and the maps are
+	// pinned, so protection outlives the agent's process; a guard started
+	// while pins are there adopts them instead of loading anew.
+	PinDir string
+	Logger *slog.Logger
 }
 
 // ObjectIDs are BPF object ids.
@@ -61,18 +68,20 @@ type ObjectIDs struct {
 
 // Guard is the loaded and attached protection.
 type Guard struct {
-	cfg    Config
-	log    *slog.Logger
-	coll   *ebpf.Collection
-	links  []link.Link
-	hooks  []string
-	reader *ringbuf.Reader
-	out    chan *vigilv1.Event
-	done   chan struct{}
-	once   sync.Once
-	mu     sync.Mutex
-	own    ObjectIDs
-	warns  []string
+	cfg     Config
+	log     *slog.Logger
+	maps    map[string]*ebpf.Map
+	progs   map[string]*ebpf.Program // loaded here (empty when adopted)
+	links   map[string]link.Link     // by program name
+	hooks   []string
+	adopted bool
+	reader  *ringbuf.Reader
+	out     chan *vigilv1.Event
+	done    chan struct{}
+	once    sync.Once
+	mu      sync.Mutex
+	own     ObjectIDs
+	warns   []string
 }
 
 // Start loads the programs, fills the maps and attaches every hook. Any
@@ -92,34 +101,30 @@ func Start(ctx context.Context, cfg Config) (*Guard, error) {
 		return nil, fmt.Errorf("tamper: remove memlock limit: %w", err)
 	}
 	kernel.MountFilesystems()
-	spec, err := loadTamperobj()
-	if err != nil {
-		return nil, fmt.Errorf("tamper: load spec: %w", err)
-	}
-	coll, err := ebpf.NewCollection(spec)
-	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("tamper: load programs: %w\n%+v", err, ve)
+	if cfg.Binary == "" {
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", cfg.AgentPID))
+		if err != nil {
+			return nil, fmt.Errorf("tamper: agent executable: %w", err)
 		}
-		return nil, fmt.Errorf("tamper: load programs: %w", err)
+		cfg.Binary = exe
 	}
-	g := &Guard{cfg: cfg, log: cfg.Logger.With("component", "tamper"), coll: coll,
+	g := &Guard{cfg: cfg, log: cfg.Logger.With("component", "tamper"),
+		maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{},
 		out: make(chan *vigilv1.Event, 1024), done: make(chan struct{})}
 	fail := func(err error) (*Guard, error) {
 		g.closeKernel()
 		return nil, fmt.Errorf("tamper: %w", err)
 	}
-	if err := g.fill(); err != nil {
-		return fail(err)
+	spec, err := loadTamperobj()
+	if err != nil {
+		return nil, fmt.Errorf("tamper: load spec: %w", err)
 	}
-	for name, p := range coll.Programs {
-		l, err := link.AttachLSM(link.LSMOptions{Program: p})
-		if err != nil {
-			return fail(fmt.Errorf("attach %s: %w", spec.Programs[name].SectionName, err))
+	if cfg.PinDir != "" && pinned(cfg.PinDir) {
+		if err := g.adopt(spec); err != nil {
+			return fail(fmt.Errorf("adopt the pinned protection in %s (it keeps protecting; stop it with a token or reboot): %w", cfg.PinDir, err))
 		}
-		g.links = append(g.links, l)
-		g.hooks = append(g.hooks, spec.Programs[name].SectionName)
+	} else if err := g.load(spec); err != nil {
+		return fail(err)
 	}
 	own, err := g.objectIDs()
 	if err != nil {
@@ -129,7 +134,16 @@ func Start(ctx context.Context, cfg Config) (*Guard, error) {
 	if err := g.Protect(own); err != nil {
 		return fail(err)
 	}
-	rd, err := ringbuf.NewReader(coll.Maps[tamperobjMapTamperEvents])
+	if g.adopted {
+		if err := g.dropStaleObjects(own); err != nil {
+			return fail(err)
+		}
+	} else if cfg.PinDir != "" {
+		if err := g.pin(); err != nil {
+			g.warn(fmt.Sprintf("not pinned (protection ends with the agent's process): %v", err))
+		}
+	}
+	rd, err := ringbuf.NewReader(g.maps[tamperobjMapTamperEvents])
 	if err != nil {
 		return fail(fmt.Errorf("ring buffer reader: %w", err))
 	}
@@ -138,11 +152,11 @@ func Start(ctx context.Context, cfg Config) (*Guard, error) {
 	go func() {
 		select {
 		case <-ctx.Done():
-			g.Close()
+			g.Release()
 		case <-g.done:
 		}
 	}()
-	g.log.Info("tamper protection on", "pid", cfg.AgentPID, "hooks", len(g.hooks),
+	g.log.Info("tamper protection on", "pid", cfg.AgentPID, "hooks", len(g.hooks), "adopted", g.adopted, "pin_dir", cfg.PinDir,
 		"files", len(cfg.Files), "dirs", len(cfg.Dirs), "report_only", cfg.ReportOnly)
 	return g, nil
 }
@@ -153,11 +167,21 @@ func (g *Guard) fill() error {
 	if g.cfg.ReportOnly {
 		enforce = 0
 	}
-	cfgv := tamperobjTamperCfg{AgentTgid: uint32(g.cfg.AgentPID), Enforce: enforce}
-	if err := g.coll.Maps[tamperobjMapTamperConfig].Put(uint32(0), cfgv); err != nil {
+	bin, err := FileKey(g.cfg.Binary)
+	if err != nil {
+		return fmt.Errorf("agent binary: %w", err)
+	}
+	cfgv := tamperobjTamperCfg{AgentTgid: uint32(g.cfg.AgentPID), Enforce: enforce, BinDev: bin.Dev, BinIno: bin.Ino}
+	if err := g.maps[tamperobjMapTamperConfig].Put(uint32(0), cfgv); err != nil {
 		return fmt.Errorf("config map: %w", err)
 	}
-	files := g.coll.Maps[tamperobjMapTamperFiles]
+	// Touch a file so the kernel records the agent's start time (see
+	// is_agent_task) before anything else can.
+	if f, err := os.Open(fmt.Sprintf("/proc/%d/stat", g.cfg.AgentPID)); err == nil {
+		f.Close()
+	}
+	files := g.maps[tamperobjMapTamperFiles]
+	want := map[tamperobjFileKey]bool{}
 	put := func(path string, kind tamperobjProtKind) error {
 		k, err := FileKey(path)
 		if errors.Is(err, os.ErrNotExist) {
@@ -167,6 +191,7 @@ func (g *Guard) fill() error {
 		if err != nil {
 			return err
 		}
+		want[k] = true
 		return files.Put(k, uint32(kind))
 	}
 	for _, f := range g.cfg.Files {
@@ -174,21 +199,33 @@ func (g *Guard) fill() error {
 			return fmt.Errorf("protect %s: %w", f, err)
 		}
 	}
-	for _, d := range g.cfg.Dirs {
+	dirs := g.cfg.Dirs
+	if g.cfg.PinDir != "" {
+		dirs = append(dirs, g.cfg.PinDir, filepath.Dir(g.cfg.PinDir))
+	}
+	for _, d := range dirs {
 		if err := put(d, tamperobjProtKindPROT_DIR); err != nil {
 			return fmt.Errorf("protect %s: %w", d, err)
 		}
 	}
+	// Adopted maps hold the dead agent's entries: new ones are in, now
+	// the stale ones go.
+	if err := deleteExcept(files, want); err != nil {
+		return fmt.Errorf("files map: %w", err)
+	}
+	cgm := g.maps[tamperobjMapTamperCgroups]
 	if g.cfg.NoCgroup {
-		return nil
+		return deleteExcept(cgm, map[uint64]bool{})
 	}
 	cgs, err := AgentCgroups(g.cfg.AgentPID)
 	if err != nil {
 		g.warn(fmt.Sprintf("cgroup not protected: %v", err))
-		return nil
+		return deleteExcept(cgm, map[uint64]bool{})
 	}
-	m := g.coll.Maps[tamperobjMapTamperCgroups]
+	m := cgm
+	wantCg := map[uint64]bool{}
 	for i, id := range cgs {
+		wantCg[id] = true
 		kind := tamperobjCgKindCG_ANCESTOR
 		if i == 0 {
 			kind = tamperobjCgKindCG_OWN
@@ -197,7 +234,7 @@ func (g *Guard) fill() error {
 			return fmt.Errorf("cgroup map: %w", err)
 		}
 	}
-	return nil
+	return deleteExcept(m, wantCg)
 }
 
 func (g *Guard) warn(s string) {
@@ -271,7 +308,7 @@ func (g *Guard) ProtectIDs(progs, maps, links []uint32) error {
 
 // Protect adds BPF object ids to the protected set.
 func (g *Guard) Protect(ids ObjectIDs) error {
-	m := g.coll.Maps[tamperobjMapTamperObjs]
+	m := g.maps[tamperobjMapTamperObjs]
 	put := func(t tamperobjObjType, id uint32) error {
 		if id == 0 {
 			return nil
@@ -296,19 +333,11 @@ func (g *Guard) Protect(ids ObjectIDs) error {
 	return nil
 }
 
-// objectIDs lists the ids of the guard's own programs, maps and links.
+// objectIDs lists the ids of the guard's own programs, maps and links
+// (the programs through their links, which also holds for adopted ones).
 func (g *Guard) objectIDs() (ObjectIDs, error) {
 	var ids ObjectIDs
-	for name, p := range g.coll.Programs {
-		info, err := p.Info()
-		if err != nil {
-			return ids, fmt.Errorf("program %s info: %w", name, err)
-		}
-		if id, ok := info.ID(); ok {
-			ids.Progs = append(ids.Progs, uint32(id))
-		}
-	}
-	for name, m := range g.coll.Maps {
+	for name, m := range g.maps {
 		info, err := m.Info()
 		if err != nil {
 			return ids, fmt.Errorf("map %s info: %w", name, err)
@@ -317,12 +346,13 @@ func (g *Guard) objectIDs() (ObjectIDs, error) {
 			ids.Maps = append(ids.Maps, uint32(id))
 		}
 	}
-	for _, l := range g.links {
+	for name, l := range g.links {
 		info, err := l.Info()
 		if err != nil {
-			return ids, fmt.Errorf("link info: %w", err)
+			return ids, fmt.Errorf("link %s info: %w", name, err)
 		}
 		ids.Links = append(ids.Links, uint32(info.ID))
+		ids.Progs = append(ids.Progs, uint32(info.Program))
 	}
 	return ids, nil
 }
@@ -347,7 +377,7 @@ func (g *Guard) Events() <-chan *vigilv1.Event { return g.out }
 // Lost returns how many records the kernel could not queue.
 func (g *Guard) Lost() uint64 {
 	var n uint64
-	_ = g.coll.Maps[tamperobjMapTamperLost].Lookup(uint32(0), &n)
+	_ = g.maps[tamperobjMapTamperLost].Lookup(uint32(0), &n)
 	return n
 }
 
@@ -375,25 +405,45 @@ func (g *Guard) read() {
 	}
 }
 
-// Close detaches the programs: protection ends. Only an authorized stop
-// calls it.
+// Close unpins and detaches the programs: protection ends. Only an
+// authorized stop calls it.
 func (g *Guard) Close() error {
+	g.close(true)
+	return nil
+}
+
+// Release closes the agent's handles but leaves the pins: protection
+// goes on without the agent, for the next one to adopt. Without pins it
+// is Close.
+func (g *Guard) Release() error {
+	g.close(false)
+	return nil
+}
+
+func (g *Guard) close(unpin bool) {
 	g.once.Do(func() {
 		close(g.done)
 		if g.reader != nil {
 			g.reader.Close()
 		}
+		if unpin {
+			g.unpin()
+		}
 		g.closeKernel()
 	})
-	return nil
 }
 
 func (g *Guard) closeKernel() {
 	for _, l := range g.links {
 		l.Close()
 	}
-	g.links = nil
-	g.coll.Close()
+	for _, m := range g.maps {
+		m.Close()
+	}
+	for _, p := range g.progs {
+		p.Close()
+	}
+	g.links, g.maps, g.progs = nil, nil, nil
 }
 
 func bootToWall() time.Duration {

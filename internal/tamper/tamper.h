@@ -83,8 +83,13 @@ struct obj_key {
 };
 
 struct tamper_cfg {
-	__u32 agent_tgid; // the protected thread group; 0: none
-	__u32 enforce;    // 1: refuse; 0: report only
+	__u32 agent_tgid;  // the protected thread group; 0: none
+	__u32 enforce;     // 1: refuse; 0: report only
+	__u64 agent_start; // its start (group leader's start_boottime): a reused pid is not the agent
+	__u64 bin_dev;     // the agent's executable (kernel dev encoding) ...
+	__u64 bin_ino;     // ... and inode
+	__u32 orphaned;    // 1: the agent died; a process running bin may adopt the pinned objects
+	__u32 pad;
 };
 
 #define TNAME_MAX 64

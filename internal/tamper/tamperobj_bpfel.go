@@ -48,9 +48,14 @@ const (
 )
 
 type tamperobjTamperCfg struct {
-	_         structs.HostLayout
-	AgentTgid uint32
-	Enforce   uint32
+	_          structs.HostLayout
+	AgentTgid  uint32
+	Enforce    uint32
+	AgentStart uint64
+	BinDev     uint64
+	BinIno     uint64
+	Orphaned   uint32
+	Pad        uint32
 }
 
 type tamperobjTamperEvent struct {
@@ -138,6 +143,7 @@ const (
 	tamperobjMapTamperFiles              = "tamper_files"
 	tamperobjMapTamperLost               = "tamper_lost"
 	tamperobjMapTamperObjs               = "tamper_objs"
+	tamperobjProgTamperAgentExit         = "tamper_agent_exit"
 	tamperobjProgTamperBpf               = "tamper_bpf"
 	tamperobjProgTamperBpfMap            = "tamper_bpf_map"
 	tamperobjProgTamperBpfProg           = "tamper_bpf_prog"
@@ -207,6 +213,7 @@ type tamperobjSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tamperobjProgramSpecs struct {
+	TamperAgentExit         *ebpf.ProgramSpec `ebpf:"tamper_agent_exit"`
 	TamperBpf               *ebpf.ProgramSpec `ebpf:"tamper_bpf"`
 	TamperBpfMap            *ebpf.ProgramSpec `ebpf:"tamper_bpf_map"`
 	TamperBpfProg           *ebpf.ProgramSpec `ebpf:"tamper_bpf_prog"`
@@ -307,6 +314,7 @@ type tamperobjVariables struct {
 //
 // It can be passed to loadTamperobjObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tamperobjPrograms struct {
+	TamperAgentExit         *ebpf.Program `ebpf:"tamper_agent_exit"`
 	TamperBpf               *ebpf.Program `ebpf:"tamper_bpf"`
 	TamperBpfMap            *ebpf.Program `ebpf:"tamper_bpf_map"`
 	TamperBpfProg           *ebpf.Program `ebpf:"tamper_bpf_prog"`
@@ -330,6 +338,7 @@ type tamperobjPrograms struct {
 
 func (p *tamperobjPrograms) Close() error {
 	return _TamperobjClose(
+		p.TamperAgentExit,
 		p.TamperBpf,
 		p.TamperBpfMap,
 		p.TamperBpfProg,

@@ -317,6 +317,15 @@ func tamperAttempts(t *testing.T, a *protectedAgent, stateDir, policyFile, admin
 		}
 		return err
 	})
+	const pin = "/sys/fs/bpf/vigil/tamper/map_tamper_config"
+	add("bpf OBJ_GET of its pinned config map", "bpf_obj_get", func() error {
+		m, err := ebpf.LoadPinnedMap(pin, nil)
+		if err == nil {
+			m.Close()
+		}
+		return err
+	})
+	add("unpin its config map", "file_unlink", func() error { return unix.Unlink(pin) })
 	add("bpf PROG_GET_FD_BY_ID of its programs", "bpf_get_fd_by_id", func() error {
 		return everyID(func(id uint32) error {
 			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
