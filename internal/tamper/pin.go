@@ -70,6 +70,9 @@ func (g *Guard) pin() error {
 		return err
 	}
 	for name, m := range g.maps {
+		if !pinnable(name) {
+			continue
+		}
 		if err := m.Pin(filepath.Join(g.cfg.PinDir, mapPrefix+name)); err != nil {
 			return fmt.Errorf("pin map %s: %w", name, err)
 		}
@@ -87,6 +90,9 @@ func (g *Guard) pin() error {
 // maps are then pointed at this agent.
 func (g *Guard) adopt(spec *ebpf.CollectionSpec) error {
 	for name := range spec.Maps {
+		if !pinnable(name) {
+			continue
+		}
 		m, err := ebpf.LoadPinnedMap(filepath.Join(g.cfg.PinDir, mapPrefix+name), nil)
 		if err != nil {
 			return fmt.Errorf("map %s: %w", name, err)
@@ -120,6 +126,11 @@ func (g *Guard) dropStaleObjects(own ObjectIDs) error {
 	}
 	return deleteExcept(g.maps[tamperobjMapTamperObjs], keep)
 }
+
+// pinnable: the maps the programs use. The data sections (".bss": the
+// placeholders that carry types into BTF) are not pinned: the kernel
+// refuses to pin them (EPERM) and nothing needs them.
+func pinnable(name string) bool { return !strings.HasPrefix(name, ".") }
 
 // unpin removes the pins (an authorized stop).
 func (g *Guard) unpin() {

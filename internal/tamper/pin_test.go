@@ -28,9 +28,10 @@ func TestMain(m *testing.M) {
 }
 
 type helperReport struct {
-	Adopted bool     `json:"adopted"`
-	Links   []uint32 `json:"links"`
-	Err     string   `json:"err,omitempty"`
+	Adopted  bool     `json:"adopted"`
+	Links    []uint32 `json:"links"`
+	Warnings []string `json:"warnings,omitempty"`
+	Err      string   `json:"err,omitempty"`
 }
 
 func helperAgent() int {
@@ -47,7 +48,7 @@ func helperAgent() int {
 	}
 	links := slices.Clone(g.Own().Links)
 	slices.Sort(links)
-	enc.Encode(helperReport{Adopted: g.Adopted(), Links: links})
+	enc.Encode(helperReport{Adopted: g.Adopted(), Links: links, Warnings: g.Warnings()})
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		switch sc.Text() {
@@ -141,8 +142,11 @@ func TestPinnedProtectionOutlivesTheAgent(t *testing.T) {
 	}
 
 	h1 := startHelper(t, file, pinDir)
-	if h1.report.Adopted || len(h1.report.Links) == 0 {
-		t.Fatalf("first agent: %+v, want a fresh load", h1.report)
+	if h1.report.Adopted || len(h1.report.Links) == 0 || len(h1.report.Warnings) > 0 {
+		t.Fatalf("first agent: %+v, want a fresh load without warnings", h1.report)
+	}
+	if _, err := os.Stat(pinDir + "/map_" + tamperobjMapTamperConfig); err != nil {
+		t.Fatalf("not pinned: %v", err)
 	}
 	if err := sh("echo x > " + file); err == nil {
 		t.Fatal("protected file written while the agent runs")
