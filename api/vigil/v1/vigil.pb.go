@@ -1461,9 +1461,12 @@ type Verdict struct {
 	Mode   string                 `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`     // monitor | enforce
 	// decided_by: lsm | fanotify | kill_after_exec | observe (recorded only:
 	// this kernel offers no way to enforce it here)
-	DecidedBy     string `protobuf:"bytes,4,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
-	Refused       bool   `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"` // the action was actually refused (or killed)
-	Policy        string `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`    // digest of the policy that decided
+	DecidedBy string `protobuf:"bytes,4,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	Refused   bool   `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"` // the action was actually refused (or killed)
+	Policy    string `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`    // digest of the policy that decided
+	// clients: the filter API clients asked, in the order asked (after
+	// Vigil's own policy), with their answers.
+	Clients       []*ClientVerdict `protobuf:"bytes,7,rep,name=clients,proto3" json:"clients,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1540,6 +1543,89 @@ func (x *Verdict) GetPolicy() string {
 	return ""
 }
 
+func (x *Verdict) GetClients() []*ClientVerdict {
+	if x != nil {
+		return x.Clients
+	}
+	return nil
+}
+
+type ClientVerdict struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`   // name@altitude
+	Answer        string                 `protobuf:"bytes,2,opt,name=answer,proto3" json:"answer,omitempty"`   // allow | deny | missed (deadline) | gone (disconnected) | cached
+	Applied       string                 `protobuf:"bytes,3,opt,name=applied,proto3" json:"applied,omitempty"` // allow | deny: what counted (a miss counts by the client's miss mode)
+	LatencyUs     uint64                 `protobuf:"varint,4,opt,name=latency_us,json=latencyUs,proto3" json:"latency_us,omitempty"`
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientVerdict) Reset() {
+	*x = ClientVerdict{}
+	mi := &file_vigil_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientVerdict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientVerdict) ProtoMessage() {}
+
+func (x *ClientVerdict) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientVerdict.ProtoReflect.Descriptor instead.
+func (*ClientVerdict) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ClientVerdict) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *ClientVerdict) GetAnswer() string {
+	if x != nil {
+		return x.Answer
+	}
+	return ""
+}
+
+func (x *ClientVerdict) GetApplied() string {
+	if x != nil {
+		return x.Applied
+	}
+	return ""
+}
+
+func (x *ClientVerdict) GetLatencyUs() uint64 {
+	if x != nil {
+		return x.LatencyUs
+	}
+	return 0
+}
+
+func (x *ClientVerdict) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1548,7 +1634,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1646,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1659,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{17}
+	return file_vigil_proto_rawDescGZIP(), []int{18}
 }
 
 type StatusResponse struct {
@@ -1596,7 +1682,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1694,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1707,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{18}
+	return file_vigil_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1724,7 +1810,7 @@ type IntegrityStatus struct {
 
 func (x *IntegrityStatus) Reset() {
 	*x = IntegrityStatus{}
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +1822,7 @@ func (x *IntegrityStatus) String() string {
 func (*IntegrityStatus) ProtoMessage() {}
 
 func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +1835,7 @@ func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntegrityStatus.ProtoReflect.Descriptor instead.
 func (*IntegrityStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{19}
+	return file_vigil_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *IntegrityStatus) GetInterval() *durationpb.Duration {
@@ -1816,7 +1902,7 @@ type PolicyStatus struct {
 
 func (x *PolicyStatus) Reset() {
 	*x = PolicyStatus{}
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1914,7 @@ func (x *PolicyStatus) String() string {
 func (*PolicyStatus) ProtoMessage() {}
 
 func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +1927,7 @@ func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{20}
+	return file_vigil_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PolicyStatus) GetName() string {
@@ -1905,7 +1991,7 @@ type RuleHits struct {
 
 func (x *RuleHits) Reset() {
 	*x = RuleHits{}
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1917,7 +2003,7 @@ func (x *RuleHits) String() string {
 func (*RuleHits) ProtoMessage() {}
 
 func (x *RuleHits) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1930,7 +2016,7 @@ func (x *RuleHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
 func (*RuleHits) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{21}
+	return file_vigil_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RuleHits) GetRule() string {
@@ -1972,7 +2058,7 @@ type Feature struct {
 
 func (x *Feature) Reset() {
 	*x = Feature{}
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2070,7 @@ func (x *Feature) String() string {
 func (*Feature) ProtoMessage() {}
 
 func (x *Feature) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2083,7 @@ func (x *Feature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Feature.ProtoReflect.Descriptor instead.
 func (*Feature) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{22}
+	return file_vigil_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Feature) GetName() string {
@@ -2034,7 +2120,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2132,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2059,7 +2145,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{23}
+	return file_vigil_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Counters) GetEventsReceived() uint64 {
@@ -2115,7 +2201,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2213,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2226,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{24}
+	return file_vigil_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EventsRequest) GetKinds() []string {
@@ -2210,7 +2296,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2308,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2321,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{25}
+	return file_vigil_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApplyPolicyRequest) GetName() string {
@@ -2268,7 +2354,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +2366,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +2379,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{26}
+	return file_vigil_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ApplyPolicyResponse) GetPolicy() *PolicyStatus {
@@ -2312,7 +2398,7 @@ type PendingRequest struct {
 
 func (x *PendingRequest) Reset() {
 	*x = PendingRequest{}
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2410,7 @@ func (x *PendingRequest) String() string {
 func (*PendingRequest) ProtoMessage() {}
 
 func (x *PendingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2423,7 @@ func (x *PendingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingRequest.ProtoReflect.Descriptor instead.
 func (*PendingRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{27}
+	return file_vigil_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PendingRequest) GetLimit() uint32 {
@@ -2356,7 +2442,7 @@ type PendingResponse struct {
 
 func (x *PendingResponse) Reset() {
 	*x = PendingResponse{}
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2368,7 +2454,7 @@ func (x *PendingResponse) String() string {
 func (*PendingResponse) ProtoMessage() {}
 
 func (x *PendingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2381,7 +2467,7 @@ func (x *PendingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingResponse.ProtoReflect.Descriptor instead.
 func (*PendingResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{28}
+	return file_vigil_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PendingResponse) GetItems() []*PendingCode {
@@ -2407,7 +2493,7 @@ type PendingCode struct {
 
 func (x *PendingCode) Reset() {
 	*x = PendingCode{}
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2419,7 +2505,7 @@ func (x *PendingCode) String() string {
 func (*PendingCode) ProtoMessage() {}
 
 func (x *PendingCode) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2432,7 +2518,7 @@ func (x *PendingCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingCode.ProtoReflect.Descriptor instead.
 func (*PendingCode) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{29}
+	return file_vigil_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PendingCode) GetSha256() string {
@@ -2496,7 +2582,7 @@ type ApproveRequest struct {
 
 func (x *ApproveRequest) Reset() {
 	*x = ApproveRequest{}
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2508,7 +2594,7 @@ func (x *ApproveRequest) String() string {
 func (*ApproveRequest) ProtoMessage() {}
 
 func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2521,7 +2607,7 @@ func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
 func (*ApproveRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{30}
+	return file_vigil_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ApproveRequest) GetSha256() string {
@@ -2561,7 +2647,7 @@ type ApproveResponse struct {
 
 func (x *ApproveResponse) Reset() {
 	*x = ApproveResponse{}
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2573,7 +2659,7 @@ func (x *ApproveResponse) String() string {
 func (*ApproveResponse) ProtoMessage() {}
 
 func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2586,7 +2672,7 @@ func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
 func (*ApproveResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{31}
+	return file_vigil_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ApproveResponse) GetDetail() string {
@@ -2605,7 +2691,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2617,7 +2703,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2630,7 +2716,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{32}
+	return file_vigil_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StopRequest) GetToken() []byte {
@@ -2648,7 +2734,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2660,7 +2746,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2673,7 +2759,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{33}
+	return file_vigil_proto_rawDescGZIP(), []int{34}
 }
 
 // DoctorResponse is `vigil doctor -o json`: what this kernel offers and the
@@ -2689,7 +2775,7 @@ type DoctorResponse struct {
 
 func (x *DoctorResponse) Reset() {
 	*x = DoctorResponse{}
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2701,7 +2787,7 @@ func (x *DoctorResponse) String() string {
 func (*DoctorResponse) ProtoMessage() {}
 
 func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2714,7 +2800,7 @@ func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
 func (*DoctorResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{34}
+	return file_vigil_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DoctorResponse) GetKernelRelease() string {
@@ -2750,7 +2836,7 @@ type Guarantee struct {
 
 func (x *Guarantee) Reset() {
 	*x = Guarantee{}
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2762,7 +2848,7 @@ func (x *Guarantee) String() string {
 func (*Guarantee) ProtoMessage() {}
 
 func (x *Guarantee) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2775,7 +2861,7 @@ func (x *Guarantee) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Guarantee.ProtoReflect.Descriptor instead.
 func (*Guarantee) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{35}
+	return file_vigil_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Guarantee) GetControl() string {
@@ -2918,7 +3004,7 @@ const file_vigil_proto_rawDesc = "" +
 	"\averdict\x18\x02 \x01(\tR\averdict\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x16\n" +
 	"\x06cached\x18\x04 \x01(\bR\x06cached\x12\x12\n" +
-	"\x04mode\x18\x05 \x01(\tR\x04mode\"\x9a\x01\n" +
+	"\x04mode\x18\x05 \x01(\tR\x04mode\"\xcd\x01\n" +
 	"\aVerdict\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x12\n" +
@@ -2926,7 +3012,15 @@ const file_vigil_proto_rawDesc = "" +
 	"\n" +
 	"decided_by\x18\x04 \x01(\tR\tdecidedBy\x12\x18\n" +
 	"\arefused\x18\x05 \x01(\bR\arefused\x12\x16\n" +
-	"\x06policy\x18\x06 \x01(\tR\x06policy\"\x0f\n" +
+	"\x06policy\x18\x06 \x01(\tR\x06policy\x121\n" +
+	"\aclients\x18\a \x03(\v2\x17.vigil.v1.ClientVerdictR\aclients\"\x90\x01\n" +
+	"\rClientVerdict\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x16\n" +
+	"\x06answer\x18\x02 \x01(\tR\x06answer\x12\x18\n" +
+	"\aapplied\x18\x03 \x01(\tR\aapplied\x12\x1d\n" +
+	"\n" +
+	"latency_us\x18\x04 \x01(\x04R\tlatencyUs\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x0f\n" +
 	"\rStatusRequest\"\xf1\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1b\n" +
@@ -3056,7 +3150,7 @@ func file_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_proto_rawDescData
 }
 
-var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_vigil_proto_goTypes = []any{
 	(*Event)(nil),                 // 0: vigil.v1.Event
 	(*Process)(nil),               // 1: vigil.v1.Process
@@ -3075,32 +3169,33 @@ var file_vigil_proto_goTypes = []any{
 	(*Tamper)(nil),                // 14: vigil.v1.Tamper
 	(*Trust)(nil),                 // 15: vigil.v1.Trust
 	(*Verdict)(nil),               // 16: vigil.v1.Verdict
-	(*StatusRequest)(nil),         // 17: vigil.v1.StatusRequest
-	(*StatusResponse)(nil),        // 18: vigil.v1.StatusResponse
-	(*IntegrityStatus)(nil),       // 19: vigil.v1.IntegrityStatus
-	(*PolicyStatus)(nil),          // 20: vigil.v1.PolicyStatus
-	(*RuleHits)(nil),              // 21: vigil.v1.RuleHits
-	(*Feature)(nil),               // 22: vigil.v1.Feature
-	(*Counters)(nil),              // 23: vigil.v1.Counters
-	(*EventsRequest)(nil),         // 24: vigil.v1.EventsRequest
-	(*ApplyPolicyRequest)(nil),    // 25: vigil.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),   // 26: vigil.v1.ApplyPolicyResponse
-	(*PendingRequest)(nil),        // 27: vigil.v1.PendingRequest
-	(*PendingResponse)(nil),       // 28: vigil.v1.PendingResponse
-	(*PendingCode)(nil),           // 29: vigil.v1.PendingCode
-	(*ApproveRequest)(nil),        // 30: vigil.v1.ApproveRequest
-	(*ApproveResponse)(nil),       // 31: vigil.v1.ApproveResponse
-	(*StopRequest)(nil),           // 32: vigil.v1.StopRequest
-	(*StopResponse)(nil),          // 33: vigil.v1.StopResponse
-	(*DoctorResponse)(nil),        // 34: vigil.v1.DoctorResponse
-	(*Guarantee)(nil),             // 35: vigil.v1.Guarantee
-	nil,                           // 36: vigil.v1.IntegrityStatus.UnreadableEntry
-	nil,                           // 37: vigil.v1.Counters.ByKindEntry
-	(*timestamppb.Timestamp)(nil), // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
+	(*ClientVerdict)(nil),         // 17: vigil.v1.ClientVerdict
+	(*StatusRequest)(nil),         // 18: vigil.v1.StatusRequest
+	(*StatusResponse)(nil),        // 19: vigil.v1.StatusResponse
+	(*IntegrityStatus)(nil),       // 20: vigil.v1.IntegrityStatus
+	(*PolicyStatus)(nil),          // 21: vigil.v1.PolicyStatus
+	(*RuleHits)(nil),              // 22: vigil.v1.RuleHits
+	(*Feature)(nil),               // 23: vigil.v1.Feature
+	(*Counters)(nil),              // 24: vigil.v1.Counters
+	(*EventsRequest)(nil),         // 25: vigil.v1.EventsRequest
+	(*ApplyPolicyRequest)(nil),    // 26: vigil.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),   // 27: vigil.v1.ApplyPolicyResponse
+	(*PendingRequest)(nil),        // 28: vigil.v1.PendingRequest
+	(*PendingResponse)(nil),       // 29: vigil.v1.PendingResponse
+	(*PendingCode)(nil),           // 30: vigil.v1.PendingCode
+	(*ApproveRequest)(nil),        // 31: vigil.v1.ApproveRequest
+	(*ApproveResponse)(nil),       // 32: vigil.v1.ApproveResponse
+	(*StopRequest)(nil),           // 33: vigil.v1.StopRequest
+	(*StopResponse)(nil),          // 34: vigil.v1.StopResponse
+	(*DoctorResponse)(nil),        // 35: vigil.v1.DoctorResponse
+	(*Guarantee)(nil),             // 36: vigil.v1.Guarantee
+	nil,                           // 37: vigil.v1.IntegrityStatus.UnreadableEntry
+	nil,                           // 38: vigil.v1.Counters.ByKindEntry
+	(*timestamppb.Timestamp)(nil), // 39: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
 }
 var file_vigil_proto_depIdxs = []int32{
-	38, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	39, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: vigil.v1.Event.process:type_name -> vigil.v1.Process
 	4,  // 2: vigil.v1.Event.exec:type_name -> vigil.v1.Exec
 	5,  // 3: vigil.v1.Event.fork:type_name -> vigil.v1.Fork
@@ -3121,41 +3216,42 @@ var file_vigil_proto_depIdxs = []int32{
 	3,  // 18: vigil.v1.MemExec.file:type_name -> vigil.v1.File
 	3,  // 19: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
 	3,  // 20: vigil.v1.FileModify.file:type_name -> vigil.v1.File
-	38, // 21: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	22, // 22: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
-	23, // 23: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
-	20, // 24: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
-	19, // 25: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
-	39, // 26: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
-	38, // 27: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
-	36, // 28: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
-	38, // 29: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
-	21, // 30: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
-	37, // 31: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
-	38, // 32: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
-	20, // 33: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
-	29, // 34: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
-	38, // 35: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
-	38, // 36: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
-	22, // 37: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
-	35, // 38: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
-	17, // 39: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
-	24, // 40: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
-	25, // 41: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
-	27, // 42: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
-	30, // 43: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
-	32, // 44: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
-	18, // 45: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
-	0,  // 46: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
-	26, // 47: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
-	28, // 48: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
-	31, // 49: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
-	33, // 50: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
-	45, // [45:51] is the sub-list for method output_type
-	39, // [39:45] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	17, // 21: vigil.v1.Verdict.clients:type_name -> vigil.v1.ClientVerdict
+	39, // 22: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	23, // 23: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
+	24, // 24: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
+	21, // 25: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
+	20, // 26: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
+	40, // 27: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
+	39, // 28: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
+	37, // 29: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
+	39, // 30: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
+	22, // 31: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
+	38, // 32: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
+	39, // 33: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
+	21, // 34: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
+	30, // 35: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
+	39, // 36: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
+	39, // 37: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
+	23, // 38: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
+	36, // 39: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
+	18, // 40: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
+	25, // 41: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
+	26, // 42: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
+	28, // 43: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
+	31, // 44: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
+	33, // 45: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
+	19, // 46: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
+	0,  // 47: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
+	27, // 48: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
+	29, // 49: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
+	32, // 50: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
+	34, // 51: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
+	46, // [46:52] is the sub-list for method output_type
+	40, // [40:46] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_vigil_proto_init() }
@@ -3182,7 +3278,7 @@ func file_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_proto_rawDesc), len(file_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
