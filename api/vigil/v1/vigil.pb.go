@@ -58,6 +58,7 @@ type Event struct {
 	//	*Event_FileModify
 	//	*Event_Integrity
 	//	*Event_Tamper
+	//	*Event_FilterSession
 	Detail isEvent_Detail `protobuf_oneof:"detail"`
 	// verdict is set when a policy decided about the action.
 	Verdict *Verdict `protobuf:"bytes,30,opt,name=verdict,proto3" json:"verdict,omitempty"`
@@ -251,6 +252,15 @@ func (x *Event) GetTamper() *Tamper {
 	return nil
 }
 
+func (x *Event) GetFilterSession() *FilterSession {
+	if x != nil {
+		if x, ok := x.Detail.(*Event_FilterSession); ok {
+			return x.FilterSession
+		}
+	}
+	return nil
+}
+
 func (x *Event) GetVerdict() *Verdict {
 	if x != nil {
 		return x.Verdict
@@ -320,6 +330,10 @@ type Event_Tamper struct {
 	Tamper *Tamper `protobuf:"bytes,20,opt,name=tamper,proto3,oneof"`
 }
 
+type Event_FilterSession struct {
+	FilterSession *FilterSession `protobuf:"bytes,21,opt,name=filter_session,json=filterSession,proto3,oneof"`
+}
+
 func (*Event_Exec) isEvent_Detail() {}
 
 func (*Event_Fork) isEvent_Detail() {}
@@ -341,6 +355,8 @@ func (*Event_FileModify) isEvent_Detail() {}
 func (*Event_Integrity) isEvent_Detail() {}
 
 func (*Event_Tamper) isEvent_Detail() {}
+
+func (*Event_FilterSession) isEvent_Detail() {}
 
 // Process is the acting process (thread group).
 type Process struct {
@@ -1376,6 +1392,92 @@ func (x *Tamper) GetRefused() bool {
 	return false
 }
 
+// FilterSession is a filter API client coming, going or being refused
+// (kind "filter").
+type FilterSession struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"` // name@altitude as it introduced itself
+	Action        string                 `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"` // connected | refused | disconnected
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"` // why refused or disconnected
+	Pid           uint32                 `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"`      // the connecting process
+	Exe           string                 `protobuf:"bytes,5,opt,name=exe,proto3" json:"exe,omitempty"`       // its executable
+	Sha256        string                 `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"` // its executable's content digest
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FilterSession) Reset() {
+	*x = FilterSession{}
+	mi := &file_vigil_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FilterSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FilterSession) ProtoMessage() {}
+
+func (x *FilterSession) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FilterSession.ProtoReflect.Descriptor instead.
+func (*FilterSession) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *FilterSession) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *FilterSession) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *FilterSession) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *FilterSession) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *FilterSession) GetExe() string {
+	if x != nil {
+		return x.Exe
+	}
+	return ""
+}
+
+func (x *FilterSession) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
 // Trust is execution control's view of one file: its content digest and
 // which trust source (if any) approved or denied it.
 type Trust struct {
@@ -1391,7 +1493,7 @@ type Trust struct {
 
 func (x *Trust) Reset() {
 	*x = Trust{}
-	mi := &file_vigil_proto_msgTypes[15]
+	mi := &file_vigil_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1505,7 @@ func (x *Trust) String() string {
 func (*Trust) ProtoMessage() {}
 
 func (x *Trust) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[15]
+	mi := &file_vigil_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1518,7 @@ func (x *Trust) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Trust.ProtoReflect.Descriptor instead.
 func (*Trust) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{15}
+	return file_vigil_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Trust) GetSha256() string {
@@ -1473,7 +1575,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_vigil_proto_msgTypes[16]
+	mi := &file_vigil_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1587,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[16]
+	mi := &file_vigil_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1600,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{16}
+	return file_vigil_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Verdict) GetAction() string {
@@ -1563,7 +1665,7 @@ type ClientVerdict struct {
 
 func (x *ClientVerdict) Reset() {
 	*x = ClientVerdict{}
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1677,7 @@ func (x *ClientVerdict) String() string {
 func (*ClientVerdict) ProtoMessage() {}
 
 func (x *ClientVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1690,7 @@ func (x *ClientVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientVerdict.ProtoReflect.Descriptor instead.
 func (*ClientVerdict) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{17}
+	return file_vigil_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClientVerdict) GetClient() string {
@@ -1634,7 +1736,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1748,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1761,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{18}
+	return file_vigil_proto_rawDescGZIP(), []int{19}
 }
 
 type StatusResponse struct {
@@ -1682,7 +1784,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1796,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1809,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{19}
+	return file_vigil_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1810,7 +1912,7 @@ type IntegrityStatus struct {
 
 func (x *IntegrityStatus) Reset() {
 	*x = IntegrityStatus{}
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +1924,7 @@ func (x *IntegrityStatus) String() string {
 func (*IntegrityStatus) ProtoMessage() {}
 
 func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +1937,7 @@ func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntegrityStatus.ProtoReflect.Descriptor instead.
 func (*IntegrityStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{20}
+	return file_vigil_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *IntegrityStatus) GetInterval() *durationpb.Duration {
@@ -1902,7 +2004,7 @@ type PolicyStatus struct {
 
 func (x *PolicyStatus) Reset() {
 	*x = PolicyStatus{}
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2016,7 @@ func (x *PolicyStatus) String() string {
 func (*PolicyStatus) ProtoMessage() {}
 
 func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2029,7 @@ func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{21}
+	return file_vigil_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PolicyStatus) GetName() string {
@@ -1991,7 +2093,7 @@ type RuleHits struct {
 
 func (x *RuleHits) Reset() {
 	*x = RuleHits{}
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2105,7 @@ func (x *RuleHits) String() string {
 func (*RuleHits) ProtoMessage() {}
 
 func (x *RuleHits) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2118,7 @@ func (x *RuleHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
 func (*RuleHits) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{22}
+	return file_vigil_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RuleHits) GetRule() string {
@@ -2058,7 +2160,7 @@ type Feature struct {
 
 func (x *Feature) Reset() {
 	*x = Feature{}
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2172,7 @@ func (x *Feature) String() string {
 func (*Feature) ProtoMessage() {}
 
 func (x *Feature) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2185,7 @@ func (x *Feature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Feature.ProtoReflect.Descriptor instead.
 func (*Feature) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{23}
+	return file_vigil_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Feature) GetName() string {
@@ -2120,7 +2222,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2132,7 +2234,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2145,7 +2247,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{24}
+	return file_vigil_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Counters) GetEventsReceived() uint64 {
@@ -2201,7 +2303,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2315,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2328,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{25}
+	return file_vigil_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EventsRequest) GetKinds() []string {
@@ -2296,7 +2398,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2410,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2423,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{26}
+	return file_vigil_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ApplyPolicyRequest) GetName() string {
@@ -2354,7 +2456,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2468,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2481,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{27}
+	return file_vigil_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ApplyPolicyResponse) GetPolicy() *PolicyStatus {
@@ -2398,7 +2500,7 @@ type PendingRequest struct {
 
 func (x *PendingRequest) Reset() {
 	*x = PendingRequest{}
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2410,7 +2512,7 @@ func (x *PendingRequest) String() string {
 func (*PendingRequest) ProtoMessage() {}
 
 func (x *PendingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2423,7 +2525,7 @@ func (x *PendingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingRequest.ProtoReflect.Descriptor instead.
 func (*PendingRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{28}
+	return file_vigil_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PendingRequest) GetLimit() uint32 {
@@ -2442,7 +2544,7 @@ type PendingResponse struct {
 
 func (x *PendingResponse) Reset() {
 	*x = PendingResponse{}
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2556,7 @@ func (x *PendingResponse) String() string {
 func (*PendingResponse) ProtoMessage() {}
 
 func (x *PendingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2569,7 @@ func (x *PendingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingResponse.ProtoReflect.Descriptor instead.
 func (*PendingResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{29}
+	return file_vigil_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PendingResponse) GetItems() []*PendingCode {
@@ -2493,7 +2595,7 @@ type PendingCode struct {
 
 func (x *PendingCode) Reset() {
 	*x = PendingCode{}
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2607,7 @@ func (x *PendingCode) String() string {
 func (*PendingCode) ProtoMessage() {}
 
 func (x *PendingCode) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2620,7 @@ func (x *PendingCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingCode.ProtoReflect.Descriptor instead.
 func (*PendingCode) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{30}
+	return file_vigil_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PendingCode) GetSha256() string {
@@ -2582,7 +2684,7 @@ type ApproveRequest struct {
 
 func (x *ApproveRequest) Reset() {
 	*x = ApproveRequest{}
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +2696,7 @@ func (x *ApproveRequest) String() string {
 func (*ApproveRequest) ProtoMessage() {}
 
 func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +2709,7 @@ func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
 func (*ApproveRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{31}
+	return file_vigil_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ApproveRequest) GetSha256() string {
@@ -2647,7 +2749,7 @@ type ApproveResponse struct {
 
 func (x *ApproveResponse) Reset() {
 	*x = ApproveResponse{}
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2659,7 +2761,7 @@ func (x *ApproveResponse) String() string {
 func (*ApproveResponse) ProtoMessage() {}
 
 func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2672,7 +2774,7 @@ func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
 func (*ApproveResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{32}
+	return file_vigil_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ApproveResponse) GetDetail() string {
@@ -2691,7 +2793,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2703,7 +2805,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2716,7 +2818,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{33}
+	return file_vigil_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StopRequest) GetToken() []byte {
@@ -2734,7 +2836,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2746,7 +2848,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2759,7 +2861,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{34}
+	return file_vigil_proto_rawDescGZIP(), []int{35}
 }
 
 // DoctorResponse is `vigil doctor -o json`: what this kernel offers and the
@@ -2775,7 +2877,7 @@ type DoctorResponse struct {
 
 func (x *DoctorResponse) Reset() {
 	*x = DoctorResponse{}
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2787,7 +2889,7 @@ func (x *DoctorResponse) String() string {
 func (*DoctorResponse) ProtoMessage() {}
 
 func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2800,7 +2902,7 @@ func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
 func (*DoctorResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{35}
+	return file_vigil_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DoctorResponse) GetKernelRelease() string {
@@ -2836,7 +2938,7 @@ type Guarantee struct {
 
 func (x *Guarantee) Reset() {
 	*x = Guarantee{}
-	mi := &file_vigil_proto_msgTypes[36]
+	mi := &file_vigil_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2848,7 +2950,7 @@ func (x *Guarantee) String() string {
 func (*Guarantee) ProtoMessage() {}
 
 func (x *Guarantee) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[36]
+	mi := &file_vigil_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2861,7 +2963,7 @@ func (x *Guarantee) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Guarantee.ProtoReflect.Descriptor instead.
 func (*Guarantee) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{36}
+	return file_vigil_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Guarantee) GetControl() string {
@@ -2889,7 +2991,7 @@ var File_vigil_proto protoreflect.FileDescriptor
 
 const file_vigil_proto_rawDesc = "" +
 	"\n" +
-	"\vvigil.proto\x12\bvigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x06\n" +
+	"\vvigil.proto\x12\bvigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x06\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
@@ -2910,7 +3012,8 @@ const file_vigil_proto_rawDesc = "" +
 	"\vfile_modify\x18\x12 \x01(\v2\x14.vigil.v1.FileModifyH\x00R\n" +
 	"fileModify\x123\n" +
 	"\tintegrity\x18\x13 \x01(\v2\x13.vigil.v1.IntegrityH\x00R\tintegrity\x12*\n" +
-	"\x06tamper\x18\x14 \x01(\v2\x10.vigil.v1.TamperH\x00R\x06tamper\x12+\n" +
+	"\x06tamper\x18\x14 \x01(\v2\x10.vigil.v1.TamperH\x00R\x06tamper\x12@\n" +
+	"\x0efilter_session\x18\x15 \x01(\v2\x17.vigil.v1.FilterSessionH\x00R\rfilterSession\x12+\n" +
 	"\averdict\x18\x1e \x01(\v2\x11.vigil.v1.VerdictR\averdict\x12\x0e\n" +
 	"\x02id\x18\x1f \x01(\x04R\x02id\x12%\n" +
 	"\x05trust\x18  \x01(\v2\x0f.vigil.v1.TrustR\x05trustB\b\n" +
@@ -2998,7 +3101,14 @@ const file_vigil_proto_rawDesc = "" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x18\n" +
-	"\arefused\x18\x04 \x01(\bR\arefused\"}\n" +
+	"\arefused\x18\x04 \x01(\bR\arefused\"\x93\x01\n" +
+	"\rFilterSession\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x10\n" +
+	"\x03pid\x18\x04 \x01(\rR\x03pid\x12\x10\n" +
+	"\x03exe\x18\x05 \x01(\tR\x03exe\x12\x16\n" +
+	"\x06sha256\x18\x06 \x01(\tR\x06sha256\"}\n" +
 	"\x05Trust\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x18\n" +
 	"\averdict\x18\x02 \x01(\tR\averdict\x12\x16\n" +
@@ -3150,7 +3260,7 @@ func file_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_proto_rawDescData
 }
 
-var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_vigil_proto_goTypes = []any{
 	(*Event)(nil),                 // 0: vigil.v1.Event
 	(*Process)(nil),               // 1: vigil.v1.Process
@@ -3167,35 +3277,36 @@ var file_vigil_proto_goTypes = []any{
 	(*FileModify)(nil),            // 12: vigil.v1.FileModify
 	(*Integrity)(nil),             // 13: vigil.v1.Integrity
 	(*Tamper)(nil),                // 14: vigil.v1.Tamper
-	(*Trust)(nil),                 // 15: vigil.v1.Trust
-	(*Verdict)(nil),               // 16: vigil.v1.Verdict
-	(*ClientVerdict)(nil),         // 17: vigil.v1.ClientVerdict
-	(*StatusRequest)(nil),         // 18: vigil.v1.StatusRequest
-	(*StatusResponse)(nil),        // 19: vigil.v1.StatusResponse
-	(*IntegrityStatus)(nil),       // 20: vigil.v1.IntegrityStatus
-	(*PolicyStatus)(nil),          // 21: vigil.v1.PolicyStatus
-	(*RuleHits)(nil),              // 22: vigil.v1.RuleHits
-	(*Feature)(nil),               // 23: vigil.v1.Feature
-	(*Counters)(nil),              // 24: vigil.v1.Counters
-	(*EventsRequest)(nil),         // 25: vigil.v1.EventsRequest
-	(*ApplyPolicyRequest)(nil),    // 26: vigil.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),   // 27: vigil.v1.ApplyPolicyResponse
-	(*PendingRequest)(nil),        // 28: vigil.v1.PendingRequest
-	(*PendingResponse)(nil),       // 29: vigil.v1.PendingResponse
-	(*PendingCode)(nil),           // 30: vigil.v1.PendingCode
-	(*ApproveRequest)(nil),        // 31: vigil.v1.ApproveRequest
-	(*ApproveResponse)(nil),       // 32: vigil.v1.ApproveResponse
-	(*StopRequest)(nil),           // 33: vigil.v1.StopRequest
-	(*StopResponse)(nil),          // 34: vigil.v1.StopResponse
-	(*DoctorResponse)(nil),        // 35: vigil.v1.DoctorResponse
-	(*Guarantee)(nil),             // 36: vigil.v1.Guarantee
-	nil,                           // 37: vigil.v1.IntegrityStatus.UnreadableEntry
-	nil,                           // 38: vigil.v1.Counters.ByKindEntry
-	(*timestamppb.Timestamp)(nil), // 39: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
+	(*FilterSession)(nil),         // 15: vigil.v1.FilterSession
+	(*Trust)(nil),                 // 16: vigil.v1.Trust
+	(*Verdict)(nil),               // 17: vigil.v1.Verdict
+	(*ClientVerdict)(nil),         // 18: vigil.v1.ClientVerdict
+	(*StatusRequest)(nil),         // 19: vigil.v1.StatusRequest
+	(*StatusResponse)(nil),        // 20: vigil.v1.StatusResponse
+	(*IntegrityStatus)(nil),       // 21: vigil.v1.IntegrityStatus
+	(*PolicyStatus)(nil),          // 22: vigil.v1.PolicyStatus
+	(*RuleHits)(nil),              // 23: vigil.v1.RuleHits
+	(*Feature)(nil),               // 24: vigil.v1.Feature
+	(*Counters)(nil),              // 25: vigil.v1.Counters
+	(*EventsRequest)(nil),         // 26: vigil.v1.EventsRequest
+	(*ApplyPolicyRequest)(nil),    // 27: vigil.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),   // 28: vigil.v1.ApplyPolicyResponse
+	(*PendingRequest)(nil),        // 29: vigil.v1.PendingRequest
+	(*PendingResponse)(nil),       // 30: vigil.v1.PendingResponse
+	(*PendingCode)(nil),           // 31: vigil.v1.PendingCode
+	(*ApproveRequest)(nil),        // 32: vigil.v1.ApproveRequest
+	(*ApproveResponse)(nil),       // 33: vigil.v1.ApproveResponse
+	(*StopRequest)(nil),           // 34: vigil.v1.StopRequest
+	(*StopResponse)(nil),          // 35: vigil.v1.StopResponse
+	(*DoctorResponse)(nil),        // 36: vigil.v1.DoctorResponse
+	(*Guarantee)(nil),             // 37: vigil.v1.Guarantee
+	nil,                           // 38: vigil.v1.IntegrityStatus.UnreadableEntry
+	nil,                           // 39: vigil.v1.Counters.ByKindEntry
+	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
 }
 var file_vigil_proto_depIdxs = []int32{
-	39, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	40, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: vigil.v1.Event.process:type_name -> vigil.v1.Process
 	4,  // 2: vigil.v1.Event.exec:type_name -> vigil.v1.Exec
 	5,  // 3: vigil.v1.Event.fork:type_name -> vigil.v1.Fork
@@ -3208,50 +3319,51 @@ var file_vigil_proto_depIdxs = []int32{
 	12, // 10: vigil.v1.Event.file_modify:type_name -> vigil.v1.FileModify
 	13, // 11: vigil.v1.Event.integrity:type_name -> vigil.v1.Integrity
 	14, // 12: vigil.v1.Event.tamper:type_name -> vigil.v1.Tamper
-	16, // 13: vigil.v1.Event.verdict:type_name -> vigil.v1.Verdict
-	15, // 14: vigil.v1.Event.trust:type_name -> vigil.v1.Trust
-	2,  // 15: vigil.v1.Process.ancestry:type_name -> vigil.v1.Ancestor
-	3,  // 16: vigil.v1.Exec.file:type_name -> vigil.v1.File
-	3,  // 17: vigil.v1.ImageLoad.file:type_name -> vigil.v1.File
-	3,  // 18: vigil.v1.MemExec.file:type_name -> vigil.v1.File
-	3,  // 19: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
-	3,  // 20: vigil.v1.FileModify.file:type_name -> vigil.v1.File
-	17, // 21: vigil.v1.Verdict.clients:type_name -> vigil.v1.ClientVerdict
-	39, // 22: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	23, // 23: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
-	24, // 24: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
-	21, // 25: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
-	20, // 26: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
-	40, // 27: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
-	39, // 28: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
-	37, // 29: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
-	39, // 30: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
-	22, // 31: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
-	38, // 32: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
-	39, // 33: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
-	21, // 34: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
-	30, // 35: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
-	39, // 36: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
-	39, // 37: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
-	23, // 38: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
-	36, // 39: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
-	18, // 40: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
-	25, // 41: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
-	26, // 42: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
-	28, // 43: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
-	31, // 44: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
-	33, // 45: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
-	19, // 46: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
-	0,  // 47: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
-	27, // 48: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
-	29, // 49: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
-	32, // 50: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
-	34, // 51: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
-	46, // [46:52] is the sub-list for method output_type
-	40, // [40:46] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	15, // 13: vigil.v1.Event.filter_session:type_name -> vigil.v1.FilterSession
+	17, // 14: vigil.v1.Event.verdict:type_name -> vigil.v1.Verdict
+	16, // 15: vigil.v1.Event.trust:type_name -> vigil.v1.Trust
+	2,  // 16: vigil.v1.Process.ancestry:type_name -> vigil.v1.Ancestor
+	3,  // 17: vigil.v1.Exec.file:type_name -> vigil.v1.File
+	3,  // 18: vigil.v1.ImageLoad.file:type_name -> vigil.v1.File
+	3,  // 19: vigil.v1.MemExec.file:type_name -> vigil.v1.File
+	3,  // 20: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
+	3,  // 21: vigil.v1.FileModify.file:type_name -> vigil.v1.File
+	18, // 22: vigil.v1.Verdict.clients:type_name -> vigil.v1.ClientVerdict
+	40, // 23: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	24, // 24: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
+	25, // 25: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
+	22, // 26: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
+	21, // 27: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
+	41, // 28: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
+	40, // 29: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
+	38, // 30: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
+	40, // 31: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
+	23, // 32: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
+	39, // 33: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
+	40, // 34: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
+	22, // 35: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
+	31, // 36: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
+	40, // 37: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
+	40, // 38: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
+	24, // 39: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
+	37, // 40: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
+	19, // 41: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
+	26, // 42: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
+	27, // 43: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
+	29, // 44: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
+	32, // 45: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
+	34, // 46: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
+	20, // 47: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
+	0,  // 48: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
+	28, // 49: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
+	30, // 50: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
+	33, // 51: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
+	35, // 52: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
+	47, // [47:53] is the sub-list for method output_type
+	41, // [41:47] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_vigil_proto_init() }
@@ -3271,6 +3383,7 @@ func file_vigil_proto_init() {
 		(*Event_FileModify)(nil),
 		(*Event_Integrity)(nil),
 		(*Event_Tamper)(nil),
+		(*Event_FilterSession)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3278,7 +3391,7 @@ func file_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_proto_rawDesc), len(file_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
