@@ -338,18 +338,30 @@ func (r *Report) writeDecision(b *strings.Builder) {
 		return
 	}
 	b.WriteString("## Decision latency: first exec of an unknown file\n\n")
+	b.WriteString("Each sample execs a file written just before (a tiny static binary padded with random bytes " +
+		"to the size: new content every time, so nothing is cached). Under lockdown the time is execve until it " +
+		"fails with EPERM: the file is hashed (by the agent on the fanotify path, by the kernel on the LSM path) " +
+		"and refused. With no agent the same exec of a fresh file runs: execve until the new image's first " +
+		"instruction. p50/p99 over all samples of all rounds.\n\n")
+	ms := func(v *float64) string {
+		if v == nil {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f ms", *v)
+	}
 	var rows [][]string
 	for _, d := range r.Decision {
-		p50, p99 := "–", "–"
-		if d.P50 != nil {
-			p50 = fmt.Sprintf("%.2f ms", *d.P50)
+		cfg := "–"
+		if d.Config != "" {
+			cfg = r.label(d.Config)
 		}
-		if d.P99 != nil {
-			p99 = fmt.Sprintf("%.2f ms", *d.P99)
+		base := "–"
+		if d.BaselineSamples > 0 {
+			base = fmt.Sprintf("%s / %s (%d)", ms(d.BaselineP50), ms(d.BaselineP99), d.BaselineSamples)
 		}
-		rows = append(rows, []string{d.File, p50, p99, d.Status})
+		rows = append(rows, []string{orDash(d.Place), d.File, cfg, ms(d.P50), ms(d.P99), base, d.Status})
 	}
-	table(b, []string{"file", "p50", "p99", "status"}, rows)
+	table(b, []string{"where", "file", "configuration", "decided p50", "decided p99", "no agent p50 / p99 (samples)", "status"}, rows)
 }
 
 func (r *Report) writeWorkload(b *strings.Builder) {

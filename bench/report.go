@@ -176,12 +176,28 @@ type Cost struct {
 	Note       string  `json:"note,omitempty"`
 }
 
-// Decision is a row of the decision-latency table.
+// Decision is a row of the decision-latency table: the first exec of a
+// file nobody has seen, of one size, at one place, under one
+// configuration, against the same exec with no agent.
 type Decision struct {
-	File   string   `json:"file"`
-	Status string   `json:"status"`
-	P50    *float64 `json:"p50_ms,omitempty"`
-	P99    *float64 `json:"p99_ms,omitempty"`
+	File   string `json:"file"`
+	Size   int64  `json:"size_bytes,omitempty"`
+	Place  string `json:"place,omitempty"`
+	Config string `json:"config,omitempty"`
+	Status string `json:"status"`
+	// P50 and P99 are the time of execve under Config until it failed
+	// (refused), in milliseconds, over the refused samples.
+	P50 *float64 `json:"p50_ms,omitempty"`
+	P99 *float64 `json:"p99_ms,omitempty"`
+	// Samples execs were tried under Config; Refused of them failed with
+	// EPERM (lockdown refuses an unknown file).
+	Samples int `json:"samples,omitempty"`
+	Refused int `json:"refused,omitempty"`
+	// BaselineP50 and BaselineP99: the same exec with no agent, until the
+	// new image ran its first instruction, over BaselineSamples.
+	BaselineP50     *float64 `json:"baseline_p50_ms,omitempty"`
+	BaselineP99     *float64 `json:"baseline_p99_ms,omitempty"`
+	BaselineSamples int      `json:"baseline_samples,omitempty"`
 }
 
 // Workload is a real build with and without the agent.
@@ -222,6 +238,8 @@ const (
 	NotMet      = "not met"
 	NotYet      = "not measurable yet"
 	NotMeasured = "not measured"
+	// Reported is a goal that asks for a number, not a bound.
+	Reported = "reported"
 )
 
 // Target is one of the issue's goals, reported against, not asserted.

@@ -5,6 +5,7 @@
 package bench
 
 import (
+	"fmt"
 	"math"
 	"slices"
 )
@@ -96,4 +97,32 @@ func Schedule(configs []string, rounds int) []Slot {
 		}
 	}
 	return out
+}
+
+// DecisionRow summarizes the decision-latency samples of one file size:
+// refused are the times (ns) of the execs refused under the
+// configuration, tried how many were tried, baseline the times (ns) of
+// the same exec with no agent. Status says what is missing when a side
+// has no samples.
+func DecisionRow(file string, size int64, place, config string, refused []float64, tried int, baseline []float64) Decision {
+	d := Decision{File: file, Size: size, Place: place, Config: config, Samples: tried, Refused: len(refused),
+		BaselineSamples: len(baseline)}
+	ms := func(ns float64) *float64 { v := ns / 1e6; return &v }
+	if len(refused) > 0 {
+		s := Summarize(refused)
+		d.P50, d.P99 = ms(s.Median), ms(s.P99)
+	}
+	if len(baseline) > 0 {
+		s := Summarize(baseline)
+		d.BaselineP50, d.BaselineP99 = ms(s.Median), ms(s.P99)
+	}
+	switch {
+	case tried == 0:
+		d.Status = "not measured"
+	case len(refused) == tried:
+		d.Status = fmt.Sprintf("refused (EPERM) %d of %d", len(refused), tried)
+	default:
+		d.Status = fmt.Sprintf("only %d of %d refused: the others ran (not decided as unknown)", len(refused), tried)
+	}
+	return d
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"math"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -168,5 +169,26 @@ func TestRampAnalyze(t *testing.T) {
 	r.Analyze()
 	if !r.LossFree || r.MaxZeroLoss != 3000 || r.MachineMax != 3000 {
 		t.Errorf("loss-free ramp: %+v", r)
+	}
+}
+
+func TestDecisionRow(t *testing.T) {
+	d := DecisionRow("10 MB", 10_000_000, "host", "lock", []float64{10e6, 20e6, 30e6}, 3, []float64{1e5, 3e5})
+	if d.P50 == nil || *d.P50 != 20 || d.P99 == nil || math.Abs(*d.P99-29.8) > 1e-9 {
+		t.Errorf("p50/p99 in ms: %v %v", d.P50, d.P99)
+	}
+	if *d.BaselineP50 != 0.2 || d.BaselineSamples != 2 || d.Refused != 3 || d.Samples != 3 {
+		t.Errorf("baseline/counts: %+v", d)
+	}
+	if d.Status != "refused (EPERM) 3 of 3" {
+		t.Errorf("status %q", d.Status)
+	}
+	// Some ran: the row says so, and only the refused ones are timed.
+	d = DecisionRow("1 MB", 1_000_000, "vm", "lock", []float64{5e6}, 4, nil)
+	if !strings.Contains(d.Status, "only 1 of 4 refused") || d.BaselineP50 != nil || d.BaselineSamples != 0 {
+		t.Errorf("partial: %+v", d)
+	}
+	if d := DecisionRow("1 MB", 1, "vm", "lock", nil, 0, nil); d.Status != "not measured" || d.P50 != nil {
+		t.Errorf("nothing: %+v", d)
 	}
 }

@@ -45,6 +45,10 @@ type Config struct {
 // Baseline is the configuration every ratio is taken against.
 const Baseline = "none"
 
+// LockdownHost is the host's lockdown configuration: exec control by
+// fanotify on the bench's tmpfs.
+const LockdownHost = "vigil-lockdown-fanotify"
+
 // Configs is the configuration table, in column order.
 var Configs = []Config{
 	{
@@ -66,8 +70,18 @@ var Configs = []Config{
 		Name: "vigil-enforce", Label: "vigil + hardening.yaml + lockdown.yaml (enforce)", Places: VM, Agent: true,
 		PlaceNote: "VM only: enforce arms host-wide denies, which the bench never does outside a VM",
 		Check:     needPolicy("needs issue 3/4", "hardening.yaml", "lockdown.yaml"),
-		Notes:     []string{"the cached path: every file it runs or maps is already known"},
-		Start:     startVigil("hardening.yaml", "lockdown.yaml"),
+		Notes: []string{"the cached path: the system directories and the bench's programs are trust-scanned " +
+			"before the agent starts; the timing helper is listed as a JIT runtime (its mprotect RW→RX row)"},
+		Start: startEnforce,
+	},
+	{
+		Name: LockdownHost, Label: "vigil + lockdown.yaml (fanotify, bench tmpfs)", Places: Host, Agent: true,
+		PlaceNote: "host only: in the VM the LSM backend decides every exec (vigil-enforce)",
+		Check:     checkLockdownFanotify,
+		Start:     startLockdownFanotify,
+		Notes: []string{"lockdown decides execs only on the bench's own tmpfs (--fanotify-mark), where the exec " +
+			"target lives for every host configuration; the target is trust-scanned before the agent starts " +
+			"(the cached path); dlopen, mprotect and other files are not under exec control on this path"},
 	},
 	{
 		Name: "auditd", Label: "auditd + execve rule", Places: Host,

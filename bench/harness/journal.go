@@ -31,6 +31,9 @@ type JournalState struct {
 	Procs []TrackedProc `json:"procs,omitempty"`
 	// Audit is the kernel audit state before the bench touched it.
 	Audit *AuditSaved `json:"audit,omitempty"`
+	// Mounts the bench made (the exec-control tmpfs): unmounted before
+	// the directories are removed.
+	Mounts []string `json:"mounts,omitempty"`
 	// Files the bench created outside its work directory.
 	Files []string `json:"files,omitempty"`
 	// Dirs are work directories to remove.
@@ -145,6 +148,11 @@ func Cleanup(ctx context.Context, path string, log *slog.Logger) error {
 	if s.Audit != nil {
 		if err := restoreAudit(ctx, *s.Audit, log); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for _, m := range s.Mounts {
+		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
 		}
 	}
 	for _, f := range s.Files {

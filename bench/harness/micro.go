@@ -24,7 +24,8 @@ var csrc embed.FS
 type Tools struct {
 	Dir    string
 	Micro  string // the timing and load program (dynamically linked)
-	Target string // the small static binary exec'd
+	Target string // the small static binary exec'd (on the host: a copy on the bench's tmpfs, see execFS)
+	Stamp  string // the tiny static binary the decision-latency phase pads and execs
 	Lib    string // the shared library dlopen'ed
 	File   string // the file opened
 }
@@ -32,11 +33,11 @@ type Tools struct {
 // BuildTools compiles the helpers into dir.
 func BuildTools(ctx context.Context, dir string) (Tools, error) {
 	t := Tools{Dir: dir, Micro: filepath.Join(dir, "micro"), Target: filepath.Join(dir, "target"),
-		Lib: filepath.Join(dir, "libvigilbench.so"), File: filepath.Join(dir, "file")}
+		Stamp: filepath.Join(dir, "stamp"), Lib: filepath.Join(dir, "libvigilbench.so"), File: filepath.Join(dir, "file")}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return t, err
 	}
-	for _, name := range []string{"micro.c", "target.c", "lib.c"} {
+	for _, name := range []string{"micro.c", "target.c", "stamp.c", "lib.c"} {
 		data, err := csrc.ReadFile("csrc/" + name)
 		if err != nil {
 			return t, err
@@ -48,6 +49,7 @@ func BuildTools(ctx context.Context, dir string) (Tools, error) {
 	builds := [][]string{
 		{"-O2", "-Wall", "-Werror", "-o", t.Micro, filepath.Join(dir, "micro.c"), "-ldl"},
 		{"-O2", "-Wall", "-Werror", "-static", "-o", t.Target, filepath.Join(dir, "target.c")},
+		{"-O2", "-Wall", "-Werror", "-static", "-nostdlib", "-fno-stack-protector", "-o", t.Stamp, filepath.Join(dir, "stamp.c")},
 		{"-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", t.Lib, filepath.Join(dir, "lib.c")},
 	}
 	for _, args := range builds {

@@ -25,6 +25,12 @@ type Params struct {
 	// otherwise only configure.
 	WorkloadRounds int
 	WorkloadFull   bool
+	// Decision latency: rounds (no agent and lockdown interleaved) and
+	// samples per file size and round, on the host and in the VM.
+	DecisionRounds    int
+	DecisionSamples   int
+	VMDecisionRounds  int
+	VMDecisionSamples int
 	// VM suite: kernels, rounds and batch scale (TCG is slow).
 	VMKernels    []string
 	VMRounds     int
@@ -35,42 +41,50 @@ type Params struct {
 // FullParams is `make bench`.
 func FullParams() Params {
 	return Params{
-		Mode:           "full",
-		Rounds:         8,
-		BatchScale:     1,
-		Settle:         time.Second,
-		CostSeconds:    10,
-		CostRate:       1000,
-		StepSeconds:    4,
-		ExecRates:      []float64{250, 500, 1000, 2000, 4000, 8000, 16000},
-		EventRates:     []float64{5000, 10000, 25000, 50000, 100000, 200000, 400000, 800000},
-		WorkloadRounds: 2,
-		WorkloadFull:   true,
-		VMKernels:      []string{"6.12", "6.1"},
-		VMRounds:       3,
-		VMBatchScale:   0.12,
-		VMTimeout:      12 * time.Minute,
+		Mode:              "full",
+		Rounds:            8,
+		BatchScale:        1,
+		Settle:            time.Second,
+		CostSeconds:       10,
+		CostRate:          1000,
+		StepSeconds:       4,
+		ExecRates:         []float64{250, 500, 1000, 2000, 4000, 8000, 16000},
+		EventRates:        []float64{5000, 10000, 25000, 50000, 100000, 200000, 400000, 800000},
+		WorkloadRounds:    2,
+		WorkloadFull:      true,
+		DecisionRounds:    4,
+		DecisionSamples:   25,
+		VMDecisionRounds:  2,
+		VMDecisionSamples: 10,
+		VMKernels:         []string{"6.12", "6.1"},
+		VMRounds:          3,
+		VMBatchScale:      0.12,
+		VMTimeout:         12 * time.Minute,
 	}
 }
 
 // QuickParams is `make bench BENCH_QUICK=1`.
 func QuickParams() Params {
 	return Params{
-		Mode:           "quick",
-		Rounds:         2,
-		BatchScale:     0.25,
-		Settle:         500 * time.Millisecond,
-		CostSeconds:    2,
-		CostRate:       1000,
-		StepSeconds:    1,
-		ExecRates:      []float64{1000, 4000},
-		EventRates:     []float64{20000, 200000},
-		WorkloadRounds: 1,
-		WorkloadFull:   false,
-		VMKernels:      []string{"6.12"},
-		VMRounds:       1,
-		VMBatchScale:   0.08,
-		VMTimeout:      6 * time.Minute,
+		Mode:              "quick",
+		Rounds:            2,
+		BatchScale:        0.25,
+		Settle:            500 * time.Millisecond,
+		CostSeconds:       2,
+		CostRate:          1000,
+		StepSeconds:       1,
+		ExecRates:         []float64{1000, 4000},
+		EventRates:        []float64{20000, 200000},
+		WorkloadRounds:    1,
+		WorkloadFull:      false,
+		DecisionRounds:    2,
+		DecisionSamples:   10,
+		VMDecisionRounds:  1,
+		VMDecisionSamples: 5,
+		VMKernels:         []string{"6.12"},
+		VMRounds:          1,
+		VMBatchScale:      0.08,
+		VMTimeout:         6 * time.Minute,
 	}
 }
 

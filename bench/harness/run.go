@@ -36,7 +36,7 @@ type Options struct {
 	// Root is the repository, where policy files are looked for.
 	Root string
 	// Phases limits the run to some of: micro, cost, throughput,
-	// workload, vm (empty: all).
+	// workload, decision, vm (empty: all).
 	Phases []string
 	// VMKernels overrides the kernels of the VM suite.
 	VMKernels []string
@@ -67,6 +67,11 @@ type Env struct {
 	// policy files are looked for.
 	PolicyFlag policyFlag
 	PolicyDirs []string
+	// execFS is the bench's own tmpfs (host), the only filesystem an
+	// agent may mark; execFSErr says why there is none.
+	execFS, execFSErr string
+	// trustDB is the guest's trust database, scanned once.
+	trustDB string
 	// NotInstalled maps Debian packages that could not be installed to
 	// why.
 	NotInstalled map[string]string
@@ -159,6 +164,7 @@ func Run(ctx context.Context, opts Options, p Params, log *slog.Logger) (rep *be
 	}
 	e.PolicyFlag = agentPolicyFlag(ctx, e.Vigil)
 	e.PolicyDirs = policyDirs(opts.Root)
+	e.setupExecFS()
 
 	// Which configurations run on the host.
 	var hostCfgs []*Config
@@ -220,18 +226,35 @@ func Run(ctx context.Context, opts Options, p Params, log *slog.Logger) (rep *be
 		}
 		rep.Workload = w
 	}
+	if opts.phase("decision") && ctx.Err() == nil {
+		if c := findConfig(hostCfgs, LockdownHost); c != nil {
+			rep.Decision = append(rep.Decision, e.runDecision(ctx, "host", c, e.execFS, p.DecisionRounds, p.DecisionSamples)...)
+		} else {
+			rep.Decision = append(rep.Decision, decisionNotRun("host", LockdownHost+": "+configReason(rep.Configs, LockdownHost, "host"))...)
+		}
+	}
 	if opts.phase("vm") && ctx.Err() == nil {
 		for _, k := range e.P.VMKernels {
 			if ctx.Err() != nil {
 				break
 			}
-			suite, statuses, err := e.runVM(ctx, k)
+			suite, statuses, decision, err := e.runVM(ctx, k, opts.phase("decision"))
 			if err != nil {
 				e.errorf("vm %s: %v", k, err)
 			}
 			rep.Configs = append(rep.Configs, statuses...)
 			if len(suite.Ops) > 0 {
 				rep.Micro = append(rep.Micro, suite)
+			}
+			if opts.phase("decision") {
+				if len(decision) == 0 {
+					why := "the VM suite did not run"
+					if err != nil {
+						why += ": " + err.Error()
+					}
+					decision = decisionNotRun("vm "+k, shorten(why, 200))
+				}
+				rep.Decision = append(rep.Decision, decision...)
 			}
 		}
 	}
@@ -248,7 +271,6 @@ func Run(ctx context.Context, opts Options, p Params, log *slog.Logger) (rep *be
 		}
 	}
 	rep.Cost = e.costs(rep.Cost)
-	rep.Decision = decisionPlaceholders()
 	if ctx.Err() != nil {
 		e.errorf("interrupted: %v", ctx.Err())
 	}
@@ -310,14 +332,24 @@ func busyNotes() []string {
 	return notes
 }
 
-// decisionPlaceholders are the decision-latency rows until execution
-// control (issue 4) lands.
-func decisionPlaceholders() []bench.Decision {
-	status := "needs issue 4 (execution control)"
-	return []bench.Decision{
-		{File: "unknown 1 MB file, first exec", Status: status},
-		{File: "unknown 10 MB file, first exec", Status: status},
+// findConfig returns the configuration name among cfgs, or nil.
+func findConfig(cfgs []*Config, name string) *Config {
+	for _, c := range cfgs {
+		if c.Name == name {
+			return c
+		}
 	}
+	return nil
+}
+
+// configReason says why configuration name did not run at place.
+func configReason(sts []bench.ConfigStatus, name, place string) string {
+	for _, st := range sts {
+		if st.Name == name && st.Place == place && st.Reason != "" {
+			return st.Reason
+		}
+	}
+	return "not run"
 }
 
 // runNotes says how a configuration behaved in this run: its backend and

@@ -24,50 +24,61 @@ func startVigil(policies ...string) func(ctx context.Context, e *Env) (*Running,
 		if err != nil {
 			return nil, err
 		}
-		sock := filepath.Join(dir, "vigil.sock")
-		argv := []string{e.Vigil, "agent", "--state-dir", filepath.Join(dir, "state"), "--socket", sock,
-			"--log-format", "json"}
-		if e.InVM {
-			// The point of the VM is the LSM backend: refuse to measure
-			// anything else there.
-			argv = append(argv, "--backend", "lsm")
-		}
+		var paths []string
 		for _, p := range policies {
-			// --policy FILE, repeated: the flag issues 3/4 add.
-			argv = append(argv, "--policy", e.findPolicy(p))
+			paths = append(paths, e.findPolicy(p))
 		}
-		d, err := e.startDaemon(ctx, daemonSpec{name: "vigil", argv: argv})
-		if err != nil {
-			return nil, err
-		}
-		a := &agentClient{bin: e.Vigil, sock: sock}
-		// Wait for the sensors, but not for an agent that already died.
-		wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-		defer cancel()
-		go func() {
-			select {
-			case <-d.done:
-				cancel()
-			case <-wctx.Done():
-			}
-		}()
-		out, err := exec.CommandContext(wctx, e.Vigil, "status", "--socket", sock, "--wait", "60s").CombinedOutput()
-		if err != nil {
-			msg := strings.TrimSpace(string(out))
-			if isDone(d.done) {
-				msg = "the agent exited"
-			}
-			tail := d.logTail()
-			d.stop()
-			return nil, fmt.Errorf("vigil agent not ready: %s%s", msg, tail)
-		}
-		st, err := a.status(ctx)
-		if err != nil {
-			d.stop()
-			return nil, err
-		}
-		return &Running{d: d, agent: a, Backend: st.Backend}, nil
+		return e.startAgent(ctx, dir, paths, nil)
 	}
+}
+
+// startAgent starts `vigil agent` with its state directory and socket in
+// dir, the policy files (--policy FILE, repeated) and more flags, and
+// returns once `vigil status --wait` says it is ready.
+func (e *Env) startAgent(ctx context.Context, dir string, policies, extra []string) (*Running, error) {
+	sock := filepath.Join(dir, "vigil.sock")
+	argv := []string{e.Vigil, "agent", "--state-dir", filepath.Join(dir, "state"), "--socket", sock,
+		"--log-format", "json"}
+	if e.InVM {
+		// The point of the VM is the LSM backend: refuse to measure
+		// anything else there.
+		argv = append(argv, "--backend", "lsm")
+	}
+	for _, p := range policies {
+		argv = append(argv, "--policy", p)
+	}
+	argv = append(argv, extra...)
+	d, err := e.startDaemon(ctx, daemonSpec{name: "vigil", argv: argv})
+	if err != nil {
+		return nil, err
+	}
+	a := &agentClient{bin: e.Vigil, sock: sock}
+	// Wait for the sensors, but not for an agent that already died.
+	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-d.done:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	out, err := exec.CommandContext(wctx, e.Vigil, "status", "--socket", sock, "--wait", "60s").CombinedOutput()
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if isDone(d.done) {
+			msg = "the agent exited"
+		}
+		tail := d.logTail()
+		d.stop()
+		return nil, fmt.Errorf("vigil agent not ready: %s%s", msg, tail)
+	}
+	st, err := a.status(ctx)
+	if err != nil {
+		d.stop()
+		return nil, err
+	}
+	return &Running{d: d, agent: a, Backend: st.Backend}, nil
 }
 
 // agentClient speaks to an agent through the vigil CLI, as a user would.
@@ -202,6 +213,9 @@ type policyFlag struct {
 	// multi says the flag takes several files (a stringArray or strings
 	// flag); a plain string flag keeps only the last one given.
 	multi bool
+	// fanotify says the agent has --fanotify-mark (exec control without
+	// BPF LSM, issue 4).
+	fanotify bool
 }
 
 // agentPolicyFlag reads `vigil agent --help`.
@@ -213,22 +227,24 @@ func agentPolicyFlag(ctx context.Context, vigil string) policyFlag {
 }
 
 func parsePolicyFlag(help string) policyFlag {
+	var pf policyFlag
 	for _, l := range strings.Split(help, "\n") {
 		f := strings.Fields(l)
 		for i, w := range f {
 			name, _, _ := strings.Cut(strings.TrimRight(w, ","), "=")
-			if name != "--policy" {
-				continue
-			}
-			pf := policyFlag{present: true}
-			if i+1 < len(f) {
-				switch f[i+1] {
-				case "stringArray", "strings", "stringSlice":
-					pf.multi = true
+			switch name {
+			case "--fanotify-mark":
+				pf.fanotify = true
+			case "--policy":
+				pf.present = true
+				if i+1 < len(f) {
+					switch f[i+1] {
+					case "stringArray", "strings", "stringSlice":
+						pf.multi = true
+					}
 				}
 			}
-			return pf
 		}
 	}
-	return policyFlag{}
+	return pf
 }

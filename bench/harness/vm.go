@@ -31,9 +31,10 @@ const guestBundle = "/opt/vigil-bench"
 
 // guestResult is what the guest reports.
 type guestResult struct {
-	Suite   bench.MicroSuite     `json:"suite"`
-	Configs []bench.ConfigStatus `json:"configs"`
-	Errors  []string             `json:"errors,omitempty"`
+	Suite    bench.MicroSuite     `json:"suite"`
+	Configs  []bench.ConfigStatus `json:"configs"`
+	Decision []bench.Decision     `json:"decision_latency,omitempty"`
+	Errors   []string             `json:"errors,omitempty"`
 }
 
 // elfDeps returns the dynamic loader and the shared libraries the given
@@ -89,9 +90,10 @@ func elfDeps(files ...string) ([]string, error) {
 }
 
 // runVM runs the microbenchmarks in a qemu guest on kernel (tools/vmtest)
-// with every VM configuration, interleaved, and returns the suite and
-// the configurations' status there.
-func (e *Env) runVM(ctx context.Context, kernel string) (bench.MicroSuite, []bench.ConfigStatus, error) {
+// with every VM configuration, interleaved, and (with decision) the
+// decision latency under vigil-enforce, and returns the suite, the
+// configurations' status there and the decision-latency rows.
+func (e *Env) runVM(ctx context.Context, kernel string, decision bool) (bench.MicroSuite, []bench.ConfigStatus, []bench.Decision, error) {
 	place := "vm " + kernel
 	var statuses []bench.ConfigStatus
 	for _, c := range Configs {
@@ -99,14 +101,14 @@ func (e *Env) runVM(ctx context.Context, kernel string) (bench.MicroSuite, []ben
 			statuses = append(statuses, bench.ConfigStatus{Name: c.Name, Label: c.Label, Place: place, Reason: c.PlaceNote})
 		}
 	}
-	fail := func(err error) (bench.MicroSuite, []bench.ConfigStatus, error) {
+	fail := func(err error) (bench.MicroSuite, []bench.ConfigStatus, []bench.Decision, error) {
 		for _, c := range Configs {
 			if c.Places&VM != 0 {
 				statuses = append(statuses, bench.ConfigStatus{Name: c.Name, Label: c.Label, Place: place,
 					Reason: "the VM suite did not run: " + err.Error()})
 			}
 		}
-		return bench.MicroSuite{}, statuses, err
+		return bench.MicroSuite{}, statuses, nil, err
 	}
 	if e.Opts.VMTest == "" {
 		return fail(errors.New("no vmtest binary (make vmtest-tool)"))
@@ -116,7 +118,7 @@ func (e *Env) runVM(ctx context.Context, kernel string) (bench.MicroSuite, []ben
 		if err := os.MkdirAll(bundle, 0o755); err != nil {
 			return fail(err)
 		}
-		for _, f := range []string{e.Tools.Micro, e.Tools.Target, e.Tools.Lib, e.Tools.File} {
+		for _, f := range []string{e.Tools.Micro, e.Tools.Target, e.Tools.Stamp, e.Tools.Lib, e.Tools.File} {
 			data, err := os.ReadFile(f)
 			if err != nil {
 				return fail(err)
@@ -152,6 +154,10 @@ func (e *Env) runVM(ctx context.Context, kernel string) (bench.MicroSuite, []ben
 		"-place", place, "-rounds", strconv.Itoa(e.P.VMRounds),
 		"-scale", strconv.FormatFloat(e.P.VMBatchScale, 'f', -1, 64),
 		"-settle", e.P.Settle.String()}
+	if decision {
+		args = append(args, "-decision-rounds", strconv.Itoa(e.P.VMDecisionRounds),
+			"-decision-samples", strconv.Itoa(e.P.VMDecisionSamples))
+	}
 	e.Log.Info("vm: booting", "kernel", kernel, "rounds", e.P.VMRounds)
 	cmd := exec.CommandContext(ctx, e.Opts.VMTest, args...)
 	cmd.Dir = e.Work
@@ -205,7 +211,7 @@ func (e *Env) runVM(ctx context.Context, kernel string) (bench.MicroSuite, []ben
 		return slices.IndexFunc(Configs, func(c Config) bool { return c.Name == name })
 	}
 	slices.SortStableFunc(statuses, func(a, b bench.ConfigStatus) int { return order(a.Name) - order(b.Name) })
-	return res.Suite, statuses, nil
+	return res.Suite, statuses, res.Decision, nil
 }
 
 // Guest is `vigil-bench guest`, run by tools/vmtest inside the VM: the
@@ -219,6 +225,8 @@ func Guest(ctx context.Context, args []string, log *slog.Logger) error {
 	settle := fs.Duration("settle", 0, "pause after a configuration starts")
 	bundle := fs.String("bundle", guestBundle, "directory of the helpers")
 	vigil := fs.String("vigil", "/usr/bin/vigil", "the vigil binary")
+	decRounds := fs.Int("decision-rounds", 1, "rounds of the decision latency")
+	decSamples := fs.Int("decision-samples", 0, "samples per file size and round of the decision latency (0: not measured)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -239,7 +247,7 @@ func Guest(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	defer Cleanup(context.WithoutCancel(ctx), e.Journal.Path(), log)
 	e.Tools = Tools{Dir: *bundle, Micro: filepath.Join(*bundle, "micro"), Target: filepath.Join(*bundle, "target"),
-		Lib: filepath.Join(*bundle, "libvigilbench.so"), File: filepath.Join(*bundle, "file")}
+		Stamp: filepath.Join(*bundle, "stamp"), Lib: filepath.Join(*bundle, "libvigilbench.so"), File: filepath.Join(*bundle, "file")}
 	e.Acct = DetectAccounting()
 	e.PolicyFlag = agentPolicyFlag(ctx, e.Vigil)
 	e.PolicyDirs = []string{filepath.Join(*bundle, "policies")}
@@ -264,6 +272,13 @@ func Guest(ctx context.Context, args []string, log *slog.Logger) error {
 		res.Configs = append(res.Configs, st)
 	}
 	res.Suite = e.runSuite(ctx, *place, cfgs, *rounds, *scale)
+	if *decSamples > 0 && ctx.Err() == nil {
+		if c := findConfig(cfgs, "vigil-enforce"); c != nil {
+			res.Decision = e.runDecision(ctx, *place, c, e.Work, *decRounds, *decSamples)
+		} else {
+			res.Decision = decisionNotRun(*place, "vigil-enforce: "+configReason(res.Configs, "vigil-enforce", *place))
+		}
+	}
 	var u unix.Utsname
 	unix.Uname(&u)
 	res.Suite.Kernel = unix.ByteSliceToString(u.Release[:])

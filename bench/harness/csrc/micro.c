@@ -12,6 +12,13 @@
 //       run OP at RATE operations per second in total (0: as fast as
 //       possible) for SECONDS, split over WORKERS processes; print
 //       "ops N seconds S".
+//   micro decide STAMP DIR SIZE SAMPLES
+//       SAMPLES times: write a new file DIR/decide-PID-N, a copy of STAMP
+//       padded with random bytes to SIZE (new content every time), exec
+//       it in a child and time execve: until it fails, or until the new
+//       image's first instruction (STAMP writes that time to fd 3). Print
+//       one line per sample: "ok NS", "eperm NS" or "errno E NS". The
+//       file is removed after each sample.
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -20,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -224,6 +233,111 @@ static int cmd_rate(int argc, char **argv)
 	return failed;
 }
 
+// fill writes n pseudo-random bytes (splitmix64 from a random seed) to fd.
+static void fill(int fd, long n)
+{
+	static unsigned char buf[1 << 16];
+	unsigned long long x;
+	if (getrandom(&x, sizeof x, 0) != sizeof x)
+		die("getrandom");
+	while (n > 0) {
+		for (size_t i = 0; i + 8 <= sizeof buf; i += 8) {
+			unsigned long long z = (x += 0x9e3779b97f4a7c15ULL);
+			z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+			z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+			z ^= z >> 31;
+			memcpy(buf + i, &z, 8);
+		}
+		long k = n < (long)sizeof buf ? n : (long)sizeof buf;
+		if (write(fd, buf, k) != k)
+			die("write");
+		n -= k;
+	}
+}
+
+static int cmd_decide(int argc, char **argv)
+{
+	if (argc < 6)
+		return 2;
+	const char *stamp = argv[2], *dir = argv[3];
+	long size = atol(argv[4]), samples = atol(argv[5]);
+	int sfd = open(stamp, O_RDONLY | O_CLOEXEC);
+	if (sfd < 0)
+		die(stamp);
+	struct stat st;
+	if (fstat(sfd, &st) != 0)
+		die("fstat");
+	char *img = malloc(st.st_size);
+	if (!img || read(sfd, img, st.st_size) != st.st_size)
+		die("read stamp");
+	close(sfd);
+	if (size < st.st_size) {
+		fprintf(stderr, "micro: size %ld is smaller than %s (%ld bytes)\n", size, stamp, (long)st.st_size);
+		return 1;
+	}
+	char path[4096];
+	for (long i = 0; i < samples; i++) {
+		snprintf(path, sizeof path, "%s/decide-%d-%ld", dir, getpid(), i);
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
+		if (fd < 0)
+			die(path);
+		if (write(fd, img, st.st_size) != st.st_size)
+			die("write");
+		fill(fd, size - st.st_size);
+		if (close(fd) != 0)
+			die("close");
+		int p[2];
+		if (pipe2(p, O_CLOEXEC) != 0)
+			die("pipe");
+		pid_t pid = fork();
+		if (pid < 0)
+			die("fork");
+		if (pid == 0) {
+			// fd 3 is the pipe in the new image; records are
+			// {kind, ns, errno}: 0 execve called, 1 it failed, 2 the
+			// image runs (written by stamp).
+			if (dup2(p[1], 3) != 3)
+				_exit(125);
+			char *cargv[] = {path, NULL};
+			char *envp[] = {NULL};
+			long rec[3] = {0, (long)now_ns(), 0};
+			if (write(3, rec, sizeof rec) != sizeof rec)
+				_exit(125);
+			execve(path, cargv, envp);
+			int err = errno;
+			rec[0] = 1, rec[1] = (long)now_ns(), rec[2] = err;
+			if (write(3, rec, sizeof rec) != sizeof rec)
+				_exit(125);
+			_exit(126);
+		}
+		close(p[1]);
+		long rec[3], t0 = -1, t1 = -1, kind = -1, err = 0;
+		while (read(p[0], rec, sizeof rec) == sizeof rec) {
+			if (rec[0] == 0)
+				t0 = rec[1];
+			else
+				kind = rec[0], t1 = rec[1], err = rec[2];
+		}
+		close(p[0]);
+		int ws;
+		if (waitpid(pid, &ws, 0) < 0)
+			die("waitpid");
+		unlink(path);
+		if (t0 < 0 || t1 < 0) {
+			fprintf(stderr, "micro: sample %ld: no time from the child (status %d)\n", i, ws);
+			return 1;
+		}
+		if (kind == 2)
+			printf("ok %ld\n", t1 - t0);
+		else if (err == EPERM || err == EACCES)
+			printf("eperm %ld\n", t1 - t0);
+		else
+			printf("errno %ld %ld\n", err, t1 - t0);
+		fflush(stdout);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int rc = 2;
@@ -231,8 +345,11 @@ int main(int argc, char **argv)
 		rc = cmd_time(argc, argv);
 	else if (argc >= 2 && !strcmp(argv[1], "rate"))
 		rc = cmd_rate(argc, argv);
+	else if (argc >= 2 && !strcmp(argv[1], "decide"))
+		rc = cmd_decide(argc, argv);
 	if (rc == 2)
 		fprintf(stderr, "usage: micro time OP BATCHES PER_BATCH [PATH]\n"
-				"       micro rate OP RATE SECONDS WORKERS [PATH]\n");
+				"       micro rate OP RATE SECONDS WORKERS [PATH]\n"
+				"       micro decide STAMP DIR SIZE SAMPLES\n");
 	return rc;
 }
