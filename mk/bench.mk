@@ -10,7 +10,8 @@
 #                             audit rules and settings); a no-op otherwise
 #
 # BENCH_FLAGS passes more flags to `vigil-bench run`, e.g.
-# BENCH_FLAGS="-phases micro,cost -configs vigil,auditd" or "-keep".
+# BENCH_FLAGS="-phases micro,cost -configs vigil,auditd" or "-keep". Phases:
+# micro, cost, throughput, workload, decision (execution control), vm.
 
 BENCH_OUT ?= out/bench
 BENCH_QUICK ?=

@@ -18,7 +18,8 @@
 //       it in a child and time execve: until it fails, or until the new
 //       image's first instruction (STAMP writes that time to fd 3). Print
 //       one line per sample: "ok NS", "eperm NS" or "errno E NS". The
-//       file is removed after each sample.
+//       file is removed after each sample. One more sample first, not
+//       printed: a warm-up, as for the other operations.
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -276,8 +277,8 @@ static int cmd_decide(int argc, char **argv)
 		return 1;
 	}
 	char path[4096];
-	for (long i = 0; i < samples; i++) {
-		snprintf(path, sizeof path, "%s/decide-%d-%ld", dir, getpid(), i);
+	for (long i = -1; i < samples; i++) {
+		snprintf(path, sizeof path, "%s/decide-%d-%ld", dir, getpid(), i + 1);
 		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
 		if (fd < 0)
 			die(path);
@@ -323,6 +324,8 @@ static int cmd_decide(int argc, char **argv)
 		if (waitpid(pid, &ws, 0) < 0)
 			die("waitpid");
 		unlink(path);
+		if (i < 0)
+			continue; // the warm-up
 		if (t0 < 0 || t1 < 0) {
 			fprintf(stderr, "micro: sample %ld: no time from the child (status %d)\n", i, ws);
 			return 1;
