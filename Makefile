@@ -71,12 +71,14 @@ VMTEST_INCLUDE := bin/vigil:/usr/bin/vigil \
 	$(VM_LIBDIR)/libc.so.6:$(VM_LIBDIR)/libc.so.6 \
 	/usr/bin/true:/opt/vigil-test/true \
 	bin/xcloader:/opt/vigil-test/xcloader \
+	bin/vigil-scanner:/opt/vigil-test/vigil-scanner \
+	bin/vigil-jsonl:/opt/vigil-test/vigil-jsonl \
 	bin/libxctest.so:/opt/vigil-test/libxctest.so \
 	examples:$(CURDIR)/examples
 include mk/vm.mk
 include mk/bench.mk
 
-test-vm: build xctest
+test-vm: build xctest clients
 
 # Execution control's VM tests load a library through dlopen (xcloader)
 # and LD_PRELOAD: a C program and library linked against the system libc.
@@ -88,3 +90,10 @@ $(BIN)/xcloader: tools/xctest/xcloader.c
 $(BIN)/libxctest.so: tools/xctest/xclib.c
 	@mkdir -p $(BIN)
 	clang -O2 -Wall -Werror -shared -fPIC -o $@ $<
+
+# The example filter API clients (examples/clients), static: the VM tests
+# run them as approved clients.
+.PHONY: clients
+clients:
+	$(GO) build -o $(BIN)/vigil-scanner ./examples/clients/scanner
+	$(GO) build -o $(BIN)/vigil-jsonl ./examples/clients/jsonl

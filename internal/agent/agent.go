@@ -26,6 +26,7 @@ import (
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/integrity"
+	"github.com/vigil-hips/vigil/internal/filter"
 	"github.com/vigil-hips/vigil/internal/metrics"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/server"
@@ -134,7 +135,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	// cancelled, after the pipeline has flushed.
 	svcCtx, stopServices := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	svcErr := make(chan error, 2)
+	svcErr := make(chan error, 4)
 	cleanups = append(cleanups, func() error {
 		stopServices()
 		wg.Wait()
@@ -229,6 +230,29 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	if unprotect != nil {
 		cleanups = append(cleanups, unprotect)
 	}
+	// The filter API, once the policy is in force: its clients' kernel
+	// rules are merged into it.
+	fsrv, err := a.startFilter(ctx)
+	if err != nil {
+		return err
+	}
+	fln, err := server.Listen(a.filterSocket())
+	if err != nil {
+		return fmt.Errorf("filter API: %w", err)
+	}
+	a.filter.Store(fsrv)
+	if au, ok := s.(sensor.ExecAuthorizer); ok {
+		au.SetExecAuthorizer(a.authorizeExec)
+	}
+	wg.Go(func() {
+		if err := fsrv.Serve(fln); err != nil {
+			svcErr <- err
+		}
+	})
+	wg.Go(func() {
+		<-svcCtx.Done()
+		fsrv.Shutdown()
+	})
 	a.setAttached(true)
 	if err := a.startIntegrity(ctx, svcCtx, &wg, deps.Integrity); err != nil {
 		return err
@@ -267,6 +291,7 @@ type agent struct {
 	sensor    atomic.Pointer[sensor.Sensor]
 	policy    policyState
 	xc        *execState // set before the API serves
+	filter    atomic.Pointer[filter.Server]
 	attached  atomic.Bool
 	stored    atomic.Uint64
 	storeErrs atomic.Uint64
@@ -421,6 +446,9 @@ func (a *agent) flush(s sensor.Sensor, batch []*vigilv1.Event) {
 		a.jsonlBad = err != nil
 	}
 	a.broker.Publish(batch)
+	if f := a.filter.Load(); f != nil {
+		f.Publish(batch)
+	}
 }
 
 // updateLost moves the lost-events counter to the sensor's count.

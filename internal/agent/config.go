@@ -23,6 +23,9 @@ const (
 	DefaultIntegrityInterval = time.Minute
 	// DefaultAdminKey is the admin public key set at install.
 	DefaultAdminKey = "/etc/vigil/admin.pub"
+	// DefaultFilterClients is the signed list of approved filter API
+	// clients (vigil filter sign-clients).
+	DefaultFilterClients = "/etc/vigil/filter-clients.json"
 )
 
 // maxSocketPath is the longest path a unix socket address holds
@@ -50,6 +53,12 @@ type Config struct {
 	// RingBufBytes is the kernel ring buffer size: 0 for the sensor's
 	// default, else a power of two and a multiple of the page size.
 	RingBufBytes int
+	// FilterSocket is the filter API's unix socket; empty: filter.sock
+	// next to Socket.
+	FilterSocket string
+	// FilterClients is the signed configuration of approved filter API
+	// clients; empty: DefaultFilterClients.
+	FilterClients string
 	// PolicyPaths are policy files to enforce from the start, merged in
 	// order (policy.Merge). Empty: the last policy applied (kept in
 	// StateDir), if any.

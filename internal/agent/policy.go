@@ -30,8 +30,13 @@ var ErrBadPolicy = errors.New("policy refused")
 
 // policyState is the policy in force.
 type policyState struct {
-	mu        sync.Mutex
-	p         *policy.Policy
+	mu sync.Mutex
+	p  *policy.Policy // in force: clients' kernel rules, then base
+	// base is the policy files applied (names, parsed); clients the
+	// filter API clients' kernel rules (rule YAML by id, by client).
+	baseNames []string
+	base      []*policy.Policy
+	clients   map[string]map[string][]byte
 	source    string
 	appliedAt time.Time
 	warnings  []string
@@ -64,8 +69,7 @@ func (a *agent) applyPolicyParts(parts []policyPart) (*vigilv1.PolicyStatus, err
 		}
 		names, ps = append(names, pt.name), append(ps, p)
 	}
-	p, err := policy.Merge(names, ps)
-	if err != nil {
+	if _, err := policy.Merge(names, ps); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadPolicy, err)
 	}
 	name := strings.Join(names, " + ")
@@ -79,6 +83,11 @@ func (a *agent) applyPolicyParts(parts []policyPart) (*vigilv1.PolicyStatus, err
 	}
 	a.policy.mu.Lock()
 	defer a.policy.mu.Unlock()
+	// Filter API clients' kernel rules stay in force across policies.
+	p, err := a.effectiveLocked(names, ps, a.policy.clients)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadPolicy, err)
+	}
 	warnings, err := enf.Enforce(p)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrBadPolicy, name, err)
@@ -93,6 +102,7 @@ func (a *agent) applyPolicyParts(parts []policyPart) (*vigilv1.PolicyStatus, err
 	}
 	warnings = append(warnings, xw...)
 	a.policy.p, a.policy.source, a.policy.appliedAt, a.policy.warnings = p, name, time.Now(), warnings
+	a.policy.baseNames, a.policy.base = names, ps
 	for _, w := range warnings {
 		a.log.Warn("policy applied in part", "policy", name, "warning", w)
 	}

@@ -52,6 +52,7 @@ func New(opts Options) *cobra.Command {
 		newTrustCmd(), newKeysCmd(), newCatalogCmd(), newPendingCmd(g), newApproveCmd(g),
 		newStopCmd(g),
 		newAdminCmd(),
+		newFilterCmd(),
 	)
 	return root
 }

@@ -51,3 +51,14 @@ trust:
 	}
 }
 
+
+func TestParseRule(t *testing.T) {
+	r, err := ParseRule("client rule", []byte("id: no-marker\non: exec\naction: deny\nmatch: {target: {path_prefix: /srv}}\n"), Enforce)
+	if err != nil || r.ID != "no-marker" || r.Action != Deny || r.Mode != Enforce {
+		t.Fatalf("ParseRule: %+v, %v", r, err)
+	}
+	_, err = ParseRule("client rule", []byte("id: x\non: exec\naction: deny\nmatch: {target: {path_prefx: /srv}}\n"), Enforce)
+	if err == nil || !strings.Contains(err.Error(), "client rule:4:") {
+		t.Fatalf("bad rule: %v, want an error at client rule:4", err)
+	}
+}

@@ -732,3 +732,32 @@ func (p *parser) prot(v *yaml.Node) Prot {
 	}
 	return prot
 }
+
+// ParseRule parses one rule (a YAML mapping, as one entry of a policy's
+// rules) in mode, e.g. a filter API client's kernel rule. filename is used
+// in error messages only.
+func ParseRule(filename string, data []byte, mode Mode) (*Rule, error) {
+	p := &parser{file: filename, lists: map[string][]*yaml.Node{}, ids: map[string]*yaml.Node{}}
+	for line := range bytes.Lines(data) {
+		p.lineLen = append(p.lineLen, len(line))
+	}
+	var r *Rule
+	if len(data) > MaxPolicySize {
+		p.errorf(nil, "rule is %d bytes, more than %d", len(data), MaxPolicySize)
+	} else if doc := p.decode(data); doc != nil {
+		r = p.rule(doc, mode)
+	}
+	if len(p.errs) > 0 {
+		return nil, &ErrorList{Errors: sortErrors(p.errs)}
+	}
+	return r, nil
+}
+
+// WithRules returns a policy of rules alone (mode enforce), for rules that
+// come from elsewhere than a file (a filter API client's), to be merged
+// with the policy in force (Merge).
+func WithRules(name string, rules []*Rule) *Policy {
+	p := &Policy{Version: 1, Name: name, Mode: Enforce, Rules: rules}
+	p.digest = digest(p)
+	return p
+}

@@ -93,3 +93,13 @@ type ExecController interface {
 	// decision uses xc.
 	SetExecControl(xc *ExecControl) error
 }
+
+// ExecAuthorizer is a sensor that can ask others (filter API clients)
+// about an exec it decides in userspace (the fanotify path), after Vigil's
+// own policy allowed it.
+type ExecAuthorizer interface {
+	// SetExecAuthorizer installs fn: it returns whether the exec may go on
+	// and the clients' answers for the decision record. key names the
+	// file's content state (identity and change times).
+	SetExecAuthorizer(fn func(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict))
+}

@@ -87,9 +87,10 @@ type Sensor struct {
 	done       chan struct{} // closed by Close
 	readerDone chan struct{} // closed when read returns
 
-	fan        *fanotify.Guard               // tracepoint backend with marks
-	userPolicy atomic.Pointer[policy.Policy] // decides fanotify events
-	userXC     atomic.Pointer[userXC]        // execution control on fanotify events
+	fan        *fanotify.Guard                // tracepoint backend with marks
+	userPolicy atomic.Pointer[policy.Policy]  // decides fanotify events
+	userXC     atomic.Pointer[userXC]         // execution control on fanotify events
+	authorizer atomic.Pointer[execAuthorizer] // filter API clients, on fanotify events
 
 	xcMu sync.Mutex // serializes SetExecControl
 	xc   *execState // execution control in force (LSM backend)
@@ -220,7 +221,9 @@ func (s *Sensor) Start(ctx context.Context) error {
 	s.log.Info("sensor attached", "hooks", len(info.Hooks), "missing", len(info.MissingHooks),
 		"processes", s.cache.Len())
 
-	if s.backend == sensor.BackendTracepoint && len(s.cfg.FanotifyMarks) > 0 {
+	// With BPF LSM the kernel decides Vigil's own verdicts; fanotify marks
+	// then serve the filter API clients' authorization only.
+	if len(s.cfg.FanotifyMarks) > 0 {
 		if err := s.startFanotify(); err != nil {
 			rd.Close()
 			s.closeKernel()

@@ -12,6 +12,7 @@ import (
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fanotify"
 	"github.com/vigil-hips/vigil/internal/policy"
+	"github.com/vigil-hips/vigil/internal/sensor"
 )
 
 // startFanotify puts the configured filesystems under exec permission
@@ -32,16 +33,15 @@ func (s *Sensor) startFanotify() error {
 	return nil
 }
 
-// decideExec answers an exec permission event with the policy in force.
+// decideExec answers an exec permission event: Vigil's policy and
+// execution control first (tracepoint backend; with BPF LSM the kernel has
+// decided both already), then the filter API clients.
 func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 	p := s.userPolicy.Load()
-	if p == nil && s.userXC.Load() == nil {
+	auth := s.authorizer.Load()
+	own := s.backend != sensor.BackendLSM && (p != nil || s.userXC.Load() != nil)
+	if !own && auth == nil {
 		return true
-	}
-	in := policy.Input{
-		Kind: policy.KindExec,
-		Op:   "exec",
-		File: policy.File{Path: f.Path, Dev: f.Dev, Inode: f.Inode},
 	}
 	proc := &vigilv1.Process{Pid: uint32(pid)}
 	if cached, ok := s.cache.Lookup(uint32(pid)); ok {
@@ -52,16 +52,8 @@ func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 	}
 	proc.Uid = procUID(pid)
 	s.cache.Enrich(proc)
-	in.Process = policy.Process{Pid: proc.Pid, StartTimeNs: proc.StartTimeNs, UID: proc.Uid, Exe: policy.File{Path: proc.Exe}}
-	for _, a := range proc.Ancestry {
-		in.Process.Ancestry = append(in.Process.Ancestry, policy.Ancestor{Pid: a.Pid, StartTimeNs: a.StartTimeNs, Exe: a.Exe})
-	}
-	if p == nil {
-		return s.decideExecTrust(proc, f)
-	}
-	v := p.Evaluate(in, procEnv(pid))
-	if v.Rule != "" {
-		s.emitUser(&vigilv1.Event{
+	execEvent := func(v *vigilv1.Verdict) *vigilv1.Event {
+		return &vigilv1.Event{
 			Time:    timestamppb.Now(),
 			Kind:    "exec",
 			Backend: s.backend,
@@ -70,16 +62,57 @@ func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 			Detail: &vigilv1.Event_Exec{Exec: &vigilv1.Exec{
 				File: &vigilv1.File{Path: f.Path, Dev: f.Dev, Inode: f.Inode}, Filename: f.Path, CallerExe: proc.Exe,
 			}},
-			Verdict: &vigilv1.Verdict{
+			Verdict: v,
+		}
+	}
+	if own && p != nil {
+		in := policy.Input{
+			Kind:    policy.KindExec,
+			Op:      "exec",
+			File:    policy.File{Path: f.Path, Dev: f.Dev, Inode: f.Inode},
+			Process: policy.Process{Pid: proc.Pid, StartTimeNs: proc.StartTimeNs, UID: proc.Uid, Exe: policy.File{Path: proc.Exe}},
+		}
+		for _, a := range proc.Ancestry {
+			in.Process.Ancestry = append(in.Process.Ancestry, policy.Ancestor{Pid: a.Pid, StartTimeNs: a.StartTimeNs, Exe: a.Exe})
+		}
+		v := p.Evaluate(in, procEnv(pid))
+		if v.Rule != "" {
+			s.emitUser(execEvent(&vigilv1.Verdict{
 				Action: string(v.Action), Rule: v.Rule, Mode: string(v.Mode),
 				DecidedBy: "fanotify", Refused: v.Enforced, Policy: p.Digest(),
-			},
-		})
+			}))
+		}
+		if v.Enforced {
+			return false
+		}
 	}
-	if v.Enforced {
+	if own && !s.decideExecTrust(proc, f) {
 		return false
 	}
-	return s.decideExecTrust(proc, f)
+	if auth == nil {
+		return true
+	}
+	key := fmt.Sprintf("%d:%d:%d:%d:%d", f.Dev, f.Inode, f.Size, f.Mtime, f.Ctime)
+	ok, clients := (*auth)(execEvent(nil), key)
+	if len(clients) > 0 {
+		v := &vigilv1.Verdict{Action: "allow", Rule: FilterRule, Mode: "enforce", DecidedBy: "fanotify", Clients: clients}
+		if !ok {
+			v.Action, v.Refused = "deny", true
+		}
+		s.emitUser(execEvent(v))
+	}
+	return ok
+}
+
+// FilterRule is the rule name of verdicts the filter API clients gave.
+const FilterRule = "filter-api"
+
+// execAuthorizer is the filter API's hook (sensor.ExecAuthorizer).
+type execAuthorizer = func(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict)
+
+// SetExecAuthorizer implements sensor.ExecAuthorizer.
+func (s *Sensor) SetExecAuthorizer(fn func(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict)) {
+	s.authorizer.Store(&fn)
 }
 
 // procUID is the real uid of pid (from /proc), or the nobody uid.

@@ -1,0 +1,149 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/filter"
+	"github.com/vigil-hips/vigil/internal/policy"
+	"github.com/vigil-hips/vigil/internal/sensor"
+	"github.com/vigil-hips/vigil/internal/sign"
+	"github.com/vigil-hips/vigil/internal/trust"
+)
+
+// The filter API (internal/filter) in the agent: its own socket, clients
+// approved by a configuration signed with the admin key, notify from the
+// pipeline, auth from the sensor's fanotify path, kernel rules merged into
+// the policy in force ahead of the administrator's rules.
+
+// startFilter creates the filter server; the caller serves it.
+func (a *agent) startFilter(ctx context.Context) (*filter.Server, error) {
+	opts := filter.Options{
+		Log:    a.log.With("component", "filter"),
+		Rules:  a.setClientRules,
+		Report: a.emit,
+		CatalogSigner: func(ctx context.Context, sha [32]byte) string {
+			d, err := a.xc.db.Lookup(ctx, sha, trust.Catalogs)
+			if err != nil || d.Verdict != trust.Trusted {
+				return ""
+			}
+			id, _ := strings.CutPrefix(d.Source, "catalog:")
+			return id
+		},
+	}
+	keyPath := a.cfg.AdminKeyPath
+	if keyPath == "" {
+		keyPath = DefaultAdminKey
+	}
+	admin, kerr := sign.LoadPublicKey(keyPath)
+	if kerr != nil {
+		opts.ConfigErr = fmt.Errorf("%w: admin key %s: %v", filter.ErrNoConfig, keyPath, kerr)
+	} else {
+		path := a.cfg.FilterClients
+		if path == "" {
+			path = DefaultFilterClients
+		}
+		opts.Config, opts.ConfigErr = filter.LoadConfig(ctx, path, admin)
+	}
+	if opts.ConfigErr != nil {
+		a.log.Info("filter API: no client will be accepted", "why", opts.ConfigErr)
+	}
+	return filter.NewServer(opts), nil
+}
+
+// authorizeExec is the sensor's hook on the fanotify path: Vigil's own
+// policy has allowed the exec; now the clients are asked.
+func (a *agent) authorizeExec(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict) {
+	f := a.filter.Load()
+	if f == nil {
+		return true, nil
+	}
+	return f.Authorize(ev, key)
+}
+
+// effectiveLocked is the policy to enforce: the clients' kernel rules
+// (each id prefixed client-NAME-), then the base policy files. The caller
+// holds a.policy.mu.
+func (a *agent) effectiveLocked(names []string, ps []*policy.Policy, clients map[string]map[string][]byte) (*policy.Policy, error) {
+	var rules []*policy.Rule
+	for _, name := range slices.Sorted(maps.Keys(clients)) {
+		for _, id := range slices.Sorted(maps.Keys(clients[name])) {
+			file := fmt.Sprintf("filter client %s, rule %s", name, id)
+			r, err := policy.ParseRule(file, clients[name][id], policy.Enforce)
+			if err != nil {
+				return nil, err
+			}
+			if r.Action != policy.Deny && r.Action != policy.Kill {
+				return nil, fmt.Errorf("%s: action %s: a client may only add deny or kill rules", file, r.Action)
+			}
+			r.ID = "client-" + name + "-" + id
+			r.Mode = policy.Enforce
+			rules = append(rules, r)
+		}
+	}
+	if len(rules) > 0 {
+		names = append([]string{"filter clients"}, names...)
+		ps = append([]*policy.Policy{policy.WithRules("filter-clients", rules)}, ps...)
+	}
+	if len(ps) == 0 {
+		return nil, nil
+	}
+	return policy.Merge(names, ps)
+}
+
+// setClientRules makes rules the kernel rules of a filter client (none:
+// removes them) and enforces the result at once; on error nothing changes.
+func (a *agent) setClientRules(client string, rules map[string][]byte) error {
+	ptr := a.sensor.Load()
+	if ptr == nil {
+		return errors.New("the sensors are not attached yet")
+	}
+	enf, ok := (*ptr).(sensor.Enforcer)
+	if !ok {
+		return errors.New("this sensor cannot enforce rules")
+	}
+	a.policy.mu.Lock()
+	defer a.policy.mu.Unlock()
+	next := maps.Clone(a.policy.clients)
+	if next == nil {
+		next = map[string]map[string][]byte{}
+	}
+	if len(rules) == 0 {
+		delete(next, client)
+	} else {
+		next[client] = rules
+	}
+	p, err := a.effectiveLocked(a.policy.baseNames, a.policy.base, next)
+	if err != nil {
+		return err
+	}
+	ws, err := enf.Enforce(p)
+	if err != nil {
+		return err
+	}
+	a.policy.clients, a.policy.p = next, p
+	if p != nil && a.policy.appliedAt.IsZero() {
+		a.policy.appliedAt = time.Now()
+	}
+	for _, w := range ws {
+		a.log.Warn("client rule applied in part", "client", client, "warning", w)
+	}
+	a.log.Info("filter client rules in force", "client", client, "rules", len(rules))
+	return nil
+}
+
+// filterSocket is the filter API's socket: the configured one, or
+// filter.sock next to the agent API's.
+func (a *agent) filterSocket() string {
+	if a.cfg.FilterSocket != "" {
+		return a.cfg.FilterSocket
+	}
+	return filepath.Join(filepath.Dir(a.cfg.Socket), "filter.sock")
+}
