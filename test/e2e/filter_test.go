@@ -125,8 +125,10 @@ func filterSetup(t *testing.T, clients []map[string]any, extra ...string) (*agen
 	if out, stderr, code := vigilRun(t, "filter", "sign", "--key", admin+".key", "--out", signed, cfgPath); code != 0 {
 		t.Fatalf("vigil filter sign: %s%s", out, stderr)
 	}
+	hostID := filepath.Join(dir, "machine-id")
+	os.WriteFile(hostID, []byte("e2e-filter-test\n"), 0o644)
 	args := append([]string{"--fanotify-mark", mnt, "--admin-key", admin + ".pub", "--protect=false",
-		"--filter-clients", signed}, extra...)
+		"--host-id-file", hostID, "--filter-clients", signed}, extra...)
 	a := startAgent(t, args...)
 	return a, filepath.Join(filepath.Dir(a.socket), "filter.sock"), mnt
 }
