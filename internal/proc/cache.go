@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,17 @@ type Cache struct {
 	mu    sync.Mutex
 	procs map[uint32]*Process
 	now   func() time.Time
+	// exited lists exits oldest first, so a sweep looks only at the
+	// entries that expired instead of the whole map (at 1,000 execs/s,
+	// some 30,000 exited processes linger).
+	exited []exit
+	head   int // exited[:head] are swept
+}
+
+// exit is one Exit call: which process, and its exitedAt then.
+type exit struct {
+	p  *Process
+	at time.Time
 }
 
 // NewCache returns an empty cache.
@@ -127,11 +139,26 @@ func (c *Cache) Exit(pid uint32) {
 	now := c.now()
 	if p := c.procs[pid]; p != nil {
 		p.exitedAt = now
+		c.exited = append(c.exited, exit{p, now})
 	}
-	for id, p := range c.procs {
-		if !p.exitedAt.IsZero() && now.Sub(p.exitedAt) > exitLinger {
-			delete(c.procs, id)
+	for ; c.head < len(c.exited); c.head++ {
+		e := c.exited[c.head]
+		if now.Sub(e.at) <= exitLinger {
+			break
 		}
+		// Skip what changed since: the pid reused (another entry), or
+		// an exit seen again (a later record in the queue).
+		if c.procs[e.p.PID] == e.p && e.p.exitedAt.Equal(e.at) {
+			delete(c.procs, e.p.PID)
+		}
+		c.exited[c.head] = exit{}
+	}
+	// Reuse the queue's space once half of it is swept.
+	if c.head > 0 && c.head*2 >= len(c.exited) {
+		n := copy(c.exited, c.exited[c.head:])
+		clear(c.exited[n:])
+		c.exited = c.exited[:n]
+		c.head = 0
 	}
 }
 
@@ -163,17 +190,39 @@ func (c *Cache) Enrich(p *vigilv1.Process) {
 			p.Exe = self.Exe
 		}
 	}
-	p.Ancestry = p.Ancestry[:0]
-	seen := map[uint32]bool{p.Pid: true}
+	// Walk first, then allocate the ancestors in one piece: no map for
+	// the loop check (the chain is short), two allocations an event.
+	var (
+		chain [MaxAncestry]*Process // nil: unknown pid, the walk's end
+		pids  [MaxAncestry]uint32
+		n     int
+	)
+	seen := func(pid uint32) bool {
+		return pid == p.Pid || slices.Contains(pids[:n], pid)
+	}
 	next := p.Ppid
-	for len(p.Ancestry) < MaxAncestry && next != 0 && !seen[next] {
-		seen[next] = true
+	for n < MaxAncestry && next != 0 && !seen(next) {
 		a := c.procs[next]
+		chain[n], pids[n] = a, next
+		n++
 		if a == nil {
-			p.Ancestry = append(p.Ancestry, &vigilv1.Ancestor{Pid: next})
 			break
 		}
-		p.Ancestry = append(p.Ancestry, &vigilv1.Ancestor{Pid: a.PID, Exe: a.Exe, StartTimeNs: a.StartTime})
 		next = a.PPID
+	}
+	p.Ancestry = p.Ancestry[:0]
+	if n == 0 {
+		return
+	}
+	p.Ancestry = slices.Grow(p.Ancestry, n)
+	slab := make([]vigilv1.Ancestor, n)
+	for i, a := range chain[:n] {
+		anc := &slab[i]
+		if a == nil {
+			anc.Pid = pids[i]
+		} else {
+			anc.Pid, anc.Exe, anc.StartTimeNs = a.PID, a.Exe, a.StartTime
+		}
+		p.Ancestry = append(p.Ancestry, anc)
 	}
 }
