@@ -12,9 +12,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -45,6 +47,12 @@ type Retention struct {
 // Store is an open event store. It is safe for concurrent use.
 type Store struct {
 	db *sql.DB
+
+	appendMu sync.Mutex // serializes Append, which owns the fields below
+	inserts  [8]*sql.Stmt // by log2 of the rows: 1, 2, 4 … insertRows
+	buf      []byte // the batch's blobs
+	ends     []int  // where each blob ends in buf
+	args     []any
 }
 
 // Filter selects events. Zero fields do not filter.
@@ -108,6 +116,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "foreign_keys(ON)")
+	// A multi-row INSERT keeps a statement journal; in memory it costs
+	// no write(2) per page.
+	q.Add("_pragma", "temp_store(MEMORY)")
 	q.Set("_txlock", "immediate")
 	if strings.ContainsRune(path, '?') {
 		return nil, fmt.Errorf("open event store %s: path must not contain '?'", path)
@@ -135,7 +146,27 @@ func Open(ctx context.Context, path string) (*Store, error) {
 
 // Close closes the database.
 func (s *Store) Close() error {
+	s.appendMu.Lock()
+	for _, stmt := range s.inserts {
+		if stmt != nil {
+			stmt.Close()
+		}
+	}
+	s.appendMu.Unlock()
 	return s.db.Close()
+}
+
+// insertRows is the most rows one INSERT statement carries. A batch is
+// stored with statements of power-of-two sizes up to it (512 events: four
+// statements), so every statement is prepared once, and each costs one
+// trip through database/sql and the driver instead of one a row.
+const insertRows = 128
+
+// insertSQL is the INSERT of n rows.
+func insertSQL(n int) string {
+	const row = "(?, ?, ?, ?, ?, ?, ?)"
+	return "INSERT INTO events (id, seq, time_ns, kind, pid, exe, event) VALUES " +
+		row + strings.Repeat(", "+row, n-1)
 }
 
 // Append stores evs in one transaction, in order, and sets each event's Id.
@@ -145,47 +176,83 @@ func (s *Store) Append(ctx context.Context, evs []*vigilv1.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	blobs := make([][]byte, len(evs))
-	for i, ev := range evs {
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
+	// One buffer for every blob: the driver copies a blob when it binds
+	// it, so the buffer is reused by the next Append.
+	buf, ends := s.buf[:0], s.ends[:0]
+	for _, ev := range evs {
 		// The id is a column, not part of the blob: it is known only after
 		// the insert, and Scan sets it from the column.
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(withoutID(ev))
+		var err error
+		buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(buf, withoutID(ev))
 		if err != nil {
 			return fmt.Errorf("append events: encode event seq %d: %w", ev.GetSeq(), err)
 		}
-		blobs[i] = b
+		ends = append(ends, len(buf))
 	}
+	s.buf, s.ends = buf, ends
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("append events: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // no-op after Commit
-	stmt, err := tx.PrepareContext(ctx,
-		`INSERT INTO events (seq, time_ns, kind, pid, exe, event) VALUES (?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return fmt.Errorf("append events: %w", err)
+	// The ids are given, not left to SQLite: the next after the highest
+	// ever used (sqlite_sequence outlives pruned rows), as AUTOINCREMENT
+	// would choose them; the transaction holds the write lock.
+	var last int64
+	if err := tx.QueryRowContext(ctx, `SELECT max(
+		coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+		coalesce((SELECT max(id) FROM events), 0))`).Scan(&last); err != nil {
+		return fmt.Errorf("append events: last id: %w", err)
 	}
-	defer stmt.Close()
-	ids := make([]uint64, len(evs))
-	for i, ev := range evs {
-		res, err := stmt.ExecContext(ctx, int64(ev.GetSeq()), timeNS(ev), ev.GetKind(),
-			int64(ev.GetProcess().GetPid()), ev.GetProcess().GetExe(), blobs[i])
-		if err != nil {
-			return fmt.Errorf("append events: insert: %w", err)
+	args := s.args[:0]
+	for i := 0; i < len(evs); {
+		n := insertRows
+		for n > len(evs)-i {
+			n /= 2
 		}
-		id, err := res.LastInsertId()
+		stmt, err := s.insert(ctx, n)
 		if err != nil {
 			return fmt.Errorf("append events: %w", err)
 		}
-		ids[i] = uint64(id)
+		args = args[:0]
+		for j := i; j < i+n; j++ {
+			ev, start := evs[j], 0
+			if j > 0 {
+				start = ends[j-1]
+			}
+			args = append(args, last+int64(j)+1, int64(ev.GetSeq()), timeNS(ev), ev.GetKind(),
+				int64(ev.GetProcess().GetPid()), ev.GetProcess().GetExe(), buf[start:ends[j]:ends[j]])
+		}
+		if _, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...); err != nil {
+			return fmt.Errorf("append events: insert: %w", err)
+		}
+		i += n
 	}
+	clear(args) // no blob or string kept alive until the next Append
+	s.args = args[:0]
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("append events: commit: %w", err)
 	}
 	for i, ev := range evs {
-		ev.Id = ids[i]
+		ev.Id = uint64(last) + uint64(i) + 1
 	}
 	return nil
+}
+
+// insert returns the prepared INSERT of n rows (n a power of two up to
+// insertRows).
+func (s *Store) insert(ctx context.Context, n int) (*sql.Stmt, error) {
+	k := bits.TrailingZeros(uint(n))
+	if s.inserts[k] == nil {
+		stmt, err := s.db.PrepareContext(ctx, insertSQL(n))
+		if err != nil {
+			return nil, err
+		}
+		s.inserts[k] = stmt
+	}
+	return s.inserts[k], nil
 }
 
 // withoutID returns ev, or a shallow copy of it with Id cleared.
