@@ -347,7 +347,7 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 		if ev.GetTime() == nil {
 			ev.Time = timestamppb.Now()
 		}
-		if fixUTF8(ev.ProtoReflect()) {
+		if fixEventUTF8(ev) {
 			a.log.Debug("event had invalid UTF-8, replaced", "seq", ev.GetSeq(), "kind", ev.GetKind())
 		}
 		a.metrics.Events.WithLabelValues(ev.GetKind()).Inc()
