@@ -2,7 +2,6 @@ package bpfsensor
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"path"
 	"strconv"
@@ -133,10 +132,11 @@ func (d *decoder) decode(rec []byte) (*vigilv1.Event, error) {
 	if len(rec) < hdrSize {
 		return nil, fmt.Errorf("record of %d bytes, header needs %d", len(rec), hdrSize)
 	}
+	// The generated struct has the C layout on this (little-endian) host
+	// (sensor_bpfel.go): a copy is binary.Decode without its reflection.
+	// TestHeaderCopyIsBinaryDecode holds the two equal.
 	var h sensorEventHdr
-	if _, err := binary.Decode(rec[:hdrSize], binary.LittleEndian, &h); err != nil {
-		return nil, fmt.Errorf("decode header: %w", err)
-	}
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&h)), hdrSize), rec)
 	data := rec[hdrSize:]
 	if int(h.DataLen) > len(data) {
 		return nil, fmt.Errorf("record says %d data bytes, has %d", h.DataLen, len(data))
@@ -154,24 +154,21 @@ func (d *decoder) decode(rec []byte) (*vigilv1.Event, error) {
 	if !ok {
 		return nil, fmt.Errorf("unknown event kind %d", h.Kind)
 	}
-	ev := &vigilv1.Event{
-		Seq:     h.Seq,
-		Time:    timestamppb.New(time.Unix(0, int64(h.Ktime)).Add(d.bootToWall)),
-		Kind:    kind,
-		Backend: d.backend,
-		Hook:    hookNames[h.Hook],
-		Process: &vigilv1.Process{
-			Pid:         h.Pid,
-			Tid:         h.Tid,
-			Ppid:        h.Ppid,
-			Uid:         h.Uid,
-			Euid:        h.Euid,
-			Gid:         h.Gid,
-			StartTimeNs: h.StartTime,
-			Comm:        cString(h.Comm[:]),
-			CgroupId:    h.CgroupId,
-		},
-	}
+	// The parts every event has, in one allocation.
+	parts := new(struct {
+		ev vigilv1.Event
+		p  vigilv1.Process
+		t  timestamppb.Timestamp
+	})
+	t := time.Unix(0, int64(h.Ktime)).Add(d.bootToWall)
+	parts.t.Seconds, parts.t.Nanos = t.Unix(), int32(t.Nanosecond()) // timestamppb.New
+	parts.p.Pid, parts.p.Tid, parts.p.Ppid = h.Pid, h.Tid, h.Ppid
+	parts.p.Uid, parts.p.Euid, parts.p.Gid = h.Uid, h.Euid, h.Gid
+	parts.p.StartTimeNs, parts.p.CgroupId = h.StartTime, h.CgroupId
+	parts.p.Comm = cString(h.Comm[:])
+	ev := &parts.ev
+	ev.Seq, ev.Time, ev.Kind, ev.Backend = h.Seq, &parts.t, kind, d.backend
+	ev.Hook, ev.Process = hookNames[h.Hook], &parts.p
 	file := func() *vigilv1.File {
 		if h.StrLen[strPath] == 0 && h.Ino == 0 {
 			return nil
@@ -276,15 +273,29 @@ func joinPath(b []byte, truncated bool) string {
 	if b == nil {
 		return ""
 	}
-	parts := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-	for i, j := 0, len(parts)-1; i < j; i, j = i+1, j-1 {
-		parts[i], parts[j] = parts[j], parts[i]
-	}
-	p := "/" + strings.Join(parts, "/")
+	b = bytes.TrimRight(b, "\x00")
+	// "/" before each component, last first: NULs become slashes, so
+	// the path is one byte longer than b (plus "..." when cut).
+	n := len(b) + 1
 	if truncated {
-		p = "..." + p
+		n += 3
 	}
-	return path.Clean(p)
+	p := make([]byte, 0, n)
+	if truncated {
+		p = append(p, "..."...)
+	}
+	for end := len(b); ; {
+		i := bytes.LastIndexByte(b[:end], 0)
+		p = append(p, '/')
+		p = append(p, b[i+1:end]...)
+		if i < 0 {
+			break
+		}
+		end = i
+	}
+	// p is never written again: the string may share it. Clean returns
+	// its argument when it is clean already, the usual case.
+	return path.Clean(unsafe.String(&p[0], len(p)))
 }
 
 // splitArgv splits the NUL-separated argument area. The last argument is
@@ -298,12 +309,12 @@ func splitArgv(b []byte) ([]string, bool) {
 }
 
 func cString[T int8 | byte](b []T) string {
-	s := make([]byte, 0, len(b))
-	for _, c := range b {
-		if c == 0 {
-			break
-		}
-		s = append(s, byte(c))
+	if len(b) == 0 {
+		return ""
+	}
+	s := unsafe.Slice((*byte)(unsafe.Pointer(&b[0])), len(b))
+	if i := bytes.IndexByte(s, 0); i >= 0 {
+		s = s[:i]
 	}
 	return string(s)
 }

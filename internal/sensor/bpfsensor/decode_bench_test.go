@@ -3,8 +3,10 @@ package bpfsensor
 import (
 	"bytes"
 	"encoding/binary"
+	"math/rand/v2"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/vigil-hips/vigil/internal/proc"
 )
@@ -118,4 +120,50 @@ func BenchmarkDecodeTrack(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(order)), "ns/event")
+}
+
+// TestHeaderCopyIsBinaryDecode: decode copies the header's bytes into the
+// generated struct; that must read every field as binary.Decode does
+// (no implicit padding, little-endian host).
+func TestHeaderCopyIsBinaryDecode(t *testing.T) {
+	if n := binary.Size(sensorEventHdr{}); n != hdrSize {
+		t.Fatalf("binary.Size %d, unsafe.Sizeof %d: the struct has implicit padding", n, hdrSize)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	rec := make([]byte, hdrSize)
+	for range 100 {
+		for i := range rec {
+			rec[i] = byte(rng.Uint32())
+		}
+		var want, got sensorEventHdr
+		if _, err := binary.Decode(rec, binary.LittleEndian, &want); err != nil {
+			t.Fatal(err)
+		}
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&got)), hdrSize), rec)
+		if got != want {
+			t.Fatalf("copy %+v\nbinary.Decode %+v", got, want)
+		}
+	}
+}
+
+// TestDecodeBenchRecords checks what the benchmarks decode.
+func TestDecodeBenchRecords(t *testing.T) {
+	recs := benchRecords(t)
+	d := &decoder{backend: "tracepoint"}
+	ev, err := d.decode(recs["exec"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := ev.GetExec()
+	if ex.GetFile().GetPath() != "/usr/bin/grep" || ex.Cwd != "/home/user/src/project" || len(ex.Argv) != 5 ||
+		ev.Process.Comm != "grep" || ev.Process.Exe != "/usr/bin/grep" || ev.Time.AsTime().IsZero() {
+		t.Errorf("exec: %v", ev)
+	}
+	ev, err = d.decode(recs["image_load"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ev.GetImageLoad().GetFile().GetPath(); got != "/usr/lib/x86_64-linux-gnu/libc.so.6" {
+		t.Errorf("image_load path %q", got)
+	}
 }
