@@ -87,6 +87,13 @@ func fixEventUTF8(ev *vigilv1.Event) bool {
 		for _, s := range []*string{&v.Action, &v.Rule, &v.Mode, &v.DecidedBy, &v.Policy} {
 			f.str(s)
 		}
+		for _, c := range v.Clients {
+			if c != nil {
+				for _, s := range []*string{&c.Client, &c.Answer, &c.Applied, &c.Reason} {
+					f.str(s)
+				}
+			}
+		}
 	}
 	if t := ev.Trust; t != nil {
 		for _, s := range []*string{&t.Sha256, &t.Verdict, &t.Source, &t.Mode} {
