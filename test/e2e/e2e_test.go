@@ -105,17 +105,17 @@ func startAgent(t *testing.T, extra ...string) *agent {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
-		case <-time.After(10 * time.Second):
+		case <-time.After(30 * time.Second):
 			cmd.Process.Kill()
 			<-exited
-			t.Error("agent did not stop on SIGTERM within 10s")
+			t.Error("agent did not stop on SIGTERM within 30s")
 		}
 		if t.Failed() {
 			t.Logf("agent log:\n%s", a.log)
 		}
 	})
 	t.Cleanup(a.stopFn)
-	if out, err := a.vigil("status", "--wait", "60s"); err != nil {
+	if out, err := a.vigil("status", "--wait", "150s"); err != nil {
 		t.Fatalf("agent did not come up: %v\n%s\nagent log:\n%s", err, out, a.log)
 	}
 	return a
@@ -123,7 +123,7 @@ func startAgent(t *testing.T, extra ...string) *agent {
 
 // vigil runs a CLI command against the agent.
 func (a *agent) vigil(args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, a.bin, append(args, "--socket", a.socket)...)
 	var stderr bytes.Buffer
