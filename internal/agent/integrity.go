@@ -157,6 +157,8 @@ func (w *integrityWatch) run(ctx context.Context) {
 		case <-tick.C:
 			w.check(ctx, triggerInterval)
 		case op := <-w.triggers:
+			// The check coming after the debounce supersedes a recheck.
+			recheck = nil
 			pending[op] = true
 			if debounce == nil {
 				debounce = time.After(w.debounce)
@@ -178,23 +180,44 @@ func (w *integrityWatch) run(ctx context.Context) {
 }
 
 // check collects the kernel's state, compares it with the baseline and
-// emits the violations not reported yet in this form. A collection still
+// emits the violations not reported yet in this form. A check still
 // running when ctx is done is abandoned, so the agent stops without
 // waiting for it (it can take seconds on a slow machine).
 func (w *integrityWatch) check(ctx context.Context, trigger string) {
-	res := make(chan *integrity.State, 1)
+	w.mu.Lock()
+	base := w.base
+	w.mu.Unlock()
+	type result struct {
+		cur *integrity.State
+		r   *integrity.Report
+	}
+	res := make(chan result, 1)
 	go func() {
-		// The collection runs on a thread of its own at a low priority,
-		// so it gives way to the machine's work; the thread is never
-		// unlocked, so it ends with the goroutine, its priority with it.
+		// The check runs on a thread of its own at a low priority, so it
+		// gives way to the machine's work; the thread is never unlocked,
+		// so it ends with the goroutine, its priority with it.
 		runtime.LockOSThread()
 		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), integrityNice)
-		res <- w.collect()
+		cur := w.collect()
+		if cur == nil {
+			res <- result{}
+			return
+		}
+		b := base
+		if b == nil {
+			b = cur // the in-memory baseline
+		}
+		res <- result{cur, integrity.Compare(b, cur)}
 	}()
 	var cur *integrity.State
+	var r *integrity.Report
 	select {
-	case cur = <-res:
+	case got := <-res:
+		cur, r = got.cur, got.r
 	case <-ctx.Done():
+		return
+	}
+	if cur == nil {
 		return
 	}
 	w.mu.Lock()
@@ -204,7 +227,6 @@ func (w *integrityWatch) check(ctx context.Context, trigger string) {
 		w.log.Info("integrity baseline taken", "bpf_programs", len(cur.BPF.Programs), "bpf_maps", len(cur.BPF.Maps),
 			"bpf_links", len(cur.BPF.Links), "modules", len(cur.Modules))
 	}
-	r := integrity.Compare(w.base, cur)
 	now := map[string]string{}
 	for _, f := range r.Findings {
 		if f.Severity != integrity.Violation {
