@@ -34,6 +34,7 @@ func main() {
 	prefix := flag.String("path-prefix", "", "only files under this prefix")
 	sleep := flag.Duration("sleep", 0, "wait this long before each answer")
 	rule := flag.String("rule", "", "a kernel deny rule (policy rule YAML) to add")
+	noCache := flag.Bool("no-cache", false, "never mark a verdict cacheable (every exec is asked)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -57,7 +58,7 @@ func main() {
 			if bytes.Contains(b, m) {
 				return filterclient.Verdict{Allow: false, Reason: "marker found"}
 			}
-			return filterclient.Verdict{Allow: true, Cacheable: true}
+			return filterclient.Verdict{Allow: true, Cacheable: !*noCache}
 		},
 	})
 	if err != nil {
