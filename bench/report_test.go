@@ -41,7 +41,7 @@ func sampleReport() *Report {
 			Name: "exec", Label: "exec rate", Unit: "execs/s",
 			Steps: []RampStep{{Target: 1000, Achieved: 999, Events: 3000}, {Target: 0, Achieved: 4000, Events: 12000, Lost: 5}},
 		}}},
-		Cost:     []Cost{{Config: "vigil", PacedRate: 1000, PacedCPU: 1.5, PeakRSSMiB: 40}},
+		Cost: []Cost{{Config: "vigil", PacedRate: 1000, PacedCPU: 1.5, PeakRSSMiB: 40}},
 		Decision: []Decision{
 			{File: "unknown 1 MB", Place: "vm 6.12", Status: "not run: needs issue 4"},
 			DecisionRow("unknown 10 MB", 10_000_000, "host", "vigil-monitor", []float64{9e6, 11e6, 30e6}, 3, []float64{2e5, 3e5}),

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vigil-hips/vigil/bench"
 )
 
 func TestParseDecide(t *testing.T) {
@@ -42,14 +44,14 @@ func TestParseAgentFlags(t *testing.T) {
 
 func TestHasRules(t *testing.T) {
 	for policy, want := range map[string]bool{
-		"version: 1\nmode: enforce\nrules: []\ntrust:\n  mode: lockdown\n":     false,
-		"rules: [] # none\n":                                                     false,
+		"version: 1\nmode: enforce\nrules: []\ntrust:\n  mode: lockdown\n": false,
+		"rules: [] # none\n": false,
 		"mode: enforce\nrules:\n  - id: x\n    on: exec\n":                      true,
-		"rules:\n# a comment\n\n- id: x\n":                                       true,
-		"rules:\ntrust:\n  mode: lockdown\n":                                     false,
-		"trust:\n  rules: [x]\n":                                                 false, // not top level
-		"rules: [{id: x, on: exec}]\n":                                           true,
-		"# rules:\n#  - id: x\nrules: []\n":                                      false,
+		"rules:\n# a comment\n\n- id: x\n":                                      true,
+		"rules:\ntrust:\n  mode: lockdown\n":                                    false,
+		"trust:\n  rules: [x]\n":                                                false, // not top level
+		"rules: [{id: x, on: exec}]\n":                                          true,
+		"# rules:\n#  - id: x\nrules: []\n":                                     false,
 		"lists:\n  x: []\nrules:\n  - id: no-wx\n    action: deny\ntrust: {}\n": true,
 	} {
 		if got := hasRules(policy); got != want {
@@ -155,5 +157,52 @@ func TestLockdownHostCheck(t *testing.T) {
 	e.InVM = true
 	if r := c.Check(ctx, e); r == "" {
 		t.Error("ran in the VM")
+	}
+}
+
+func TestDecisionTargets(t *testing.T) {
+	r := &bench.Report{
+		Configs: []bench.ConfigStatus{{Name: "vigil", Place: "host", Ran: true}, {Name: LockdownHost, Place: "host", Ran: true}},
+		Micro: []bench.MicroSuite{{Place: "host", Baseline: "none", Ops: []bench.OpResult{
+			{Op: "exec", Label: "exec", Results: []bench.ConfigResult{{Config: "none", Ratio: 1}, {Config: "vigil", Ratio: 1.10},
+				{Config: LockdownHost, Ratio: 1.21}}},
+		}}},
+		Decision: []bench.Decision{
+			bench.DecisionRow("1 MB", 1_000_000, "host", LockdownHost, []float64{1e6, 2e6}, 2, []float64{1e5}),
+			bench.DecisionRow("10 MB", 10_000_000, "host", LockdownHost, []float64{10e6, 15e6}, 2, []float64{2e5}),
+			bench.DecisionRow("10 MB", 10_000_000, "vm 6.12", "vigil-enforce", []float64{400e6}, 2, nil),
+		},
+	}
+	verdict := map[string]string{}
+	for _, tg := range Targets(r) {
+		verdict[tg.What] = tg.Verdict + ": " + tg.Measured
+	}
+	for what, want := range map[string]string{
+		"first exec of an unknown 10 MB file decided (host, fanotify)": "met: p50 12.50 ms, p99 14.95 ms over 2 refused execs (no agent: p50 0.20 ms)",
+		"decision latency, unknown 1 MB / 10 MB file": "reported: host, 1 MB: p50 1.50 ms, p99 1.99 ms; host, 10 MB: p50 12.50 ms, " +
+			"p99 14.95 ms; vm 6.12, 10 MB: p50 400.00 ms, p99 400.00 ms",
+		"exec overhead, lockdown on the host (fanotify, approved file, cached path)": "not met: +21.0% (host)",
+	} {
+		if verdict[what] != want {
+			t.Errorf("%s:\n got %q\nwant %q", what, verdict[what], want)
+		}
+	}
+	f := strings.Join(Findings(r), "\n")
+	if !strings.Contains(f, "exec control itself adds about +10.0%") || !strings.Contains(f, "only 1 of 2 unknown files were refused") {
+		t.Errorf("findings:\n%s", f)
+	}
+	// Over 20 ms at p99: not met, even with a good median.
+	r.Decision[1] = bench.DecisionRow("10 MB", 10_000_000, "host", LockdownHost, []float64{10e6, 10e6, 10e6, 90e6}, 4, nil)
+	for _, tg := range Targets(r) {
+		if strings.HasPrefix(tg.What, "first exec of an unknown 10 MB") && tg.Verdict != bench.NotMet {
+			t.Errorf("p99 over the target: %+v", tg)
+		}
+	}
+	// Nothing measured: said so.
+	r.Decision = decisionNotRun("host", "no bench tmpfs")
+	for _, tg := range Targets(r) {
+		if strings.HasPrefix(tg.What, "first exec of an unknown 10 MB") && (tg.Verdict != bench.NotYet || tg.Measured != "not run: no bench tmpfs") {
+			t.Errorf("not run: %+v", tg)
+		}
 	}
 }

@@ -200,6 +200,7 @@ func Findings(r *bench.Report) []string {
 			}
 		}
 	}
+	out = append(out, execControlFindings(r)...)
 	if r.Machine.LoadStart > 0.5 || r.Machine.LoadEnd > 0.5 {
 		out = append(out, fmt.Sprintf("The machine was busy (load average %.2f at the start, %.2f at the end): "+
 			"ratios carry that noise; rerun on an idle machine for tighter numbers.", r.Machine.LoadStart, r.Machine.LoadEnd))
@@ -254,4 +255,29 @@ func sizeLabel(n int64) string {
 		return "?"
 	}
 	return fmt.Sprintf("%g MB", float64(n)/1e6)
+}
+
+// execControlFindings: what exec control adds on top of the agent's
+// sensors (lockdown against observe-only, same run), and decision rows
+// where not every unknown file was refused.
+func execControlFindings(r *bench.Report) []string {
+	var out []string
+	for _, s := range r.Micro {
+		for _, lock := range []string{LockdownHost, "vigil-enforce"} {
+			l, v := s.OverheadOf("exec", lock), s.OverheadOf("exec", "vigil")
+			if l <= 0 || v <= 0 {
+				continue
+			}
+			out = append(out, fmt.Sprintf("%s: exec of an approved file under %s is %s against no agent; the observe-only "+
+				"agent alone %s: exec control itself adds about %+.1f%% (ratio of the two).",
+				s.Place, lock, bench.FormatRatio(l), bench.FormatRatio(v), (l/v-1)*100))
+		}
+	}
+	for _, d := range r.Decision {
+		if d.Samples > 0 && d.Refused < d.Samples {
+			out = append(out, fmt.Sprintf("%s: %s: only %d of %d unknown files were refused under %s; the others ran.",
+				d.Place, d.File, d.Refused, d.Samples, d.Config))
+		}
+	}
+	return out
 }
