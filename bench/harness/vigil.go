@@ -54,7 +54,13 @@ func (e *Env) startAgent(ctx context.Context, dir string, policies, extra []stri
 	}
 	a := &agentClient{bin: e.Vigil, sock: sock}
 	// Wait for the sensors, but not for an agent that already died.
-	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	// Under TCG on a busy 2-core machine, loading and attaching the BPF
+	// programs of a policy with many rules has taken over a minute.
+	ready := 60 * time.Second
+	if e.InVM {
+		ready = 4 * time.Minute
+	}
+	wctx, cancel := context.WithTimeout(ctx, ready+30*time.Second)
 	defer cancel()
 	go func() {
 		select {
@@ -63,7 +69,7 @@ func (e *Env) startAgent(ctx context.Context, dir string, policies, extra []stri
 		case <-wctx.Done():
 		}
 	}()
-	out, err := exec.CommandContext(wctx, e.Vigil, "status", "--socket", sock, "--wait", "60s").CombinedOutput()
+	out, err := exec.CommandContext(wctx, e.Vigil, "status", "--socket", sock, "--wait", ready.String()).CombinedOutput()
 	if err != nil {
 		msg := strings.TrimSpace(string(out))
 		if isDone(d.done) {
