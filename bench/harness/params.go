@@ -59,7 +59,7 @@ func FullParams() Params {
 		VMKernels:         []string{"6.12", "6.1"},
 		VMRounds:          3,
 		VMBatchScale:      0.12,
-		VMTimeout:         16 * time.Minute,
+		VMTimeout:         25 * time.Minute,
 	}
 }
 
@@ -84,7 +84,7 @@ func QuickParams() Params {
 		VMKernels:         []string{"6.12"},
 		VMRounds:          1,
 		VMBatchScale:      0.08,
-		VMTimeout:         8 * time.Minute,
+		VMTimeout:         12 * time.Minute,
 	}
 }
 
