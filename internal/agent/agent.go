@@ -42,6 +42,7 @@ const (
 	stopTimeout   = 5 * time.Second        // on stop, how long API calls may take to finish
 	storeTimeout  = 30 * time.Second       // one store operation
 	localQueue    = 4096                   // events from the agent's own sources waiting for the pipeline
+	gatherDelay   = 5 * time.Millisecond   // after a sensor event, how long the pipeline lets others queue before taking them
 )
 
 // Kernel is what the kernel offers, for Status.
@@ -361,6 +362,12 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 			batch = make([]*vigilv1.Event, 0, batchSize)
 		}
 	}
+	take := func(ev *vigilv1.Event) { // an event from the sensor
+		add(ev)
+		if t := a.sensorTamper(ev); t != nil {
+			add(t)
+		}
+	}
 	flush := func() {
 		if len(batch) > 0 {
 			a.flush(s, batch)
@@ -379,9 +386,22 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 				}
 				return errors.New("sensor stopped delivering events")
 			}
-			add(ev)
-			if t := a.sensorTamper(ev); t != nil {
-				add(t)
+			take(ev)
+			// Events come from the ring buffer one at a time; waking for
+			// each costs more than handling it. Let the next ones queue for
+			// a moment, then take those queued without blocking.
+			time.Sleep(gatherDelay)
+		gather:
+			for range cap(events) {
+				select {
+				case ev, ok := <-events:
+					if !ok {
+						break gather // the select above sees it closed
+					}
+					take(ev)
+				default:
+					break gather
+				}
 			}
 		case ev := <-a.local:
 			add(ev)
