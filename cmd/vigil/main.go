@@ -33,6 +33,7 @@ func main() {
 				Backend:       cfg.Backend,
 				RingBufBytes:  cfg.RingBufBytes,
 				FanotifyMarks: cfg.FanotifyMarks,
+				PinDir:        cfg.SensorPinDir,
 				Logger:        logger,
 			})
 		},

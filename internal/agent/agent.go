@@ -224,6 +224,11 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	if err := a.startPolicy(); err != nil {
 		return err
 	}
+	if h, ok := s.(sensor.Handover); ok {
+		if err := h.FinishHandover(); err != nil {
+			return fmt.Errorf("sensor handover: %w", err)
+		}
+	}
 	unprotect, err := a.startProtection(ctx, deps.NewGuard, s)
 	if err != nil {
 		return err

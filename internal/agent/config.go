@@ -23,6 +23,8 @@ const (
 	DefaultIntegrityInterval = time.Minute
 	// DefaultAdminKey is the admin public key set at install.
 	DefaultAdminKey = "/etc/vigil/admin.pub"
+	// DefaultSensorPinDir is where the sensor pins its BPF objects.
+	DefaultSensorPinDir = "/sys/fs/bpf/vigil/sensor"
 	// DefaultFilterClients is the signed list of approved filter API
 	// clients (vigil filter sign-clients).
 	DefaultFilterClients = "/etc/vigil/filter-clients.json"
@@ -53,6 +55,10 @@ type Config struct {
 	// RingBufBytes is the kernel ring buffer size: 0 for the sensor's
 	// default, else a power of two and a multiple of the page size.
 	RingBufBytes int
+	// SensorPinDir is where the sensor pins its BPF maps and links (BPF
+	// LSM only) so that enforcement outlives the agent's userspace; empty:
+	// not pinned.
+	SensorPinDir string
 	// FilterSocket is the filter API's unix socket; empty: filter.sock
 	// next to Socket.
 	FilterSocket string
@@ -101,6 +107,7 @@ func DefaultConfig() Config {
 		IntegrityInterval: DefaultIntegrityInterval,
 		Protect:           true,
 		HostIDFile:        "/etc/machine-id",
+		SensorPinDir:      DefaultSensorPinDir,
 	}
 }
 

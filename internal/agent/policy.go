@@ -173,7 +173,7 @@ func (a *agent) startPolicy() error {
 	} else {
 		first := filepath.Join(a.cfg.StateDir, policyFile)
 		if _, err := os.Stat(first); errors.Is(err, os.ErrNotExist) {
-			return nil
+			return a.startWithoutPolicy()
 		}
 		var names []string
 		if b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, policyNameFile)); err == nil {
@@ -197,6 +197,27 @@ func (a *agent) startPolicy() error {
 	}
 	if _, err := a.applyPolicyParts(parts); err != nil {
 		return err
+	}
+	return nil
+}
+
+// startWithoutPolicy makes sure nothing is enforced: a sensor that took
+// over a previous agent's pinned maps would otherwise go on with its
+// policy and trust set.
+func (a *agent) startWithoutPolicy() error {
+	ptr := a.sensor.Load()
+	if ptr == nil {
+		return nil
+	}
+	a.policy.mu.Lock()
+	defer a.policy.mu.Unlock()
+	if enf, ok := (*ptr).(sensor.Enforcer); ok {
+		if _, err := enf.Enforce(nil); err != nil {
+			return fmt.Errorf("clear the policy: %w", err)
+		}
+	}
+	if _, err := a.setExecControlLocked(context.Background(), nil); err != nil {
+		return fmt.Errorf("clear execution control: %w", err)
 	}
 	return nil
 }

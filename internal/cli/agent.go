@@ -50,6 +50,7 @@ and serve the API on the socket. Stops on SIGINT or SIGTERM.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the event store, the policy in force and the agent lock")
 	f.StringArrayVar(&cfg.PolicyPaths, "policy", nil, "enforce this policy file from the start; repeatable: the files' rules are merged in order, one of them may have a trust block (default: the last policy applied, if any)")
+	f.StringVar(&cfg.SensorPinDir, "sensor-pin-dir", cfg.SensorPinDir, "with BPF LSM: pin the sensor's programs and maps here so enforcement outlives the agent (empty: do not pin)")
 	f.StringVar(&cfg.FilterSocket, "filter-socket", "", "the filter API's unix socket (default: filter.sock next to --socket)")
 	f.StringVar(&cfg.FilterClients, "filter-clients", agent.DefaultFilterClients, "the approved filter API clients, signed with the admin key (vigil filter sign)")
 	f.StringArrayVar(&cfg.FanotifyMarks, "fanotify-mark", nil, "without BPF LSM: put the filesystem holding this path under exec control by fanotify (repeatable)")

@@ -103,3 +103,10 @@ type ExecAuthorizer interface {
 	// file's content state (identity and change times).
 	SetExecAuthorizer(fn func(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict))
 }
+
+// Handover is a sensor that may have taken over the pinned programs of a
+// previous agent: FinishHandover is called once the agent's policy is in
+// force, and detaches what the previous agent left attached.
+type Handover interface {
+	FinishHandover() error
+}

@@ -75,6 +75,7 @@ type agent struct {
 	socket string
 	log    *bytes.Buffer
 	stopFn func()
+	cmd    *exec.Cmd
 }
 
 // stop stops the agent (SIGTERM) and waits for it; the test's cleanup
@@ -99,6 +100,7 @@ func startAgent(t *testing.T, extra ...string) *agent {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	a.cmd = cmd
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	a.stopFn = sync.OnceFunc(func() {

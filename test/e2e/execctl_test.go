@@ -372,3 +372,88 @@ func TestAgentMergesPolicies(t *testing.T) {
 		t.Fatalf("two trust blocks: %v\n%s", err, out)
 	}
 }
+
+// TestEnforcementOutlivesAgent: with BPF LSM the sensor's programs and
+// maps are pinned. Killing the agent's userspace (SIGKILL) leaves
+// enforcement in place; a restarted agent takes over with no moment where
+// unapproved code runs; a clean stop ends enforcement and removes the pins.
+func TestEnforcementOutlivesAgent(t *testing.T) {
+	testutil.RequireBPFLSM(t)
+	dir, err := os.MkdirTemp("/tmp", "vigil-pin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	state := filepath.Join(dir, "state")
+	exe, _ := os.Executable()
+	exe, _ = filepath.EvalSymlinks(exe)
+	if out, stderr, code := vigilRun(t, "trust", "scan", "--db", filepath.Join(state, "trust.db"), "/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt", exe); code != 0 {
+		t.Fatalf("vigil trust scan: %s%s", out, stderr)
+	}
+	src, _ := os.ReadFile(lockdownPolicy)
+	pol := filepath.Join(dir, "lockdown.yaml")
+	os.WriteFile(pol, []byte(strings.Replace(string(src), "/etc/vigil/catalogs", filepath.Join(dir, "none"), 1)), 0o644)
+	pins := filepath.Join(dir, "pins")
+	args := []string{"--policy", pol, "--state-dir", state, "--sensor-pin-dir", pins}
+	unknown, _ := variant(t, exe, filepath.Join(dir, "unknown"), 7)
+	approved, _ := variant(t, exe, filepath.Join(dir, "approved"))
+
+	a := startAgent(t, args...)
+	if err := testworkload.Noop(unknown); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("unknown code under lockdown: %v, want EPERM", err)
+	}
+	a.cmd.Process.Kill()
+	a.stop(t)
+	if _, err := os.Stat(filepath.Join(pins, "links")); err != nil {
+		t.Fatalf("no pinned links after the agent was killed: %v", err)
+	}
+	// No agent: the pinned programs still decide.
+	if err := testworkload.Noop(unknown); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("unknown code with the agent killed: %v, want EPERM", err)
+	}
+	if err := testworkload.Noop(approved); err != nil {
+		t.Fatalf("approved code with the agent killed: %v", err)
+	}
+
+	// A restarted agent takes over; unknown code never runs meanwhile.
+	stop := make(chan struct{})
+	var ran, tried int
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tried++
+			if testworkload.Noop(unknown) == nil {
+				ran++
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	b := startAgent(t, args...)
+	time.Sleep(time.Second)
+	close(stop)
+	<-done
+	if ran > 0 || tried < 5 {
+		t.Fatalf("during the restart unknown code ran %d of %d times, want 0 of at least 5", ran, tried)
+	}
+	if err := testworkload.Noop(unknown); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("unknown code under the restarted agent: %v, want EPERM", err)
+	}
+	if b.status().GetPolicy().GetName() != "lockdown" {
+		t.Fatalf("restarted agent's policy: %v", b.status().GetPolicy())
+	}
+
+	// A clean stop ends enforcement and removes the pins.
+	b.stop(t)
+	if _, err := os.Stat(pins); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pins after a clean stop: %v, want none", err)
+	}
+	if err := testworkload.Noop(unknown); err != nil {
+		t.Fatalf("unknown code after a clean stop: %v, want it to run", err)
+	}
+}

@@ -44,6 +44,9 @@ type Config struct {
 	Logger       *slog.Logger
 	// ProcRoot is where the process cache is seeded from ("/proc").
 	ProcRoot string
+	// PinDir, when set, is where the LSM backend pins its maps and links
+	// so that enforcement outlives the agent (pin.go). Empty: no pins.
+	PinDir string
 	// FanotifyMarks are paths whose filesystems get exec permission
 	// control by fanotify (tracepoint backend only: with BPF LSM the
 	// kernel decides). Empty: none.
@@ -91,6 +94,10 @@ type Sensor struct {
 	userPolicy atomic.Pointer[policy.Policy]  // decides fanotify events
 	userXC     atomic.Pointer[userXC]         // execution control on fanotify events
 	authorizer atomic.Pointer[execAuthorizer] // filter API clients, on fanotify events
+
+	linkByProg map[string]link.Link // this agent's links, by program
+	handover   map[string]link.Link // the previous agent's pinned links, until detached
+	started    atomic.Bool          // Start succeeded
 
 	xcMu sync.Mutex // serializes SetExecControl
 	xc   *execState // execution control in force (LSM backend)
@@ -175,7 +182,24 @@ func (s *Sensor) Start(ctx context.Context) error {
 		// Only LSM programs use it, and the map type needs BPF LSM.
 		delete(spec.Maps, sensorMapXcCache)
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{})
+	var opts ebpf.CollectionOptions
+	pinning := s.cfg.PinDir != "" && s.backend == sensor.BackendLSM
+	if pinning {
+		if err := s.preparePins(spec, &opts, false); err != nil {
+			return fmt.Errorf("bpf sensor: %w", err)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
+	reused := pinning
+	if pinning && errors.Is(err, ebpf.ErrMapIncompatible) {
+		s.log.Warn("pinned maps are another version's: starting with fresh maps; the previous programs stay attached until the policy is applied",
+			"pin_dir", s.cfg.PinDir)
+		if err := s.preparePins(spec, &opts, true); err != nil {
+			return fmt.Errorf("bpf sensor: %w", err)
+		}
+		coll, err = ebpf.NewCollectionWithOptions(spec, opts)
+		reused = false
+	}
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -187,6 +211,10 @@ func (s *Sensor) Start(ctx context.Context) error {
 
 	var info sensor.Info
 	info.Backend = s.backend
+	if pinning {
+		s.handover = s.oldLinks()
+	}
+	s.linkByProg = map[string]link.Link{}
 	for _, p := range wanted {
 		hook := spec.Programs[p.name].SectionName
 		l, err := attach(coll.Programs[p.name], hook)
@@ -200,7 +228,16 @@ func (s *Sensor) Start(ctx context.Context) error {
 			continue
 		}
 		s.links = append(s.links, l)
+		s.linkByProg[p.name] = l
 		info.Hooks = append(info.Hooks, hook)
+	}
+	if pinning && reused {
+		// The new programs decide from the same maps: the old ones can go.
+		s.detachOld()
+		if err := s.pinLinks(); err != nil {
+			s.closeKernel()
+			return fmt.Errorf("bpf sensor: %w", err)
+		}
 	}
 
 	// Seed after attaching: a process that starts in between is then seen
@@ -234,6 +271,7 @@ func (s *Sensor) Start(ctx context.Context) error {
 		s.info = info
 		s.mu.Unlock()
 	}
+	s.started.Store(true)
 	go s.read(ctx)
 	go func() {
 		select {
@@ -417,6 +455,13 @@ func (s *Sensor) Close() error {
 		if s.reader != nil {
 			s.reader.Close()
 			<-s.readerDone
+		}
+		if s.started.Load() && len(s.handover) == 0 {
+			// A clean stop: enforcement ends with the agent.
+			s.unpinAll()
+		}
+		for _, l := range s.handover {
+			l.Close() // still pinned: the previous agent's enforcement stays
 		}
 		s.closeKernel()
 	})
