@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"crypto/sha256"
 	"encoding/json"
 	"encoding/hex"
@@ -393,7 +394,8 @@ func TestEnforcementOutlivesAgent(t *testing.T) {
 	src, _ := os.ReadFile(lockdownPolicy)
 	pol := filepath.Join(dir, "lockdown.yaml")
 	os.WriteFile(pol, []byte(strings.Replace(string(src), "/etc/vigil/catalogs", filepath.Join(dir, "none"), 1)), 0o644)
-	pins := filepath.Join(dir, "pins")
+	pins := fmt.Sprintf("/sys/fs/bpf/vigil-e2e-%d", os.Getpid()) // pins live in bpffs
+	t.Cleanup(func() { os.RemoveAll(pins) })
 	args := []string{"--policy", pol, "--state-dir", state, "--sensor-pin-dir", pins}
 	unknown, _ := variant(t, exe, filepath.Join(dir, "unknown"), 7)
 	approved, _ := variant(t, exe, filepath.Join(dir, "approved"))
