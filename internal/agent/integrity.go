@@ -34,9 +34,10 @@ const (
 	// baselineAtStart names the in-memory baseline in status and logs.
 	baselineAtStart = "taken at agent start"
 	// kallsymsIntervals: /proc/kallsyms, most of a check's cost, is read
-	// again after this many intervals, or at once when the modules change
-	// or a module_load event comes.
+	// again after this many intervals (and at least kallsymsMinTTL), or
+	// at once when the modules change or a module_load event comes.
 	kallsymsIntervals = 10
+	kallsymsMinTTL    = 10 * time.Minute
 	// integrityNice is the niceness a collection runs at.
 	integrityNice = 10
 )
@@ -62,7 +63,7 @@ var integrityOps = map[string]bool{
 // appears, and again only when it changes or after it has gone and come
 // back.
 type integrityWatch struct {
-	collect func() *integrity.State
+	collect func(context.Context) *integrity.State
 	// forget, when set, makes the next collect read everything afresh
 	// (kallsyms); called after a module_load event.
 	forget   func()
@@ -108,8 +109,12 @@ func newIntegrityWatch(ctx context.Context, cfg Config, log *slog.Logger, emit f
 	}
 	c := integrity.NewCollector()
 	c.OwnPID = os.Getpid()
-	c.KallsymsTTL = kallsymsIntervals * cfg.IntegrityInterval
-	w.collect, w.forget = c.Collect, c.ForgetKallsyms
+	c.KallsymsTTL = max(kallsymsIntervals*cfg.IntegrityInterval, kallsymsMinTTL)
+	w.collect = func(ctx context.Context) *integrity.State {
+		s, _ := c.CollectContext(ctx)
+		return s // nil when ctx is done
+	}
+	w.forget = c.ForgetKallsyms
 	if cfg.IntegrityBaseline != "" {
 		pub, err := sign.LoadPublicKey(cfg.IntegrityPubKey)
 		if err != nil {
@@ -198,7 +203,7 @@ func (w *integrityWatch) check(ctx context.Context, trigger string) {
 		// so it ends with the goroutine, its priority with it.
 		runtime.LockOSThread()
 		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), integrityNice)
-		cur := w.collect()
+		cur := w.collect(ctx)
 		if cur == nil {
 			res <- result{}
 			return
@@ -344,7 +349,7 @@ func (a *agent) startIntegrity(ctx, svcCtx context.Context, wg *sync.WaitGroup, 
 		return err
 	}
 	if collect != nil {
-		w.collect = collect
+		w.collect = func(context.Context) *integrity.State { return collect() }
 	}
 	a.integrity.Store(w)
 	a.log.Info("integrity watch on", "interval", w.interval, "baseline", w.baseFrom)

@@ -27,7 +27,7 @@ func newFakeKernel() *fakeKernel {
 	}}
 }
 
-func (k *fakeKernel) collect() *integrity.State {
+func (k *fakeKernel) collect(context.Context) *integrity.State {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.reads++
@@ -238,7 +238,7 @@ func TestIntegrityWatchRun(t *testing.T) {
 	// A collection that never ends does not hold up the stop.
 	block := make(chan struct{})
 	defer close(block)
-	w.collect = func() *integrity.State { <-block; return nil }
+	w.collect = func(context.Context) *integrity.State { <-block; return nil }
 	w.observe(kernelEvent(10, "bpf_prog_load"))
 	time.Sleep(50 * time.Millisecond) // the debounce has passed: collecting
 	cancel()

@@ -11,6 +11,7 @@
 package integrity
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -203,6 +204,13 @@ func NewCollector() *Collector { return &Collector{FS: OSFS{}, BPF: KernelBPF{}}
 // Collect reads every section; a section that cannot be read is noted in
 // Unreadable and does not stop the others.
 func (c *Collector) Collect() *State {
+	s, _ := c.CollectContext(context.Background())
+	return s
+}
+
+// CollectContext is Collect that gives up between sections once ctx is
+// done, returning ctx's error.
+func (c *Collector) CollectContext(ctx context.Context) (*State, error) {
 	s := &State{Unreadable: map[string]string{}, Sysctls: map[string]string{}}
 	if b, err := c.FS.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		s.KernelRelease = trimSpace(b)
@@ -212,10 +220,19 @@ func (c *Collector) Collect() *State {
 	c.collectTaint(s)
 	c.collectSecureBoot(s)
 	c.collectSysctls(s)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	ks, ksErr := c.kallsyms()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	c.collectModules(s, ks, ksErr)
 	c.collectHooks(s)
 	c.collectSyscalls(s, ks, ksErr)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if c.BPF == nil {
 		s.Unreadable[SecBPF] = "no bpf() inventory configured"
 	} else if inv, err := c.BPF.Inventory(symbolizer(ks)); err != nil {
@@ -229,7 +246,7 @@ func (c *Collector) Collect() *State {
 	if c.OwnPID != 0 {
 		c.markOwn(s)
 	}
-	return s
+	return s, nil
 }
 
 func reason(err error) string {

@@ -171,7 +171,7 @@ func (a *agent) waitWatching(t *testing.T) *vigilv1.IntegrityStatus {
 // the checks go on.
 func TestIntegrityWatchForeignBPF(t *testing.T) {
 	testutil.RequireRoot(t)
-	a := startAgent(t, "--integrity-interval", "2s")
+	a := startAgent(t, "--integrity-interval", "5s")
 	in := a.waitWatching(t)
 	for sec, why := range in.GetUnreadable() {
 		t.Logf("not readable here: %s: %s", sec, why)
@@ -196,7 +196,7 @@ func TestIntegrityWatchForeignBPF(t *testing.T) {
 	}
 	// Reported once: later checks do not repeat it.
 	checks := a.status().GetIntegrity().GetChecks()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for a.status().GetIntegrity().GetChecks() < checks+2 {
 		if time.Now().After(deadline) {
 			t.Fatalf("the watch stopped checking after %d checks", checks)
