@@ -261,6 +261,14 @@ func sizeLabel(n int64) string {
 // sensors (lockdown against observe-only, same run), and decision rows
 // where not every unknown file was refused.
 func execControlFindings(r *bench.Report) []string {
+	label := func(n string) string {
+		for _, c := range r.Configs {
+			if c.Name == n && c.Label != "" {
+				return c.Label
+			}
+		}
+		return n
+	}
 	var out []string
 	for _, s := range r.Micro {
 		for _, lock := range []string{LockdownHost, "vigil-enforce"} {
@@ -270,13 +278,13 @@ func execControlFindings(r *bench.Report) []string {
 			}
 			out = append(out, fmt.Sprintf("%s: exec of an approved file under %s is %s against no agent; the observe-only "+
 				"agent alone %s: exec control itself adds about %+.1f%% (ratio of the two).",
-				s.Place, lock, bench.FormatRatio(l), bench.FormatRatio(v), (l/v-1)*100))
+				s.Place, label(lock), bench.FormatRatio(l), bench.FormatRatio(v), (l/v-1)*100))
 		}
 	}
 	for _, d := range r.Decision {
 		if d.Samples > 0 && d.Refused < d.Samples {
 			out = append(out, fmt.Sprintf("%s: %s: only %d of %d unknown files were refused under %s; the others ran.",
-				d.Place, d.File, d.Refused, d.Samples, d.Config))
+				d.Place, d.File, d.Refused, d.Samples, label(d.Config)))
 		}
 	}
 	return out
