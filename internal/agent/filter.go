@@ -29,6 +29,13 @@ func (a *agent) startFilter(ctx context.Context) (*filter.Server, error) {
 		Log:    a.log.With("component", "filter"),
 		Rules:  a.setClientRules,
 		Report: a.emit,
+		AuthClientsChanged: func() {
+			if ptr := a.sensor.Load(); ptr != nil {
+				if f, ok := (*ptr).(interface{ ForgetExecVerdicts() }); ok {
+					f.ForgetExecVerdicts()
+				}
+			}
+		},
 		CatalogSigner: func(ctx context.Context, sha [32]byte) string {
 			d, err := a.xc.db.Lookup(ctx, sha, trust.Catalogs)
 			if err != nil || d.Verdict != trust.Trusted {

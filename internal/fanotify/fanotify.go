@@ -67,6 +67,22 @@ func (g *Guard) Mark(path string) error {
 	return nil
 }
 
+// IgnoreUntilModified tells the kernel not to ask about execs of the file
+// behind fd (an event's fd, during its decision) until the file is
+// modified: an inode mark with FAN_OPEN_EXEC_PERM in its ignored mask,
+// which the kernel drops on the file's next write or truncate. Writes
+// through a shared writable mapping do not drop it (fanotify sees no
+// modification there).
+func (g *Guard) IgnoreUntilModified(fd int) error {
+	return unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_IGNORED_MASK, unix.FAN_OPEN_EXEC_PERM, fd, "")
+}
+
+// ForgetIgnored removes every ignore mark: the next exec of each file is
+// asked again (after a change of what decides).
+func (g *Guard) ForgetIgnored() error {
+	return unix.FanotifyMark(g.fd, unix.FAN_MARK_FLUSH, 0, unix.AT_FDCWD, "")
+}
+
 // Start answers permission events in the background until Close.
 func (g *Guard) Start() {
 	g.wg.Add(1)

@@ -47,6 +47,10 @@ type Options struct {
 	Rules func(client string, rules map[string][]byte) error
 	// Report receives the events the filter makes (kind "filter").
 	Report func(ev *vigilv1.Event)
+	// AuthClientsChanged is called when a client with an auth
+	// subscription registers: verdicts kept without asking clients must
+	// be dropped.
+	AuthClientsChanged func()
 }
 
 // Server serves vigil.v1.Filter.
@@ -270,6 +274,9 @@ func (s *Server) register(c *client) error {
 	}
 	s.clients = append(s.clients, c)
 	slices.SortFunc(s.clients, func(a, b *client) int { return int(b.altitude) - int(a.altitude) })
+	if len(c.auth) > 0 && s.opts.AuthClientsChanged != nil {
+		s.opts.AuthClientsChanged()
+	}
 	return nil
 }
 

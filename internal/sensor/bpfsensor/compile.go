@@ -355,6 +355,7 @@ func (c *compiler) set(vals []string, kind setKind) (uint64, error) {
 func (s *Sensor) Enforce(p *policy.Policy) ([]string, error) {
 	if p == nil {
 		s.userPolicy.Store(nil)
+		s.ForgetExecVerdicts()
 		return nil, s.ApplyPolicy(nil)
 	}
 	kp, warnings, err := Compile(p, OSResolver{})
@@ -369,5 +370,6 @@ func (s *Sensor) Enforce(p *policy.Policy) ([]string, error) {
 		return ws, err
 	}
 	s.userPolicy.Store(p)
+	s.ForgetExecVerdicts()
 	return ws, nil
 }

@@ -52,6 +52,7 @@ func (s *Sensor) setUserExecControl(xc *sensor.ExecControl) error {
 		old.mu.Unlock()
 	}
 	s.userXC.Store(next)
+	s.ForgetExecVerdicts()
 	s.log.Info("execution control set (fanotify)", "mode", xc.Mode, "digests", len(xc.Trust))
 	return nil
 }
@@ -95,11 +96,13 @@ func (fd fdReaderAt) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // decideExecTrust decides an exec by content on the fanotify path and
-// records what is not trusted. It returns false to refuse.
-func (s *Sensor) decideExecTrust(proc *vigilv1.Process, f fanotify.File) bool {
+// records what is not trusted. It returns whether the exec may go on, and
+// whether that is because the content is trusted (a verdict that holds
+// until the file changes).
+func (s *Sensor) decideExecTrust(proc *vigilv1.Process, f fanotify.File) (allow, trusted bool) {
 	x := s.userXC.Load()
 	if x == nil || x.cfg.Mode == sensor.ExecOff {
-		return true
+		return true, true
 	}
 	t := &vigilv1.Trust{Verdict: "unknown", Mode: "monitor"}
 	d, cached, err := x.digest(f)
@@ -120,7 +123,7 @@ func (s *Sensor) decideExecTrust(proc *vigilv1.Process, f fanotify.File) bool {
 		}
 	}
 	if t.Verdict == "trusted" {
-		return true
+		return true, true
 	}
 	lockdown := x.cfg.Mode == sensor.ExecLockdown
 	v := &vigilv1.Verdict{Action: "alert", Rule: XCRule, Mode: "monitor", DecidedBy: "fanotify"}
@@ -140,5 +143,5 @@ func (s *Sensor) decideExecTrust(proc *vigilv1.Process, f fanotify.File) bool {
 		Verdict: v,
 		Trust:   t,
 	})
-	return !lockdown
+	return !lockdown, false
 }

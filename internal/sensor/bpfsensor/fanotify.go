@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -86,14 +87,27 @@ func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 			return false
 		}
 	}
-	if own && !s.decideExecTrust(proc, f) {
-		return false
+	trusted := false
+	if own {
+		var allow bool
+		if allow, trusted = s.decideExecTrust(proc, f); !allow {
+			return false
+		}
 	}
+	// Trusted content and nothing that depends on the process: let the
+	// kernel skip the round trip for this file until it changes.
+	cacheable := trusted && (p == nil || !hasExecRules(p))
 	if auth == nil {
+		if cacheable {
+			s.ignoreUntilModified(f)
+		}
 		return true
 	}
 	key := fmt.Sprintf("%d:%d:%d:%d:%d", f.Dev, f.Inode, f.Size, f.Mtime, f.Ctime)
 	ok, clients := (*auth)(execEvent(nil), key)
+	if ok && len(clients) == 0 && cacheable {
+		s.ignoreUntilModified(f)
+	}
 	if len(clients) > 0 {
 		v := &vigilv1.Verdict{Action: "allow", Rule: FilterRule, Mode: "enforce", DecidedBy: "fanotify", Clients: clients}
 		if !ok {
@@ -102,6 +116,39 @@ func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 		s.emitUser(execEvent(v))
 	}
 	return ok
+}
+
+// hasExecRules: some rule of p decides execs (and may depend on the
+// process, so no verdict can be kept per file).
+func hasExecRules(p *policy.Policy) bool {
+	for _, r := range p.Rules {
+		if slices.Contains(r.On, policy.KindExec) {
+			return true
+		}
+	}
+	return false
+}
+
+// ignoreUntilModified keeps an allow verdict in the kernel until the file
+// changes (fanotify ignore mark); only the execution control decided it.
+func (s *Sensor) ignoreUntilModified(f fanotify.File) {
+	if s.fan == nil {
+		return
+	}
+	if err := s.fan.IgnoreUntilModified(f.Fd); err != nil {
+		s.log.Debug("fanotify ignore mark", "path", f.Path, "err", err)
+	}
+}
+
+// ForgetExecVerdicts drops the allow verdicts kept by the fanotify path:
+// what decides changed (trust set, policy, filter clients).
+func (s *Sensor) ForgetExecVerdicts() {
+	if s.fan == nil {
+		return
+	}
+	if err := s.fan.ForgetIgnored(); err != nil {
+		s.log.Warn("fanotify: kept verdicts not dropped", "err", err)
+	}
 }
 
 // FilterRule is the rule name of verdicts the filter API clients gave.
