@@ -141,10 +141,16 @@ func (a *agent) startProtection(ctx context.Context, newGuard func(GuardConfig) 
 			files = append(files, f)
 		}
 	}
+	dirs := []string{a.cfg.StateDir, filepath.Dir(a.cfg.Socket)}
+	if d := a.cfg.SensorPinDir; d != "" {
+		// The sensor's pins (bpfsensor/pin.go): unpinning them would let
+		// enforcement end with the agent.
+		dirs = append(dirs, d, filepath.Join(d, "maps"), filepath.Join(d, "links"))
+	}
 	g, err := newGuard(GuardConfig{
 		AgentPID: os.Getpid(),
 		Files:    files,
-		Dirs:     []string{a.cfg.StateDir, filepath.Dir(a.cfg.Socket)},
+		Dirs:     dirs,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tamper protection: %w", err)

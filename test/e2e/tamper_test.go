@@ -326,6 +326,13 @@ func tamperAttempts(t *testing.T, a *protectedAgent, stateDir, policyFile, admin
 		return err
 	})
 	add("unpin its config map", "file_unlink", func() error { return unix.Unlink(pin) })
+	add("unpin a sensor link", "file_unlink", func() error {
+		links, err := filepath.Glob("/sys/fs/bpf/vigil/sensor/links/*")
+		if err != nil || len(links) == 0 {
+			return fmt.Errorf("no sensor link pins (%v): not the attempt", err)
+		}
+		return unix.Unlink(links[0])
+	})
 	add("bpf PROG_GET_FD_BY_ID of its programs", "bpf_get_fd_by_id", func() error {
 		return everyID(func(id uint32) error {
 			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
