@@ -125,6 +125,7 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	r.writeThroughput(&b)
 	r.writeCost(&b)
 	r.writeDecision(&b)
+	r.writeAuth(&b)
 	r.writeWorkload(&b)
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -402,4 +403,24 @@ func (r *Report) writeWorkload(b *strings.Builder) {
 		}
 		table(b, []string{"round", "configuration", "time", "agent CPU (one core)", "agent events"}, rows)
 	}
+}
+
+func (r *Report) writeAuth(b *strings.Builder) {
+	a := r.Auth
+	if a == nil {
+		return
+	}
+	b.WriteString("\n## Filter API: AUTH round trip\n\n")
+	if a.Reason != "" {
+		fmt.Fprintf(b, "Did not run: %s\n", a.Reason)
+		return
+	}
+	fmt.Fprintf(b, "One approved client (examples/clients/scanner, every answer uncacheable) authorizes every exec "+
+		"on the bench's tmpfs while execs are driven at %d/s for %.0f s (%.0f/s achieved, %d execs). "+
+		"Latency is the agent's, from sending the request to receiving the answer, per decision record.\n\n",
+		a.Rate, a.Seconds, a.Achieved, a.Execs)
+	table(b, []string{"place", "decisions", "p50", "p99", "max", "deadlines missed"}, [][]string{{
+		a.Place, fmt.Sprint(a.Samples), fmt.Sprintf("%.0f µs", a.P50us), fmt.Sprintf("%.0f µs", a.P99us),
+		fmt.Sprintf("%.0f µs", a.MaxUs), fmt.Sprint(a.Missed),
+	}})
 }

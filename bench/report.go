@@ -24,6 +24,7 @@ type Report struct {
 	Throughput *Throughput  `json:"throughput,omitempty"`
 	Cost       []Cost       `json:"cost"`
 	Decision   []Decision   `json:"decision_latency"`
+	Auth       *Auth        `json:"auth_latency,omitempty"`
 	Workload   *Workload    `json:"workload,omitempty"`
 	Targets    []Target     `json:"targets"`
 
@@ -255,4 +256,21 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(r)
+}
+
+// Auth is the filter API's round trip (issue 7): one approved client
+// answering the exec authorization of every exec driven at Rate per
+// second, its latency as the agent recorded it in each decision.
+type Auth struct {
+	Place    string  `json:"place"`
+	Rate     int     `json:"rate"`     // execs per second asked for
+	Achieved float64 `json:"achieved"` // execs per second driven
+	Seconds  float64 `json:"seconds"`
+	Execs    int64   `json:"execs"`
+	Samples  int     `json:"samples"` // decisions with the client's answer
+	Missed   int     `json:"missed"`  // deadlines missed (not timed)
+	P50us    float64 `json:"p50_us"`
+	P99us    float64 `json:"p99_us"`
+	MaxUs    float64 `json:"max_us"`
+	Reason   string  `json:"reason,omitempty"` // why it did not run
 }

@@ -206,3 +206,23 @@ func TestDecisionTargets(t *testing.T) {
 		}
 	}
 }
+
+func TestParseAuthLatencies(t *testing.T) {
+	out := []byte(`{"kind":"exec","verdict":{"rule":"filter-api","clients":[{"client":"b@1","answer":"allow","latencyUs":"250"}]}}
+{"kind":"exec","verdict":{"rule":"no-exec","refused":true}}
+{"kind":"exec","verdict":{"rule":"filter-api","clients":[{"client":"b@1","answer":"missed","latencyUs":"50000"}]}}
+{"kind":"exec","verdict":{"rule":"filter-api","clients":[{"client":"b@1","answer":"deny","latencyUs":"900"}]}}
+`)
+	lat, missed, err := parseAuthLatencies(out)
+	if err != nil || len(lat) != 2 || lat[0] != 250 || lat[1] != 900 || missed != 1 {
+		t.Fatalf("parseAuthLatencies: %v %d %v", lat, missed, err)
+	}
+	r := &bench.Report{Auth: &bench.Auth{Samples: 2, P50us: 250, P99us: 900}}
+	if got := authTarget(r); got.Verdict != bench.Met {
+		t.Fatalf("target %+v", got)
+	}
+	r.Auth.P99us = 1500
+	if got := authTarget(r); got.Verdict != bench.NotMet {
+		t.Fatalf("target %+v", got)
+	}
+}

@@ -36,7 +36,7 @@ type Options struct {
 	// Root is the repository, where policy files are looked for.
 	Root string
 	// Phases limits the run to some of: micro, cost, throughput,
-	// workload, decision, vm (empty: all).
+	// workload, decision, auth, vm (empty: all).
 	Phases []string
 	// VMKernels overrides the kernels of the VM suite.
 	VMKernels []string
@@ -232,6 +232,13 @@ func Run(ctx context.Context, opts Options, p Params, log *slog.Logger) (rep *be
 		} else {
 			rep.Decision = append(rep.Decision, decisionNotRun("host", LockdownHost+": "+configReason(rep.Configs, LockdownHost, "host"))...)
 		}
+	}
+	if opts.phase("auth") && ctx.Err() == nil {
+		secs := 20.0
+		if p.Mode == "quick" {
+			secs = 5
+		}
+		rep.Auth = e.runAuth(ctx, secs)
 	}
 	if opts.phase("vm") && ctx.Err() == nil {
 		for _, k := range e.P.VMKernels {

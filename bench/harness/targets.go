@@ -125,6 +125,7 @@ func Targets(r *bench.Report) []bench.Target {
 	}
 	out = append(out, cpu, rss)
 	out = append(out, decisionTargets(r)...)
+	out = append(out, authTarget(r))
 	return out
 }
 
@@ -288,4 +289,29 @@ func execControlFindings(r *bench.Report) []string {
 		}
 	}
 	return out
+}
+
+// AuthTargetUS is issue 7's goal for the filter API round trip (p99).
+const AuthTargetUS = 1000
+
+// authTarget: the AUTH round trip with one client at 1,000 execs/s, p99
+// ≤ 1 ms on the host.
+func authTarget(r *bench.Report) bench.Target {
+	t := bench.Target{What: fmt.Sprintf("filter API AUTH round trip, one client, %d execs/s (host)", AuthRate),
+		Goal: fmt.Sprintf("≤ %d µs (p99)", AuthTargetUS), Verdict: bench.NotMeasured, Measured: "the auth phase did not run"}
+	a := r.Auth
+	if a == nil {
+		return t
+	}
+	if a.Reason != "" || a.Samples == 0 {
+		t.Measured, t.Verdict = "did not run: "+a.Reason, bench.NotYet
+		return t
+	}
+	t.Measured = fmt.Sprintf("p50 %.0f µs, p99 %.0f µs, max %.0f µs over %d decisions (%.0f execs/s driven, %d deadlines missed)",
+		a.P50us, a.P99us, a.MaxUs, a.Samples, a.Achieved, a.Missed)
+	t.Verdict = bench.NotMet
+	if a.P99us <= AuthTargetUS && a.Missed == 0 {
+		t.Verdict = bench.Met
+	}
+	return t
 }
