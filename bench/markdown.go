@@ -415,7 +415,7 @@ func (r *Report) writeAuth(b *strings.Builder) {
 		fmt.Fprintf(b, "Did not run: %s\n", a.Reason)
 		return
 	}
-	fmt.Fprintf(b, "One approved client (examples/clients/scanner, every answer uncacheable) authorizes every exec "+
+	fmt.Fprintf(b, "One approved client (examples/clients/scanner -no-scan -no-cache: it answers at once, never cacheable) authorizes every exec "+
 		"on the bench's tmpfs while execs are driven at %d/s for %.0f s (%.0f/s achieved, %d execs). "+
 		"Latency is the agent's, from sending the request to receiving the answer, per decision record.\n\n",
 		a.Rate, a.Seconds, a.Achieved, a.Execs)

@@ -18,7 +18,8 @@ import (
 )
 
 // The auth phase (issue 7): the filter API's round trip. One approved
-// client (examples/clients/scanner, every verdict uncacheable) answers the
+// client (examples/clients/scanner, answering allow at once without
+// reading the file, every verdict uncacheable) answers the
 // exec authorization of every exec on the bench's tmpfs while execs are
 // driven at a fixed rate; the agent records each client's latency in the
 // decision record (verdict.clients[].latency_us), which is read back from
@@ -71,7 +72,7 @@ func (e *Env) runAuth(ctx context.Context, secs float64) *bench.Auth {
 	defer r.Stop(ctx)
 	sock := filepath.Join(dir, "filter.sock")
 	client := exec.CommandContext(ctx, scanner, "-socket", sock, "-name", "bench", "-altitude", "100",
-		"-path-prefix", e.execFS, "-no-cache")
+		"-path-prefix", e.execFS, "-no-cache", "-no-scan")
 	var out bytes.Buffer
 	client.Stdout, client.Stderr = &out, &out
 	if err := client.Start(); err != nil {
@@ -131,7 +132,7 @@ func parseAuthLatencies(out []byte) ([]float64, int, error) {
 				Rule    string `json:"rule"`
 				Clients []struct {
 					Answer    string `json:"answer"`
-					LatencyUs string `json:"latencyUs"`
+					LatencyUs string `json:"latency_us"` // vigil events -o json: proto names
 				} `json:"clients"`
 			} `json:"verdict"`
 		}
@@ -146,6 +147,10 @@ func parseAuthLatencies(out []byte) ([]float64, int, error) {
 			case "missed", "gone":
 				missed++
 			case "allow", "deny":
+				if c.LatencyUs == "" { // protojson leaves out a zero
+					lat = append(lat, 0)
+					continue
+				}
 				v, err := strconv.ParseFloat(c.LatencyUs, 64)
 				if err != nil {
 					return nil, 0, errors.New("latencyUs: " + err.Error())

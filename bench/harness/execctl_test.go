@@ -208,10 +208,10 @@ func TestDecisionTargets(t *testing.T) {
 }
 
 func TestParseAuthLatencies(t *testing.T) {
-	out := []byte(`{"kind":"exec","verdict":{"rule":"filter-api","clients":[{"client":"b@1","answer":"allow","latencyUs":"250"}]}}
+	out := []byte(`{"kind":"exec","verdict":{"rule":"filter-api","clients":[{"client":"b@1","answer":"allow","latency_us":"250"}]}}
 {"kind":"exec","verdict":{"rule":"no-exec","refused":true}}
-{"kind":"exec","verdict":{"rule":"filter-api","clients":[{"client":"b@1","answer":"missed","latencyUs":"50000"}]}}
-{"kind":"exec","verdict":{"rule":"filter-api","clients":[{"client":"b@1","answer":"deny","latencyUs":"900"}]}}
+{"kind":"exec","verdict":{"rule":"filter-api","clients":[{"client":"b@1","answer":"missed","latency_us":"50000"}]}}
+{"kind":"exec","verdict":{"rule":"filter-api","clients":[{"client":"b@1","answer":"deny","latency_us":"900"}]}}
 `)
 	lat, missed, err := parseAuthLatencies(out)
 	if err != nil || len(lat) != 2 || lat[0] != 250 || lat[1] != 900 || missed != 1 {

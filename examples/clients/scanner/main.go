@@ -35,6 +35,7 @@ func main() {
 	sleep := flag.Duration("sleep", 0, "wait this long before each answer")
 	rule := flag.String("rule", "", "a kernel deny rule (policy rule YAML) to add")
 	noCache := flag.Bool("no-cache", false, "never mark a verdict cacheable (every exec is asked)")
+	noScan := flag.Bool("no-scan", false, "allow without reading the file (to time the round trip alone)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -49,6 +50,9 @@ func main() {
 		OnAuth: func(ev *vigilv1.Event) filterclient.Verdict {
 			if *sleep > 0 {
 				time.Sleep(*sleep)
+			}
+			if *noScan {
+				return filterclient.Verdict{Allow: true, Cacheable: !*noCache}
 			}
 			path := ev.GetExec().GetFile().GetPath()
 			b, err := os.ReadFile(path)
