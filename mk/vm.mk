@@ -17,8 +17,8 @@ VM_KERNELS ?= 6.1 6.12
 VM_PKGS ?= ./tools/vmtest/vmcheck/...
 VMTEST_INCLUDE ?=
 VMTEST_MODULES ?= dummy
-VM_TIMEOUT ?= 15m
-VM_GO_TEST_FLAGS ?=
+VM_TIMEOUT ?= 45m
+VM_GO_TEST_FLAGS ?= -timeout 40m
 VM_SUMMARY_DIR ?= out/vmtest/summary
 # xz-utils and zstd unpack the kernels (booted uncompressed, see
 # tools/vmtest/vmlinux.go) and 6.12's modules.
