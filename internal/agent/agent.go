@@ -25,8 +25,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
-	"github.com/vigil-hips/vigil/internal/integrity"
 	"github.com/vigil-hips/vigil/internal/filter"
+	"github.com/vigil-hips/vigil/internal/integrity"
 	"github.com/vigil-hips/vigil/internal/metrics"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/server"

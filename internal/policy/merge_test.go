@@ -51,7 +51,6 @@ trust:
 	}
 }
 
-
 func TestParseRule(t *testing.T) {
 	r, err := ParseRule("client rule", []byte("id: no-marker\non: exec\naction: deny\nmatch: {target: {path_prefix: /srv}}\n"), Enforce)
 	if err != nil || r.ID != "no-marker" || r.Action != Deny || r.Mode != Enforce {
