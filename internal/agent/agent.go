@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -349,6 +350,9 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 	batch := make([]*vigilv1.Event, 0, batchSize)
 	tick := time.NewTicker(flushInterval)
 	defer tick.Stop()
+	// The counter of each kind, looked up once rather than hashed on
+	// every event; there are a dozen kinds.
+	kindCounters := make(map[string]prometheus.Counter)
 	add := func(ev *vigilv1.Event) {
 		if ev.GetTime() == nil {
 			ev.Time = timestamppb.Now()
@@ -356,7 +360,12 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 		if fixEventUTF8(ev) {
 			a.log.Debug("event had invalid UTF-8, replaced", "seq", ev.GetSeq(), "kind", ev.GetKind())
 		}
-		a.metrics.Events.WithLabelValues(ev.GetKind()).Inc()
+		byKind, ok := kindCounters[ev.GetKind()]
+		if !ok {
+			byKind = a.metrics.Events.WithLabelValues(ev.GetKind())
+			kindCounters[ev.GetKind()] = byKind
+		}
+		byKind.Inc()
 		a.notePending(ev)
 		if w := a.integrity.Load(); w != nil {
 			w.observe(ev) // never blocks
