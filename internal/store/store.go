@@ -48,10 +48,10 @@ type Retention struct {
 type Store struct {
 	db *sql.DB
 
-	appendMu sync.Mutex // serializes Append, which owns the fields below
+	appendMu sync.Mutex   // serializes Append, which owns the fields below
 	inserts  [8]*sql.Stmt // by log2 of the rows: 1, 2, 4 … insertRows
-	buf      []byte // the batch's blobs
-	ends     []int  // where each blob ends in buf
+	buf      []byte       // the batch's blobs
+	ends     []int        // where each blob ends in buf
 	args     []any
 }
 
