@@ -42,12 +42,14 @@ const (
 	ActionApplyPolicy Action = "apply-policy"
 	ActionUnprotect   Action = "unprotect"
 	ActionUpgrade     Action = "upgrade"
+	// ActionApprove trusts or denies one digest or signer (Subject).
+	ActionApprove Action = "approve"
 )
 
 // Valid reports whether a is a known action.
 func (a Action) Valid() bool {
 	switch a {
-	case ActionStop, ActionApplyPolicy, ActionUnprotect, ActionUpgrade:
+	case ActionStop, ActionApplyPolicy, ActionUnprotect, ActionUpgrade, ActionApprove:
 		return true
 	}
 	return false
@@ -62,6 +64,21 @@ type Claims struct {
 	// PolicyDigest binds an apply-policy token to one policy (its
 	// canonical digest, policy.Policy.Digest).
 	PolicyDigest string `json:"policy_digest,omitempty"`
+	// Subject binds an approve token to one change: ApproveSubject of it.
+	Subject string `json:"subject,omitempty"`
+}
+
+// ApproveSubject names one approve request: "sha256:HEX" or "signer:KEYID",
+// prefixed "deny:" for a deny or a revocation.
+func ApproveSubject(sha256Hex, signerKeyID string, deny bool) string {
+	s := "sha256:" + strings.ToLower(sha256Hex)
+	if signerKeyID != "" {
+		s = "signer:" + signerKeyID
+	}
+	if deny {
+		s = "deny:" + s
+	}
+	return s
 }
 
 // Errors a token is refused with (wrapped).
@@ -73,6 +90,7 @@ var (
 	ErrWrongHost    = errors.New("token is for another host")
 	ErrWrongAction  = errors.New("token is for another action")
 	ErrWrongPolicy  = errors.New("token is for another policy")
+	ErrWrongSubject = errors.New("token is for another approval")
 	ErrReplayed     = errors.New("token already used")
 )
 
@@ -135,6 +153,8 @@ type Request struct {
 	Action Action
 	// PolicyDigest: for apply-policy, the digest of the policy sent.
 	PolicyDigest string
+	// Subject: for approve, ApproveSubject of the request.
+	Subject string
 }
 
 // Verify checks token for req and, if it passes, spends its nonce. The
@@ -182,6 +202,9 @@ func (v *Verifier) Verify(ctx context.Context, token []byte, req Request) (*Clai
 	}
 	if req.Action == ActionApplyPolicy && c.PolicyDigest != req.PolicyDigest {
 		return nil, fmt.Errorf("%w: token digest %s, policy sent %s", ErrWrongPolicy, c.PolicyDigest, req.PolicyDigest)
+	}
+	if req.Action == ActionApprove && c.Subject != req.Subject {
+		return nil, fmt.Errorf("%w: token approves %s, request is %s", ErrWrongSubject, c.Subject, req.Subject)
 	}
 	if v.Nonces == nil {
 		return nil, errors.New("no nonce store: cannot rule out a replay")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,5 +120,34 @@ func TestSignRefusesIncomplete(t *testing.T) {
 		if _, err := Sign(ctx, priv, c); err == nil {
 			t.Errorf("Sign(%+v): no error", c)
 		}
+	}
+}
+
+// TestApproveSubject: an approve token allows exactly one change.
+func TestApproveSubject(t *testing.T) {
+	ctx := context.Background()
+	pub, priv, _ := sign.GenerateKey()
+	v := &Verifier{Key: pub, Host: "h", Nonces: &MemNonces{}}
+	sha := strings.Repeat("AB", 32)
+	subject := ApproveSubject(sha, "", false)
+	if subject != "sha256:"+strings.ToLower(sha) || ApproveSubject("", "SHA256:k", true) != "deny:signer:SHA256:k" {
+		t.Fatalf("subjects %q", subject)
+	}
+	tok := func() []byte {
+		nonce, _ := NewNonce()
+		b, err := Sign(ctx, priv, Claims{Action: ActionApprove, Host: "h", Expires: time.Now().Add(time.Minute), Nonce: nonce, Subject: subject})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if _, err := v.Verify(ctx, tok(), Request{Action: ActionApprove, Subject: ApproveSubject(sha, "", true)}); !errors.Is(err, ErrWrongSubject) {
+		t.Fatalf("token for an approval used for a deny: %v, want ErrWrongSubject", err)
+	}
+	if _, err := v.Verify(ctx, tok(), Request{Action: ActionApprove, Subject: ApproveSubject(strings.Repeat("cd", 32), "", false)}); !errors.Is(err, ErrWrongSubject) {
+		t.Fatalf("token for another digest: %v, want ErrWrongSubject", err)
+	}
+	if _, err := v.Verify(ctx, tok(), Request{Action: ActionApprove, Subject: subject}); err != nil {
+		t.Fatalf("matching approve token: %v", err)
 	}
 }

@@ -174,7 +174,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		ApplyPolicy: a.applyPolicy, BadPolicy: ErrBadPolicy,
 		Pending:         trust.PendingHandler(a.xc.db, a.policySources),
 		Approve:         trust.ApproveHandler(a.xc.db, a.reloadExecControl),
-		AuthorizePolicy: a.authorizePolicy, StopAgent: a.stopAgent})
+		AuthorizePolicy: a.authorizePolicy, AuthorizeApprove: a.authorizeApprove, StopAgent: a.stopAgent})
 	if err != nil {
 		return err
 	}

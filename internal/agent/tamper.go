@@ -284,6 +284,27 @@ func (a *agent) authorizePolicy(ctx context.Context, req *vigilv1.ApplyPolicyReq
 	return a.authorize(ctx, req.GetToken(), admin.Request{Action: admin.ActionApplyPolicy, PolicyDigest: p.Digest()}, true)
 }
 
+// authorizeApprove: in protected mode, trusting or denying code (Approve)
+// needs an admin token for exactly that change; otherwise root could
+// approve its own code.
+func (a *agent) authorizeApprove(ctx context.Context, req *vigilv1.ApproveRequest) error {
+	if !a.prot.Load().protected() {
+		return nil
+	}
+	keyID := ""
+	if len(req.GetSignerKey()) > 0 {
+		pub, err := sign.ParsePublicKey(req.GetSignerKey())
+		if err != nil {
+			return status.Error(codes.InvalidArgument, "signer key: "+err.Error())
+		}
+		if keyID, err = sign.KeyID(pub); err != nil {
+			return status.Error(codes.InvalidArgument, "signer key: "+err.Error())
+		}
+	}
+	subject := admin.ApproveSubject(req.GetSha256(), keyID, req.GetDeny())
+	return a.authorize(ctx, req.GetToken(), admin.Request{Action: admin.ActionApprove, Subject: subject}, true)
+}
+
 // stopAgent serves the Stop RPC: with a valid token when an admin key is
 // set (always in protected mode), else at once.
 func (a *agent) stopAgent(ctx context.Context, req *vigilv1.StopRequest) (*vigilv1.StopResponse, error) {

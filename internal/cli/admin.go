@@ -24,7 +24,7 @@ func newAdminCmd() *cobra.Command {
 }
 
 func newAdminSignCmd() *cobra.Command {
-	var keyFile, action, host, hostFile, policyFile, out string
+	var keyFile, action, host, hostFile, policyFile, subject, out string
 	ttl := durationFlag(10 * time.Minute)
 	cmd := &cobra.Command{
 		Use:   "sign --key admin.key --action ACTION [--ttl 10m] [--host ID] --out FILE",
@@ -40,7 +40,7 @@ token also names the policy's digest (--policy FILE).`,
 			}
 			a := admin.Action(action)
 			if !a.Valid() {
-				return fmt.Errorf("--action %q: want stop, apply-policy, unprotect or upgrade", action)
+				return fmt.Errorf("--action %q: want stop, apply-policy, approve, unprotect or upgrade", action)
 			}
 			d := ttl.get()
 			if d <= 0 || d > admin.MaxTTL {
@@ -63,6 +63,12 @@ token also names the policy's digest (--policy FILE).`,
 					return err
 				}
 				c.PolicyDigest = p.Digest()
+			}
+			if a == admin.ActionApprove {
+				if subject == "" {
+					return errors.New("--action approve needs --subject: sha256:HEX or signer:KEYID (vigil keys id KEY.pub), prefixed deny: for a deny or a revocation")
+				}
+				c.Subject = subject
 			}
 			priv, err := sign.LoadPrivateKey(keyFile)
 			if err != nil {
@@ -89,6 +95,7 @@ token also names the policy's digest (--policy FILE).`,
 	f.StringVar(&host, "host", "", "host id the token is for (default: this host's)")
 	f.StringVar(&hostFile, "host-id-file", admin.DefaultHostIDFile, "where to read this host's id when --host is not given")
 	f.StringVar(&policyFile, "policy", "", "apply-policy: the policy file the token allows")
+	f.StringVar(&subject, "subject", "", "approve: the one change the token allows (sha256:HEX, signer:KEYID, or either prefixed deny:)")
 	f.StringVar(&out, "out", "", "token file to write")
 	return cmd
 }

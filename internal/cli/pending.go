@@ -91,8 +91,8 @@ func printPending(w io.Writer, items []*vigilv1.PendingCode) error {
 
 func newApproveCmd(g *globals) *cobra.Command {
 	var (
-		sha, file, signer, comment string
-		deny                       bool
+		sha, file, signer, comment, token string
+		deny                              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "approve (--sha256 HEX | --file FILE | --signer KEY.pub) [--deny] [--comment TEXT]",
@@ -142,6 +142,13 @@ change is in force when the command returns, without a restart.
 				}
 				req.SignerKey = b
 			}
+			if token != "" {
+				b, err := os.ReadFile(token)
+				if err != nil {
+					return err
+				}
+				req.Token = b
+			}
 			c, err := dial(g.socket)
 			if err != nil {
 				return err
@@ -166,5 +173,6 @@ change is in force when the command returns, without a restart.
 	f.StringVar(&signer, "signer", "", "public key file of a signer to approve")
 	f.BoolVar(&deny, "deny", false, "deny the digest, or revoke the signer")
 	f.StringVar(&comment, "comment", "", "why, kept with the verdict")
+	f.StringVar(&token, "token", "", "signed admin token (vigil admin sign --action approve --subject ...), needed by a protected agent")
 	return cmd
 }

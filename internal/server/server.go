@@ -43,6 +43,9 @@ type Config struct {
 	// call may go ahead (a protected agent wants a signed token); its
 	// error carries the gRPC status (PermissionDenied).
 	AuthorizePolicy func(ctx context.Context, req *vigilv1.ApplyPolicyRequest) error
+	// AuthorizeApprove, when set, decides first whether an Approve may
+	// go on (protected mode: a signed admin token).
+	AuthorizeApprove func(ctx context.Context, req *vigilv1.ApproveRequest) error
 	// Pending, Approve and StopAgent serve the RPCs of the same names;
 	// nil: Unimplemented. Their errors carry a gRPC status where they
 	// need one other than Internal (status.Error).
@@ -127,6 +130,11 @@ func (s *Server) Pending(ctx context.Context, req *vigilv1.PendingRequest) (*vig
 
 // Approve implements vigilv1.AgentServer.
 func (s *Server) Approve(ctx context.Context, req *vigilv1.ApproveRequest) (*vigilv1.ApproveResponse, error) {
+	if s.cfg.AuthorizeApprove != nil && s.cfg.Approve != nil {
+		if err := s.cfg.AuthorizeApprove(ctx, req); err != nil {
+			return nil, err
+		}
+	}
 	return call(ctx, s.cfg.Approve, req, "execution control is not running")
 }
 

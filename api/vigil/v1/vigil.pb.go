@@ -2677,7 +2677,8 @@ type ApproveRequest struct {
 	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`                        // hex digest to trust
 	SignerKey     []byte                 `protobuf:"bytes,2,opt,name=signer_key,json=signerKey,proto3" json:"signer_key,omitempty"` // or: a public key (PEM) whose catalogs are trusted
 	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
-	Deny          bool                   `protobuf:"varint,4,opt,name=deny,proto3" json:"deny,omitempty"` // deny instead of approve (explicit deny by hash)
+	Deny          bool                   `protobuf:"varint,4,opt,name=deny,proto3" json:"deny,omitempty"`  // deny instead of approve (explicit deny by hash)
+	Token         []byte                 `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"` // signed admin token (action approve), needed in protected mode
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2738,6 +2739,13 @@ func (x *ApproveRequest) GetDeny() bool {
 		return x.Deny
 	}
 	return false
+}
+
+func (x *ApproveRequest) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
 }
 
 type ApproveResponse struct {
@@ -3218,13 +3226,14 @@ const file_vigil_proto_rawDesc = "" +
 	"\n" +
 	"first_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x127\n" +
 	"\tlast_seen\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x1c\n" +
-	"\tprocesses\x18\a \x03(\tR\tprocesses\"u\n" +
+	"\tprocesses\x18\a \x03(\tR\tprocesses\"\x8b\x01\n" +
 	"\x0eApproveRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x1d\n" +
 	"\n" +
 	"signer_key\x18\x02 \x01(\fR\tsignerKey\x12\x18\n" +
 	"\acomment\x18\x03 \x01(\tR\acomment\x12\x12\n" +
-	"\x04deny\x18\x04 \x01(\bR\x04deny\")\n" +
+	"\x04deny\x18\x04 \x01(\bR\x04deny\x12\x14\n" +
+	"\x05token\x18\x05 \x01(\fR\x05token\")\n" +
 	"\x0fApproveResponse\x12\x16\n" +
 	"\x06detail\x18\x01 \x01(\tR\x06detail\"#\n" +
 	"\vStopRequest\x12\x14\n" +
