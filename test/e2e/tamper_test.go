@@ -502,6 +502,19 @@ func TestTamperProtection(t *testing.T) {
 	if out, err := a.vigil("policy", "apply", policyFile, "--token", applyTok); err == nil || !strings.Contains(string(out), "already used") {
 		t.Errorf("policy apply with a replayed token: err=%v\n%s", err, out)
 	}
+	// Approving code is reconfiguring the agent: a token for exactly
+	// that change, nothing else.
+	digest := strings.Repeat("5a", 32)
+	if out, err := a.vigil("approve", "--sha256", digest); err == nil || !strings.Contains(string(out), "no admin token") {
+		t.Errorf("approve without a token: err=%v\n%s", err, out)
+	}
+	otherTok := e.token("approve", "--subject", "sha256:"+strings.Repeat("6b", 32))
+	if out, err := a.vigil("approve", "--sha256", digest, "--token", otherTok); err == nil || !strings.Contains(string(out), "another approval") {
+		t.Errorf("approve with a token for another digest: err=%v\n%s", err, out)
+	}
+	if out, err := a.vigil("approve", "--sha256", digest, "--token", e.token("approve", "--subject", "sha256:"+digest)); err != nil {
+		t.Errorf("approve with a valid token: %v\n%s", err, out)
+	}
 	if out, err := a.vigil("stop"); err == nil || !strings.Contains(string(out), "no admin token") {
 		t.Errorf("stop without a token: err=%v\n%s", err, out)
 	}
