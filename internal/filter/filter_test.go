@@ -48,7 +48,7 @@ func TestConfigSignAndLoad(t *testing.T) {
 func fakeClient(t *testing.T, s *Server, name string, alt uint32, cfg ClientConfig, answer func(*vigilv1.AuthRequest) *vigilv1.AuthReply) *client {
 	t.Helper()
 	cfg.Name = name
-	c := &client{name: name, altitude: alt, cfg: cfg, out: make(chan *vigilv1.ServerMessage, 16), kick: make(chan string, 1),
+	c := &client{name: name, altitude: alt, cfg: cfg, out: make(chan *vigilv1.ServerMessage, 16), kick: make(chan string, 1), gone: make(chan struct{}),
 		pending: map[uint64]chan *vigilv1.AuthReply{}, cache: map[string]bool{}, rules: map[string][]byte{},
 		auth: []*vigilv1.Subscription{{Type: "auth", Kinds: []string{"exec"}}}}
 	if err := s.register(c); err != nil {
@@ -135,5 +135,19 @@ func TestSubscriptionsAndMutes(t *testing.T) {
 	c := &client{mutes: &vigilv1.Mute{Exe: []string{"/usr/bin/make"}, PathPrefix: []string{"/tmp"}}}
 	if !c.muted("/usr/bin/make", "") || !c.muted("/bin/cc", "/tmp/x") || c.muted("/bin/cc", "/srv/x") {
 		t.Fatal("muted")
+	}
+}
+
+// A client that unregistered between the snapshot and the request is
+// answered for at once, not after its deadline.
+func TestAuthorizeClientGoneBeforeAsked(t *testing.T) {
+	s := NewServer(Options{})
+	c := fakeClient(t, s, "late", 7, ClientConfig{DeadlineMS: 5000, MissMode: FailClosed, MaxMisses: 3}, nil)
+	cs := s.snapshot()
+	s.unregister(c)
+	start := time.Now()
+	v := &vigilv1.ClientVerdict{}
+	if allow := s.ask(cs[0], execEvent("/x"), "", v); allow || v.Answer != "gone" || time.Since(start) > time.Second {
+		t.Fatalf("ask of an unregistered client: allow %v, %v after %v", allow, v, time.Since(start))
 	}
 }

@@ -99,6 +99,7 @@ type client struct {
 	out    chan *vigilv1.ServerMessage
 	kick   chan string // closes the session, with the reason
 	kicked sync.Once
+	gone   chan struct{} // closed when unregistered
 
 	mu      sync.Mutex
 	pending map[uint64]chan *vigilv1.AuthReply
@@ -211,7 +212,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[vigilv1.ClientMessage, 
 		return status.Error(codes.PermissionDenied, why)
 	}
 	c := &client{name: hello.Name, altitude: hello.Altitude, cfg: *cfg,
-		out: make(chan *vigilv1.ServerMessage, outQueue), kick: make(chan string, 1),
+		out: make(chan *vigilv1.ServerMessage, outQueue), kick: make(chan string, 1), gone: make(chan struct{}),
 		pending: map[uint64]chan *vigilv1.AuthReply{}, cache: map[string]bool{}, rules: map[string][]byte{}}
 	for _, sub := range hello.Subscriptions {
 		switch sub.Type {
@@ -286,6 +287,7 @@ func (s *Server) unregister(c *client) {
 	s.clients = slices.DeleteFunc(s.clients, func(o *client) bool { return o == c })
 	s.mu.Unlock()
 	c.mu.Lock()
+	close(c.gone)
 	for id, ch := range c.pending {
 		close(ch)
 		delete(c.pending, id)
@@ -577,6 +579,9 @@ func (s *Server) ask(c *client, ev *vigilv1.Event, key string, v *vigilv1.Client
 		}
 		v.Answer, v.Applied = "deny", "deny"
 		return false
+	case <-c.gone:
+		// Unregistered before or while the request was pending.
+		return missed("gone")
 	case <-timer.C:
 		return missed("missed")
 	}
