@@ -298,8 +298,14 @@ func attach(prog *ebpf.Program, section string) (link.Link, error) {
 	return nil, fmt.Errorf("section %q: unknown attach kind", section)
 }
 
+// readerPoll is how often the reader collects records that did not wake it:
+// the BPF side submits most records with BPF_RB_NO_WAKEUP (wakeup_flags in
+// sensor.bpf.c), so an event reaches the agent within readerPoll, a
+// verdict or a ring a quarter full at once.
+const readerPoll = 10 * time.Millisecond
+
 // read drains the ring buffer until closed. Loss is checked after every
-// record and at least every pollLoss when idle.
+// record and at every readerPoll.
 func (s *Sensor) read(ctx context.Context) {
 	defer close(s.readerDone)
 	defer func() {
@@ -309,7 +315,6 @@ func (s *Sensor) read(ctx context.Context) {
 		close(s.out)
 	}()
 	dec := &decoder{backend: s.backend, bootToWall: bootToWall(), ruleOf: s.ruleOf}
-	const pollLoss = 200 * time.Millisecond
 	var lastLost, maxSeq uint64
 	checkLoss := func() {
 		var lost uint64
@@ -337,7 +342,7 @@ func (s *Sensor) read(ctx context.Context) {
 	}
 	var rec ringbuf.Record
 	for {
-		s.reader.SetDeadline(time.Now().Add(pollLoss))
+		s.reader.SetDeadline(time.Now().Add(readerPoll))
 		err := s.reader.ReadInto(&rec)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
