@@ -298,10 +298,14 @@ func attach(prog *ebpf.Program, section string) (link.Link, error) {
 	return nil, fmt.Errorf("section %q: unknown attach kind", section)
 }
 
-// readerPoll is how often the reader collects records that did not wake it:
-// the BPF side submits most records with BPF_RB_NO_WAKEUP (wakeup_flags in
-// sensor.bpf.c), so an event reaches the agent within readerPoll, a
-// verdict or a ring a quarter full at once.
+// readerPoll is how often the reader collects records. The BPF side never
+// wakes it (BPF_RB_NO_WAKEUP, sensor.bpf.c), and the reader never blocks in
+// the kernel: it drains what is there, then sleeps on a Go timer. Waking
+// for each record cost an irq_work and two context switches per event, and
+// a thread parked in epoll_wait kept the Go runtime's sysmon polling every
+// 20 µs; together they were most of the agent's CPU under exec load. An
+// event reaches the agent within readerPoll; the ring buffer (8 MiB by
+// default) holds far more than that at any event rate seen.
 const readerPoll = 10 * time.Millisecond
 
 // read drains the ring buffer until closed. Loss is checked after every
@@ -340,13 +344,18 @@ func (s *Sensor) read(ctx context.Context) {
 		s.log.Warn("events lost in the kernel", "lost", gap.GetGap().Lost, "lost_total", lost)
 		s.emit(ctx, gap)
 	}
+	tick := time.NewTicker(readerPoll)
+	defer tick.Stop()
+	// A deadline in the past: ReadInto polls without waiting, returns what
+	// the ring holds, then os.ErrDeadlineExceeded.
+	s.reader.SetDeadline(time.Unix(0, 1))
 	var rec ringbuf.Record
 	for {
-		s.reader.SetDeadline(time.Now().Add(readerPoll))
 		err := s.reader.ReadInto(&rec)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			checkLoss()
+			<-tick.C
 			continue
 		case errors.Is(err, ringbuf.ErrClosed):
 			return

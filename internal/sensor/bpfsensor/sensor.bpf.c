@@ -128,20 +128,6 @@ static __always_inline struct event_buf *new_event(__u32 kind, __u32 hook)
 	return b;
 }
 
-// wakeup_flags says whether this record wakes the reader. Most do not: the
-// reader collects what has accumulated every readerPoll (bpfsensor.go), so
-// a burst of records costs one wakeup instead of an irq_work and a context
-// switch each. A record carrying a verdict wakes it at once, and so does
-// any record once the ring is a quarter full, long before it could drop.
-static __always_inline __u64 wakeup_flags(const struct event_buf *b)
-{
-	if (b->h.action != ACT_NONE || b->h.denied)
-		return BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4)
-		return BPF_RB_FORCE_WAKEUP;
-	return BPF_RB_NO_WAKEUP;
-}
-
 static __always_inline void submit(struct event_buf *b, __u32 len)
 {
 	if (len > DATA_MAX)
@@ -153,7 +139,8 @@ static __always_inline void submit(struct event_buf *b, __u32 len)
 	if (size > sizeof(b->h) + DATA_MAX)
 		size = sizeof(b->h) + DATA_MAX;
 	asm volatile("" : "+r"(size));
-	if (bpf_ringbuf_output(&events, b, size, wakeup_flags(b)) < 0)
+	// No wakeup: the reader polls every readerPoll (bpfsensor.go).
+	if (bpf_ringbuf_output(&events, b, size, BPF_RB_NO_WAKEUP) < 0)
 		__sync_fetch_and_add(&lost_events, 1);
 }
 
