@@ -3,7 +3,9 @@ package integrity
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -95,8 +97,30 @@ type Kallsyms struct {
 	// CallBase is __bpf_call_base: the kernel stores a BPF helper call as
 	// the helper's address minus it.
 	CallBase uint64
-	// Funcs are the core kernel's text symbols by address.
-	Funcs map[uint64]string
+	// funcs are the core kernel's text symbols, sorted by address, the
+	// first name for an address only; their names are slices of names.
+	// About 120,000 symbols cost about 4.5 MiB kept for as long as the
+	// agent caches kallsyms, where a map of strings cost several times that.
+	funcs []kfunc
+	names string
+}
+
+type kfunc struct {
+	addr uint64
+	off  uint32 // of the name, in the file while parsing, then in names
+	len  uint32
+}
+
+func byAddr(f kfunc, addr uint64) int { return cmp.Compare(f.addr, addr) }
+
+// Func returns the core kernel text symbol at addr.
+func (k *Kallsyms) Func(addr uint64) (string, bool) {
+	i, ok := slices.BinarySearchFunc(k.funcs, addr, byAddr)
+	if !ok {
+		return "", false
+	}
+	f := k.funcs[i]
+	return k.names[f.off : f.off+f.len], true
 }
 
 // Helper resolves the immediate of a helper call in a program's
@@ -105,8 +129,7 @@ func (k *Kallsyms) Helper(imm int32) (string, bool) {
 	if k == nil || k.Hidden || k.CallBase == 0 || imm == 0 {
 		return "", false
 	}
-	name, ok := k.Funcs[uint64(int64(k.CallBase)+int64(imm))]
-	return name, ok
+	return k.Func(uint64(int64(k.CallBase) + int64(imm)))
 }
 
 // isSyscallEntry says whether a symbol is a syscall entry point or table.
@@ -123,27 +146,53 @@ func isSyscallEntry(name string) bool {
 	return false
 }
 
-// ParseKallsyms reads /proc/kallsyms ("addr type name [module]").
+// ParseKallsyms reads /proc/kallsyms ("addr type name [module]"). The file
+// is about 5 MiB and is read again every KallsymsTTL, so the parse works
+// on b in place and allocates little besides what it keeps.
 func ParseKallsyms(b []byte) (*Kallsyms, error) {
-	k := &Kallsyms{Modules: map[string]bool{}, Syscalls: map[string]uint64{}, Funcs: map[uint64]string{}, Hidden: true}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	k := &Kallsyms{Modules: map[string]bool{}, Syscalls: map[string]uint64{}, Hidden: true}
+	funcs := make([]kfunc, 0, bytes.Count(b, []byte{'\n'})+1)
 	n := 0
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 3 {
+	for pos := 0; pos < len(b); {
+		end := bytes.IndexByte(b[pos:], '\n')
+		if end < 0 {
+			end = len(b) - pos
+		}
+		lineOff := pos
+		line := b[pos : pos+end]
+		pos += end + 1
+		// Up to four fields, with their offsets in b.
+		var f [4][]byte
+		var fOff [4]int
+		nf := 0
+		for i := 0; nf < len(f); {
+			for i < len(line) && (line[i] == ' ' || line[i] == '\t') {
+				i++
+			}
+			if i == len(line) {
+				break
+			}
+			j := i
+			for j < len(line) && line[j] != ' ' && line[j] != '\t' {
+				j++
+			}
+			f[nf], fOff[nf] = line[i:j], lineOff+i
+			nf++
+			i = j
+		}
+		if nf < 3 {
 			continue
 		}
 		n++
-		addr, err := strconv.ParseUint(f[0], 16, 64)
+		addr, err := strconv.ParseUint(string(f[0]), 16, 64)
 		if err != nil {
 			return nil, fmt.Errorf("kallsyms line %d: %w", n, err)
 		}
 		if addr != 0 {
 			k.Hidden = false
 		}
-		if len(f) >= 4 && strings.HasPrefix(f[3], "[") {
-			mod := strings.Trim(f[3], "[]")
+		if nf >= 4 && len(f[3]) > 0 && f[3][0] == '[' {
+			mod := string(bytes.Trim(f[3], "[]"))
 			// bpf programs and ftrace trampolines appear as [bpf],
 			// [__builtin__ftrace] and the like: not modules.
 			if mod != "bpf" && !strings.HasPrefix(mod, "__builtin") {
@@ -151,27 +200,39 @@ func ParseKallsyms(b []byte) (*Kallsyms, error) {
 			}
 			continue
 		}
-		switch f[2] {
+		name := f[2]
+		switch string(name) {
 		case "_text":
 			k.Text = addr
 		case "__bpf_call_base":
 			k.CallBase = addr
 		}
-		if addr != 0 && (f[1] == "T" || f[1] == "t" || f[1] == "W" || f[1] == "w") {
-			if _, dup := k.Funcs[addr]; !dup {
-				k.Funcs[addr] = f[2]
-			}
+		if addr != 0 && len(f[1]) == 1 && bytes.IndexByte([]byte("TtWw"), f[1][0]) >= 0 {
+			funcs = append(funcs, kfunc{addr, uint32(fOff[2]), uint32(len(name))})
 		}
-		if isSyscallEntry(f[2]) {
-			k.Syscalls[f[2]] = addr
+		if isSyscallEntry(string(name)) {
+			k.Syscalls[string(name)] = addr
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
 	}
 	if n == 0 {
 		return nil, fmt.Errorf("kallsyms is empty")
 	}
+	// Stable: the first name of an address wins, as the kernel lists it.
+	slices.SortStableFunc(funcs, func(a, b kfunc) int { return cmp.Compare(a.addr, b.addr) })
+	funcs = slices.CompactFunc(funcs, func(a, b kfunc) bool { return a.addr == b.addr })
+	// The names move into one string of their own, so b is not kept.
+	size := 0
+	for _, f := range funcs {
+		size += int(f.len)
+	}
+	var names strings.Builder
+	names.Grow(size)
+	k.funcs = make([]kfunc, len(funcs))
+	for i, f := range funcs {
+		k.funcs[i] = kfunc{f.addr, uint32(names.Len()), f.len}
+		names.Write(b[f.off : f.off+f.len])
+	}
+	k.names = names.String()
 	return k, nil
 }
 

@@ -2,6 +2,8 @@ package integrity
 
 import (
 	"errors"
+	"os"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -148,4 +150,49 @@ func TestKallsymsHelper(t *testing.T) {
 	if _, _, err := Helpers(asm.Instructions{asm.BuiltinFunc(0).Call(), asm.Return()}, k); !errors.Is(err, ErrHelpersHidden) {
 		t.Fatalf("zeroed calls: %v", err)
 	}
+}
+
+func TestKallsymsFuncFirstNameWins(t *testing.T) {
+	k, err := ParseKallsyms([]byte("ffffffff81000200 T second\nffffffff81000100 t first\nffffffff81000100 T alias\n0000000000000000 T zero\nffffffff81000300 d data\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for addr, want := range map[uint64]string{0xffffffff81000100: "first", 0xffffffff81000200: "second"} {
+		if got, ok := k.Func(addr); !ok || got != want {
+			t.Errorf("%#x: %q %v, want %q", addr, got, ok, want)
+		}
+	}
+	for _, addr := range []uint64{0, 0xffffffff81000300, 0xffffffff81000150} {
+		if got, ok := k.Func(addr); ok {
+			t.Errorf("%#x resolved to %q", addr, got)
+		}
+	}
+}
+
+// BenchmarkParseKallsyms parses this machine's /proc/kallsyms and reports
+// what the result keeps on the heap (retained-B), the agent's cost for as
+// long as it caches kallsyms (KallsymsTTL).
+func BenchmarkParseKallsyms(b *testing.B) {
+	raw, err := os.ReadFile("/proc/kallsyms")
+	if err != nil || len(raw) == 0 {
+		b.Skip("no /proc/kallsyms")
+	}
+	var k *Kallsyms
+	for b.Loop() {
+		k, err = ParseKallsyms(raw)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Retained: the live heap with the result minus the live heap once
+	// it is dropped.
+	var with, without runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&with)
+	funcs := len(k.funcs)
+	k = nil
+	runtime.GC()
+	runtime.ReadMemStats(&without)
+	b.ReportMetric(float64(with.HeapAlloc)-float64(without.HeapAlloc), "retained-B")
+	b.ReportMetric(float64(funcs), "funcs")
 }
