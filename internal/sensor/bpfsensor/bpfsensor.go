@@ -32,7 +32,11 @@ import (
 )
 
 // DefaultRingBufBytes is the kernel ring buffer size when none is given.
-const DefaultRingBufBytes = 8 << 20
+// The reader drains it every readerPoll; 4 MiB holds about two seconds of
+// a 1,000 execs/s load (about 2 MB/s of records) should the agent stall,
+// and costs 8 MiB of resident memory once written through (its data pages
+// are mapped twice). --ringbuf-bytes raises it for busier machines.
+const DefaultRingBufBytes = 4 << 20
 
 // Config selects and sizes the sensor.
 type Config struct {
@@ -304,7 +308,7 @@ func attach(prog *ebpf.Program, section string) (link.Link, error) {
 // for each record cost an irq_work and two context switches per event, and
 // a thread parked in epoll_wait kept the Go runtime's sysmon polling every
 // 20 µs; together they were most of the agent's CPU under exec load. An
-// event reaches the agent within readerPoll; the ring buffer (8 MiB by
+// event reaches the agent within readerPoll; the ring buffer (4 MiB by
 // default) holds far more than that at any event rate seen.
 const readerPoll = 10 * time.Millisecond
 
