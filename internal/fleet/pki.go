@@ -240,3 +240,7 @@ func WriteFileAtomic(path string, b []byte, perm os.FileMode) error {
 	}
 	return os.Rename(f.Name(), path)
 }
+
+func pemEncode(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
