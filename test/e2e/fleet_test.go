@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
@@ -345,3 +346,71 @@ func TestFleetEndToEnd(t *testing.T) {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// TestFleetOfflineSigning: a server without the signing key serves no
+// bundle until `vigil fleet sign-bundle` signs the waiting payload with the
+// admin key; the server refuses one signed with another key. A revoked
+// host is refused. Runs without root: no agent, a simulated one.
+func TestFleetOfflineSigning(t *testing.T) {
+	dir := t.TempDir()
+	bin := vigilBin(t)
+	for _, k := range []string{"admin", "other"} {
+		if out, err := exec.Command(bin, "keys", "generate", "--out", filepath.Join(dir, k)).CombinedOutput(); err != nil {
+			t.Fatalf("vigil keys generate: %v\n%s", err, out)
+		}
+	}
+	secretFile := filepath.Join(dir, "secret")
+	os.WriteFile(secretFile, []byte(randomID(t)), 0o600)
+	srv := startFleetServer(t, filepath.Join(dir, "server"), "--admin-key", filepath.Join(dir, "admin.pub"),
+		"--enroll-secret-file", secretFile)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id := randomID(t)
+	cred, err := fleet.Enroll(ctx, fleet.Enrollment{Server: srv.addr, CAFile: srv.ca, SecretFile: secretFile, HostID: id, Hostname: "sim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := fleet.Dial(srv.addr, srv.ca, cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := fleetv1.NewFleetClient(conn)
+	sha := hexDigest(randomID(t))
+	if _, err := srv.fleet("approve", "--sha256", sha, "--scope", "host:"+id); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Sync(ctx, &fleetv1.SyncRequest{}); err != nil || r.GetBundle() != nil {
+		t.Fatalf("before signing: %v %v (want no bundle)", r, err)
+	}
+	if out, err := srv.fleet("sign-bundle", "--key", filepath.Join(dir, "other.key")); err == nil {
+		t.Fatalf("sign-bundle with another key was accepted:\n%s", out)
+	}
+	out, err := srv.fleet("sign-bundle", "--key", filepath.Join(dir, "admin.key"))
+	if err != nil || !strings.Contains(string(out), sha) || !strings.Contains(string(out), "signed") {
+		t.Fatalf("sign-bundle: %v\n%s", err, out)
+	}
+	pub, _ := sign.LoadPublicKey(filepath.Join(dir, "admin.pub"))
+	r, err := c.Sync(ctx, &fleetv1.SyncRequest{})
+	if err != nil || r.GetBundle() == nil {
+		t.Fatalf("after signing: %v %v", r, err)
+	}
+	b, err := (fleet.Verifier{Key: pub, Host: id}).Verify(ctx, r.GetBundle().GetEnvelope(), 0)
+	if err != nil || len(b.Hashes) != 1 || b.Hashes[0].SHA256 != sha {
+		t.Fatalf("signed bundle: %+v %v", b, err)
+	}
+	if out, _ := srv.fleet("sign-bundle", "--key", filepath.Join(dir, "admin.key")); !strings.Contains(string(out), "no bundle waits") {
+		t.Fatalf("second sign-bundle: %s", out)
+	}
+	if _, err := srv.fleet("revoke", id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Sync(ctx, &fleetv1.SyncRequest{}); err == nil {
+		t.Fatal("a revoked host's certificate was accepted")
+	}
+}
+
+func hexDigest(s string) string {
+	d := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(d[:])
+}
