@@ -91,6 +91,9 @@ type Server struct {
 
 	mu      sync.Mutex
 	changed map[string]chan struct{} // closed when the host's bundle or standing changes
+
+	stopping     chan struct{} // closed when Serve's context is done: Watch streams end
+	stoppingOnce sync.Once
 }
 
 // New returns a server.
@@ -105,7 +108,7 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, changed: map[string]chan struct{}{}}
+	s := &Server{cfg: cfg, log: log, changed: map[string]chan struct{}{}, stopping: make(chan struct{})}
 	s.admin = &adminServer{s: s}
 	return s, nil
 }
@@ -150,6 +153,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		ag.Stop()
 		return err
 	}
+	s.stoppingOnce.Do(func() { close(s.stopping) })
 	stopped := make(chan struct{})
 	go func() {
 		g.GracefulStop()
@@ -159,7 +163,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	select {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
-		g.Stop() // Watch streams do not end on their own
+		g.Stop()
 		ag.Stop()
 	}
 	return nil
@@ -367,6 +371,8 @@ func (s *Server) Watch(req *fleetv1.WatchRequest, stream fleetv1.Fleet_WatchServ
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "server stopping")
 		case <-changed:
 		}
 	}
