@@ -84,7 +84,9 @@ type Store interface {
 	CheckSecret(ctx context.Context, hash []byte, now time.Time) (string, error)
 	// Enroll records host (new, or enrolling again with a new
 	// certificate, which replaces the old one); a revoked host is
-	// ErrRevoked. Tags given are added to the host's.
+	// ErrRevoked. Tags given are added to the host's. Enrolling again
+	// resets the host's last event id (a new agent state directory, a new
+	// event store).
 	Enroll(ctx context.Context, h Host) (Host, error)
 	Host(ctx context.Context, id string) (Host, error)
 	Hosts(ctx context.Context) ([]Host, error)

@@ -237,7 +237,11 @@ func (s *SQLite) Enroll(ctx context.Context, h Host) (Host, error) {
 		case err == nil && old.Revoked:
 			return ErrRevoked
 		case err == nil:
-			_, err = tx.ExecContext(ctx, `UPDATE hosts SET hostname = ?, tags = ?, cert_serial = ?, enrolled_ns = ?, last_seen_ns = ? WHERE id = ?`,
+			// The credential lives in the agent's state directory next to its
+			// event store: enrolling again means a new store, whose ids start
+			// over.
+			_, err = tx.ExecContext(ctx, `UPDATE hosts SET hostname = ?, tags = ?, cert_serial = ?, enrolled_ns = ?, last_seen_ns = ?,
+				last_event_id = 0 WHERE id = ?`,
 				h.Hostname, tagsJSON(append(old.Tags, h.Tags...)), h.CertSerial, ns(h.Enrolled), ns(h.Enrolled), h.ID)
 		case errors.Is(err, ErrNotFound):
 			_, err = tx.ExecContext(ctx, `INSERT INTO hosts (id, hostname, tags, enrolled_ns, last_seen_ns, cert_serial) VALUES (?, ?, ?, ?, ?, ?)`,

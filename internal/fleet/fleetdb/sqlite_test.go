@@ -49,8 +49,11 @@ func TestHostsAndBundlesPersist(t *testing.T) {
 	if _, err := db.Enroll(ctx, fleetdb.Host{ID: "h", Hostname: "one", Tags: []string{"b", "a"}, CertSerial: "1", Enrolled: now}); err != nil {
 		t.Fatal(err)
 	}
+	if last, err := db.Append(ctx, fleetdb.Upload{Host: "h", AfterID: 0, ThroughID: 50}); err != nil || last != 50 {
+		t.Fatalf("upload: %d %v", last, err)
+	}
 	h, err := db.Enroll(ctx, fleetdb.Host{ID: "h", Hostname: "one", Tags: []string{"c", "a"}, CertSerial: "2", Enrolled: now})
-	if err != nil || h.CertSerial != "2" || !slices.Equal(h.Tags, []string{"a", "b", "c"}) {
+	if err != nil || h.CertSerial != "2" || !slices.Equal(h.Tags, []string{"a", "b", "c"}) || h.LastEventID != 0 {
 		t.Fatalf("enroll again: %+v %v", h, err)
 	}
 	if h, _ = db.TagHost(ctx, "h", []string{"d"}, []string{"a"}); !slices.Equal(h.Tags, []string{"b", "c", "d"}) {
