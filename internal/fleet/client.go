@@ -74,7 +74,7 @@ func LoadOrEnroll(ctx context.Context, dir string, e Enrollment) (cred *Credenti
 	if err != nil {
 		return nil, false, err
 	}
-	certPEM, keyPEM := pemBlock("CERTIFICATE", cred.Cert.Certificate[0]), pemBlock("PRIVATE KEY", key)
+	certPEM, keyPEM := pemEncode("CERTIFICATE", cred.Cert.Certificate[0]), pemEncode("PRIVATE KEY", key)
 	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return nil, false, fmt.Errorf("fleet credential: %w", err)
 	}
@@ -125,8 +125,4 @@ func Dial(addr, caFile string, cred *Credential) (*grpc.ClientConn, error) {
 	}
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
-}
-
-func pemBlock(typ string, der []byte) []byte {
-	return pemEncode(typ, der)
 }

@@ -182,15 +182,6 @@ func marshalKey(key *ecdsa.PrivateKey) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
-// MarshalHostCredential returns the PEM forms of a host's certificate and key.
-func MarshalHostCredential(certDER []byte, key *ecdsa.PrivateKey) (certPEM, keyPEM []byte, err error) {
-	keyPEM, err = marshalKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER}), keyPEM, nil
-}
-
 // CertPool reads a PEM file of CA certificates.
 func CertPool(path string) (*x509.CertPool, error) {
 	b, err := os.ReadFile(path)

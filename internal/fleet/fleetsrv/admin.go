@@ -256,16 +256,11 @@ func (a *adminServer) UnsignedBundles(ctx context.Context, _ *fleetv1.UnsignedBu
 
 func (a *adminServer) PutBundle(ctx context.Context, req *fleetv1.PutBundleRequest) (*fleetv1.PutBundleResponse, error) {
 	b, err := a.s.putSigned(ctx, req.GetEnvelope())
-	if err != nil {
-		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-			return nil, err
-		}
-		if errors.Is(err, fleetdb.ErrNotFound) || errors.Is(err, fleetdb.ErrConflict) || errors.Is(err, fleetdb.ErrOldVersion) ||
-			errors.Is(err, fleet.ErrBadSignature) || errors.Is(err, fleet.ErrUnsigned) || errors.Is(err, fleet.ErrMalformed) ||
-			errors.Is(err, fleet.ErrOldVersion) || errors.Is(err, fleet.ErrWrongHost) {
-			return nil, grpcErr(err)
-		}
+	switch {
+	case errors.Is(err, errNotWaiting):
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	case err != nil:
+		return nil, grpcErr(err)
 	}
 	return &fleetv1.PutBundleResponse{HostId: b.Host, Version: b.Version}, nil
 }

@@ -478,6 +478,10 @@ func (s *Server) rebuildHost(ctx context.Context, h fleetdb.Host, rules []fleetd
 	return nil
 }
 
+// errNotWaiting: a bundle given to PutBundle is not the payload waiting
+// for a signature.
+var errNotWaiting = errors.New("not the bundle waiting for a signature")
+
 // putSigned stores a bundle signed offline.
 func (s *Server) putSigned(ctx context.Context, envelope []byte) (*fleet.Bundle, error) {
 	b, err := fleet.PeekPayload(envelope)
@@ -491,7 +495,7 @@ func (s *Server) putSigned(ctx context.Context, envelope []byte) (*fleet.Bundle,
 	env, _ := sign.ReadEnvelope(envelope)
 	raw, _ := env.DecodeB64Payload()
 	if b.Version != cur.Version || string(raw) != string(cur.Payload) {
-		return nil, fmt.Errorf("bundle %s v%d is not the one waiting for a signature (v%d): sign what `vigil fleet sign-bundle` fetches", b.Host, b.Version, cur.Version)
+		return nil, fmt.Errorf("%w: bundle %s v%d (waiting: v%d); sign what `vigil fleet sign-bundle` fetches", errNotWaiting, b.Host, b.Version, cur.Version)
 	}
 	if s.cfg.AdminKey != nil {
 		v := fleet.Verifier{Key: s.cfg.AdminKey, Host: b.Host}
