@@ -176,7 +176,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	a.metrics.CollectRuleHits(a.ruleHits)
 	srv, err := server.New(server.Config{Store: a.store, Broker: a.broker, Status: a.status,
 		ApplyPolicy: a.applyPolicy, BadPolicy: ErrBadPolicy,
-		Pending:         trust.PendingHandler(a.xc.db, a.policySources),
+		Pending:         a.fleetPending(trust.PendingHandler(a.xc.db, a.policySources)),
 		Approve:         trust.ApproveHandler(a.xc.db, a.reloadExecControl),
 		AuthorizePolicy: a.authorizePolicy, AuthorizeApprove: a.authorizeApprove, StopAgent: a.stopAgent})
 	if err != nil {

@@ -441,3 +441,25 @@ func (a *agent) fleetUploadOnce(ctx context.Context, c fleetv1.FleetClient) (int
 	a.fleet.cursor.Store(max(resp.GetLastEventId(), req.ThroughId))
 	return len(evs), nil
 }
+
+// fleetPending wraps the Pending handler: code the applied bundle decides
+// (allowed or denied) is not pending on this host any more, though the
+// trust database still lists it.
+func (a *agent) fleetPending(h func(context.Context, *vigilv1.PendingRequest) (*vigilv1.PendingResponse, error)) func(context.Context, *vigilv1.PendingRequest) (*vigilv1.PendingResponse, error) {
+	if a.fleet == nil {
+		return h
+	}
+	return func(ctx context.Context, req *vigilv1.PendingRequest) (*vigilv1.PendingResponse, error) {
+		resp, err := h(ctx, req)
+		b := a.fleet.bundle.Load()
+		if err != nil || b == nil {
+			return resp, err
+		}
+		decided := map[string]bool{}
+		for _, r := range b.Hashes {
+			decided[strings.ToLower(r.SHA256)] = true
+		}
+		resp.Items = slices.DeleteFunc(resp.Items, func(p *vigilv1.PendingCode) bool { return decided[strings.ToLower(p.GetSha256())] })
+		return resp, nil
+	}
+}

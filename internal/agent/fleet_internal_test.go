@@ -181,3 +181,35 @@ func TestFleetConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestFleetPending(t *testing.T) {
+	ctx := context.Background()
+	pub, priv, _ := sign.GenerateKey()
+	a := fleetAgent(t, pub)
+	for _, n := range []string{"approved by the fleet", "still unknown"} {
+		if err := a.xc.db.RecordPending(ctx, trust.Attempt{SHA: sum(n), Path: "/x/" + n, Refused: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := a.fleetPending(trust.PendingHandler(a.xc.db, func() trust.Sources { return trust.AllSources }))
+	list := func() []string {
+		resp, err := h(ctx, &vigilv1.PendingRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, p := range resp.GetItems() {
+			out = append(out, p.GetSha256())
+		}
+		return out
+	}
+	if got := list(); len(got) != 2 {
+		t.Fatalf("pending before any bundle: %v", got)
+	}
+	env, _ := fleet.SignBundle(ctx, priv, fleet.Bundle{Host: "me", Version: 1, Issued: time.Now(),
+		Hashes: []fleet.HashRule{{SHA256: hexSum("approved by the fleet"), Verdict: fleet.Allow, Scope: "global"}}})
+	a.fleetApply(ctx, env, "test")
+	if got := list(); len(got) != 1 || got[0] != hexSum("still unknown") {
+		t.Fatalf("pending after the fleet approved one: %v", got)
+	}
+}

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
@@ -231,10 +233,19 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Fatalf("queue entry: %v", entry)
 	}
 
-	approved := time.Now()
-	if _, err := srv.fleet("approve", "--sha256", freshSHA, "--scope", "global"); err != nil {
+	// Approved through the admin API (the same call `vigil fleet approve`
+	// makes; TestFleetOfflineSigning runs the command), so the 10 s are the
+	// server's and the agent's, not a CLI's start under emulation.
+	adminConn, err := grpc.NewClient("unix://"+srv.adminSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer adminConn.Close()
+	approved := time.Now()
+	if _, err := fleetv1.NewFleetAdminClient(adminConn).Approve(ctx, &fleetv1.ApproveRequest{Sha256: freshSHA, Scope: "global"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("approve call returned after %s", time.Since(approved).Round(time.Millisecond))
 	if err := within(10*time.Second, func() error { return testworkload.Noop(fresh) }); err != nil {
 		t.Fatalf("approved code still refused %s after the approval: %v\nagent log:\n%s", time.Since(approved), err, a.log)
 	}
@@ -251,6 +262,10 @@ func TestFleetEndToEnd(t *testing.T) {
 		case <-deadline:
 			t.Fatal("the simulated agent did not receive the signed rule within 10 s")
 		}
+	}
+	// The host's own pending list no longer shows it.
+	if out, err := a.vigil("pending", "-o", "json"); err != nil || strings.Contains(string(out), freshSHA) {
+		t.Fatalf("vigil pending after the fleet approval: %v\n%s", err, out)
 	}
 	// Another new file is still refused: the approval is by content.
 	other, _ := variant(t, exe, filepath.Join(mnt, "other"), 8)
