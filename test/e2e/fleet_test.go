@@ -429,3 +429,42 @@ func hexDigest(s string) string {
 	d := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(d[:])
 }
+
+// TestFleetStateProtected (BPF LSM): in protected mode the agent's fleet
+// state — the version floor that refuses replayed bundles, the kept bundle,
+// the host key — and the fleet CA cannot be changed or removed by root.
+func TestFleetStateProtected(t *testing.T) {
+	testutil.RequireBPFLSM(t)
+	e := newTamperEnv(t)
+	caDir := filepath.Join(e.dir, "ca")
+	if _, _, err := fleet.LoadOrCreateCA(caDir, "test"); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(e.dir, "secret")
+	os.WriteFile(secret, []byte(randomID(t)), 0o600)
+	fleetDir := filepath.Join(e.stateDir, "fleet")
+	os.MkdirAll(fleetDir, 0o700)
+	version := filepath.Join(fleetDir, fleet.VersionFile)
+	os.WriteFile(version, []byte("7\n"), 0o600)
+	// Nothing listens on the server address: the agent keeps trying to
+	// enroll; what is protected does not depend on it.
+	e.start("fleet", "--fleet-server", "127.0.0.1:1", "--fleet-ca", filepath.Join(caDir, "ca.pem"),
+		"--fleet-enroll-secret-file", secret)
+	for name, try := range map[string]func() error{
+		"write the version":  func() error { return os.WriteFile(version, []byte("0\n"), 0o600) },
+		"remove the version": func() error { return os.Remove(version) },
+		"rename over it": func() error {
+			os.WriteFile(filepath.Join(e.dir, "v0"), []byte("0\n"), 0o600)
+			return os.Rename(filepath.Join(e.dir, "v0"), version)
+		},
+		"plant a bundle": func() error { return os.WriteFile(filepath.Join(fleetDir, fleet.BundleFile), []byte("{}"), 0o600) },
+		"write the CA":   func() error { return os.WriteFile(filepath.Join(caDir, "ca.pem"), []byte("x"), 0o644) },
+	} {
+		if err := try(); !errors.Is(err, syscall.EPERM) {
+			t.Errorf("%s: %v, want EPERM", name, err)
+		}
+	}
+	if b, _ := os.ReadFile(version); string(b) != "7\n" {
+		t.Fatalf("version floor after the attempts: %q", b)
+	}
+}
