@@ -161,6 +161,10 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		})
 	}
 
+	if err := a.loadFleet(ctx); err != nil {
+		return err
+	}
+
 	// Probed once, before the API serves Status.
 	if deps.Kernel != nil {
 		a.kernel = deps.Kernel()
@@ -172,7 +176,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	a.metrics.CollectRuleHits(a.ruleHits)
 	srv, err := server.New(server.Config{Store: a.store, Broker: a.broker, Status: a.status,
 		ApplyPolicy: a.applyPolicy, BadPolicy: ErrBadPolicy,
-		Pending:         trust.PendingHandler(a.xc.db, a.policySources),
+		Pending:         a.fleetPending(trust.PendingHandler(a.xc.db, a.policySources)),
 		Approve:         trust.ApproveHandler(a.xc.db, a.reloadExecControl),
 		AuthorizePolicy: a.authorizePolicy, AuthorizeApprove: a.authorizeApprove, StopAgent: a.stopAgent})
 	if err != nil {
@@ -261,6 +265,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		fsrv.Shutdown()
 	})
 	a.setAttached(true)
+	if a.fleet != nil {
+		wg.Go(func() { a.runFleet(svcCtx) })
+	}
 	if err := a.startIntegrity(ctx, svcCtx, &wg, deps.Integrity); err != nil {
 		return err
 	}
@@ -318,6 +325,8 @@ type agent struct {
 	stop           context.CancelFunc // ends Run, for the Stop call
 	stopAuthorized atomic.Bool        // Stop was called (with a valid token when needed)
 	adminKeyPath   string             // the admin key in use
+
+	fleet *fleetState // nil: not a fleet member (fleet.go)
 }
 
 func (a *agent) setAttached(v bool) {

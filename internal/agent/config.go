@@ -89,8 +89,22 @@ type Config struct {
 	// upgrade, unprotect and apply-policy tokens. Empty: DefaultAdminKey
 	// if it exists.
 	AdminKeyPath string
-	// HostIDFile names this host in admin tokens.
+	// HostIDFile names this host in admin tokens and to the fleet server.
 	HostIDFile string
+	// FleetServer, when set, is the `vigil server` (host:port) this agent
+	// is a member of (docs/fleet.md); FleetCA is that server's CA, pinned.
+	FleetServer string
+	FleetCA     string
+	// FleetEnrollSecretFile holds the enrollment secret, needed until
+	// the agent has enrolled (its credential stays in StateDir/fleet).
+	FleetEnrollSecretFile string
+	// FleetTags are tags the host asks for at enrollment.
+	FleetTags []string
+	// FleetPoll is how often the agent syncs besides the Watch stream.
+	FleetPoll time.Duration
+	// FleetUploadKinds are event kinds uploaded besides blocked and
+	// would-be-blocked events.
+	FleetUploadKinds []string
 }
 
 // DefaultConfig returns the default configuration.
@@ -108,6 +122,8 @@ func DefaultConfig() Config {
 		Protect:           true,
 		HostIDFile:        "/etc/machine-id",
 		SensorPinDir:      DefaultSensorPinDir,
+		FleetPoll:         DefaultFleetPoll,
+		FleetUploadKinds:  DefaultFleetUploadKinds,
 	}
 }
 
@@ -170,6 +186,19 @@ func (c Config) Validate() error {
 		bad("integrity public key %q: given without a baseline", c.IntegrityPubKey)
 	case c.IntegrityBaseline != "" && c.IntegrityInterval == 0:
 		bad("integrity baseline %q: given with the watch off (integrity interval 0)", c.IntegrityBaseline)
+	}
+	if c.FleetServer != "" {
+		if _, _, err := net.SplitHostPort(c.FleetServer); err != nil {
+			bad("fleet server %q: want host:port: %v", c.FleetServer, err)
+		}
+		if c.FleetCA == "" {
+			bad("fleet server %q: needs the server's CA (--fleet-ca)", c.FleetServer)
+		}
+		if c.FleetPoll < time.Second {
+			bad("fleet poll %s: must be at least 1s", c.FleetPoll)
+		}
+	} else if c.FleetCA != "" || c.FleetEnrollSecretFile != "" || len(c.FleetTags) > 0 {
+		bad("fleet CA, enrollment secret or tags given without a fleet server")
 	}
 	return errors.Join(errs...)
 }

@@ -66,8 +66,9 @@ func (a *agent) policySources() trust.Sources {
 
 // buildExecControl merges the policy's trust block and the database into
 // what the sensor enforces. Precedence (docs/trust.md): a digest denied by
-// the policy or the database is denied; then the policy's allow list and
-// the database's trusted digests (by the sources the policy counts).
+// the policy, the database or the fleet bundle is denied; then the
+// policy's allow list, the fleet bundle's allows and the database's
+// trusted digests (by the sources the policy counts).
 func (a *agent) buildExecControl(ctx context.Context, t *policy.Trust) (*sensor.ExecControl, []string, error) {
 	if t == nil {
 		return &sensor.ExecControl{Mode: sensor.ExecOff}, nil, nil
@@ -104,6 +105,7 @@ func (a *agent) buildExecControl(ctx context.Context, t *policy.Trust) (*sensor.
 		sha, _ := trust.ParseDigest(h)
 		xc.Trust[sha] = false
 	}
+	a.fleetMerge(xc.Trust)
 	var warnings []string
 	for _, p := range t.AnonymousExecAllow {
 		var st unix.Stat_t

@@ -142,6 +142,12 @@ func (a *agent) startProtection(ctx context.Context, newGuard func(GuardConfig) 
 		}
 	}
 	dirs := []string{a.cfg.StateDir, filepath.Dir(a.cfg.Socket)}
+	if a.fleet != nil {
+		// The fleet credential, the kept bundle and the version floor
+		// that refuses replayed bundles (docs/fleet.md).
+		dirs = append(dirs, a.fleet.dir)
+		files = append(files, a.cfg.FleetCA)
+	}
 	if d := a.cfg.SensorPinDir; d != "" {
 		// The sensor's pins (bpfsensor/pin.go): unpinning them would let
 		// enforcement end with the agent.

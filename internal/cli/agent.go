@@ -67,6 +67,12 @@ and serve the API on the socket. Stops on SIGINT or SIGTERM.`,
 	f.BoolVar(&cfg.Protect, "protect", cfg.Protect, "protect the agent from root (needs BPF LSM and an admin key; see docs/tamper.md)")
 	f.StringVar(&cfg.AdminKeyPath, "admin-key", "", "admin ed25519 public key that signs stop/apply-policy tokens (default "+agent.DefaultAdminKey+" if present)")
 	f.StringVar(&cfg.HostIDFile, "host-id-file", cfg.HostIDFile, "file naming this host in admin tokens")
+	f.StringVar(&cfg.FleetServer, "fleet-server", "", "join the fleet of this `vigil server` (host:port); see docs/fleet.md")
+	f.StringVar(&cfg.FleetCA, "fleet-ca", "", "the fleet server's CA certificate (its state dir's ca.pem), pinned")
+	f.StringVar(&cfg.FleetEnrollSecretFile, "fleet-enroll-secret-file", "", "file holding the enrollment secret (needed until the agent has enrolled)")
+	f.StringSliceVar(&cfg.FleetTags, "fleet-tag", nil, "tag to ask for at enrollment (repeatable)")
+	f.DurationVar(&cfg.FleetPoll, "fleet-poll", cfg.FleetPoll, "sync with the fleet server this often besides its push stream")
+	f.StringSliceVar(&cfg.FleetUploadKinds, "fleet-upload-kinds", cfg.FleetUploadKinds, "event kinds uploaded to the fleet server besides blocked and would-be-blocked events")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd

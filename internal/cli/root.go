@@ -53,6 +53,8 @@ func New(opts Options) *cobra.Command {
 		newStopCmd(g),
 		newAdminCmd(),
 		newFilterCmd(),
+		newServerCmd(),
+		newFleetCmd(),
 	)
 	return root
 }

@@ -1,0 +1,156 @@
+// Package fleetdb is the fleet server's storage: hosts, enrollment
+// secrets, rules and bundles (Store), and the events the agents upload with
+// the approval queue they feed (EventSink). SQLite (pure Go, one file in the
+// server's state directory) implements both; the interfaces are what a
+// PostgreSQL store and a streaming event sink will implement for the
+// scale-out deployment (docs/fleet.md).
+package fleetdb
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+)
+
+// Errors (wrapped).
+var (
+	ErrNotFound   = errors.New("not found")
+	ErrRevoked    = errors.New("host is revoked")
+	ErrBadSecret  = errors.New("unknown or expired enrollment secret")
+	ErrConflict   = errors.New("conflict")
+	ErrOldVersion = errors.New("bundle version is not newer")
+)
+
+// Host is an enrolled host.
+type Host struct {
+	ID         string
+	Hostname   string
+	Tags       []string
+	Enrolled   time.Time
+	LastSeen   time.Time
+	Revoked    bool
+	CertSerial string // hex serial of its current client certificate
+	// From the agent's last Sync.
+	AppliedVersion uint64
+	AgentVersion   string
+	Backend        string
+	ExecMode       string
+	KernelLost     uint64
+	// Event upload.
+	LastEventID uint64
+	EventsLost  uint64
+}
+
+// Report is what an agent says in Sync.
+type Report struct {
+	AppliedVersion uint64
+	AgentVersion   string
+	Backend        string
+	ExecMode       string
+	KernelLost     uint64
+}
+
+// Rule is a rule on the server (kinds and verdicts: internal/fleet).
+type Rule struct {
+	ID      uint64
+	Kind    string
+	Value   string
+	Verdict string
+	Scope   string
+	Comment string
+	Created time.Time
+}
+
+// BundleState is a host's bundles: the newest made (Version, Payload) and
+// the newest signed (SignedVersion, Envelope), which is what agents get.
+// They differ while a bundle waits for an offline signature.
+type BundleState struct {
+	Host          string
+	Version       uint64
+	RulesDigest   string
+	Payload       []byte
+	SignedVersion uint64
+	Envelope      []byte
+}
+
+// Store holds hosts, secrets, rules and bundles.
+type Store interface {
+	// AddSecret stores an enrollment secret by its hash; zero expires:
+	// never.
+	AddSecret(ctx context.Context, name string, hash []byte, expires time.Time) error
+	// CheckSecret returns the name of the secret of hash, or ErrBadSecret.
+	CheckSecret(ctx context.Context, hash []byte, now time.Time) (string, error)
+	// Enroll records host (new, or enrolling again with a new
+	// certificate, which replaces the old one); a revoked host is
+	// ErrRevoked. Tags given are added to the host's. Enrolling again
+	// resets the host's last event id (a new agent state directory, a new
+	// event store).
+	Enroll(ctx context.Context, h Host) (Host, error)
+	Host(ctx context.Context, id string) (Host, error)
+	Hosts(ctx context.Context) ([]Host, error)
+	TagHost(ctx context.Context, id string, add, remove []string) (Host, error)
+	RevokeHost(ctx context.Context, id string) (Host, error)
+	// Seen records a Sync: the time and the agent's report.
+	Seen(ctx context.Context, id string, r Report, now time.Time) error
+
+	AddRule(ctx context.Context, r Rule) (Rule, error)
+	DeleteRule(ctx context.Context, id uint64) error
+	Rules(ctx context.Context) ([]Rule, error)
+
+	Bundle(ctx context.Context, host string) (BundleState, error)
+	// NewBundle records a newly made bundle for host: version must be the
+	// stored version + 1 (ErrConflict otherwise). envelope may be nil (to
+	// be signed offline).
+	NewBundle(ctx context.Context, host string, version uint64, rulesDigest string, payload, envelope []byte) error
+	// SignBundle stores the envelope of host's bundle version, which must
+	// be newer than the signed one (ErrOldVersion) and not newer than
+	// the newest made.
+	SignBundle(ctx context.Context, host string, version uint64, envelope []byte) error
+	// Unsigned lists the bundles waiting for a signature.
+	Unsigned(ctx context.Context) ([]BundleState, error)
+
+	Close() error
+}
+
+// QueueEntry is unknown code seen on the fleet.
+type QueueEntry struct {
+	SHA256    string
+	Count     uint64
+	Refused   uint64
+	Hosts     []string
+	FirstSeen time.Time
+	LastSeen  time.Time
+	Processes []string // "HOST PID EXE", most recent first
+	Paths     []string
+}
+
+// HostEvent is an event and the host it came from.
+type HostEvent struct {
+	Host  string
+	Event *vigilv1.Event
+}
+
+// Upload is one batch an agent uploaded: its events cover the agent's
+// store ids (AfterID, ThroughID].
+type Upload struct {
+	Host      string
+	AfterID   uint64
+	ThroughID uint64
+	Events    []*vigilv1.Event
+}
+
+// EventSink takes the agents' events, counts what never arrived and keeps
+// the approval queue.
+type EventSink interface {
+	// Append stores an upload and returns the host's last event id.
+	// Events at or below the last id are duplicates (a retry) and
+	// skipped; ids between the last id and AfterID never arrived and
+	// are counted as lost.
+	Append(ctx context.Context, u Upload) (uint64, error)
+	Events(ctx context.Context, host string, limit int) ([]HostEvent, error)
+	Queue(ctx context.Context) ([]QueueEntry, error)
+	// Dequeue takes sha256 off the queue (it was approved or denied).
+	Dequeue(ctx context.Context, sha256 string) error
+}

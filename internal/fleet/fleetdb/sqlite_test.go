@@ -1,0 +1,128 @@
+package fleetdb_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
+)
+
+func open(t *testing.T) (*fleetdb.SQLite, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), fleetdb.FileName)
+	db, err := fleetdb.OpenSQLite(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db, path
+}
+
+func TestSecrets(t *testing.T) {
+	ctx := context.Background()
+	db, _ := open(t)
+	now := time.Now()
+	db.AddSecret(ctx, "forever", []byte("h1"), time.Time{})
+	db.AddSecret(ctx, "short", []byte("h2"), now.Add(time.Minute))
+	if n, err := db.CheckSecret(ctx, []byte("h1"), now.Add(1000*time.Hour)); err != nil || n != "forever" {
+		t.Fatalf("secret without expiry: %q %v", n, err)
+	}
+	if _, err := db.CheckSecret(ctx, []byte("h2"), now); err != nil {
+		t.Fatalf("secret before expiry: %v", err)
+	}
+	if _, err := db.CheckSecret(ctx, []byte("h2"), now.Add(2*time.Minute)); !errors.Is(err, fleetdb.ErrBadSecret) {
+		t.Fatalf("expired secret: %v", err)
+	}
+	if _, err := db.CheckSecret(ctx, []byte("h3"), now); !errors.Is(err, fleetdb.ErrBadSecret) {
+		t.Fatalf("unknown secret: %v", err)
+	}
+}
+
+func TestHostsAndBundlesPersist(t *testing.T) {
+	ctx := context.Background()
+	db, path := open(t)
+	now := time.Now()
+	if _, err := db.Enroll(ctx, fleetdb.Host{ID: "h", Hostname: "one", Tags: []string{"b", "a"}, CertSerial: "1", Enrolled: now}); err != nil {
+		t.Fatal(err)
+	}
+	if last, err := db.Append(ctx, fleetdb.Upload{Host: "h", AfterID: 0, ThroughID: 50}); err != nil || last != 50 {
+		t.Fatalf("upload: %d %v", last, err)
+	}
+	h, err := db.Enroll(ctx, fleetdb.Host{ID: "h", Hostname: "one", Tags: []string{"c", "a"}, CertSerial: "2", Enrolled: now})
+	if err != nil || h.CertSerial != "2" || !slices.Equal(h.Tags, []string{"a", "b", "c"}) || h.LastEventID != 0 {
+		t.Fatalf("enroll again: %+v %v", h, err)
+	}
+	if h, _ = db.TagHost(ctx, "h", []string{"d"}, []string{"a"}); !slices.Equal(h.Tags, []string{"b", "c", "d"}) {
+		t.Fatalf("tags: %v", h.Tags)
+	}
+	if err := db.NewBundle(ctx, "h", 2, "d", []byte("p"), nil); !errors.Is(err, fleetdb.ErrConflict) {
+		t.Fatalf("version 2 as the first bundle: %v", err)
+	}
+	if err := db.NewBundle(ctx, "h", 1, "d1", []byte("p1"), []byte("e1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.NewBundle(ctx, "h", 2, "d2", []byte("p2"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.SignBundle(ctx, "h", 1, []byte("again")); !errors.Is(err, fleetdb.ErrOldVersion) {
+		t.Fatalf("signing version 1 again: %v", err)
+	}
+	if err := db.SignBundle(ctx, "h", 3, []byte("e3")); !errors.Is(err, fleetdb.ErrConflict) {
+		t.Fatalf("signing a version never made: %v", err)
+	}
+	if u, _ := db.Unsigned(ctx); len(u) != 1 || u[0].Version != 2 || string(u[0].Payload) != "p2" {
+		t.Fatalf("unsigned: %+v", u)
+	}
+	// Agents get the newest signed bundle while v2 waits.
+	if b, _ := db.Bundle(ctx, "h"); b.Version != 2 || b.SignedVersion != 1 || string(b.Envelope) != "e1" {
+		t.Fatalf("bundle: %+v", b)
+	}
+	if _, err := db.RevokeHost(ctx, "h"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	// Everything is still there after a reopen.
+	db2, err := fleetdb.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	if h, err := db2.Host(ctx, "h"); err != nil || !h.Revoked || h.CertSerial != "2" {
+		t.Fatalf("host after reopen: %+v %v", h, err)
+	}
+	if _, err := db2.Enroll(ctx, fleetdb.Host{ID: "h", CertSerial: "3", Enrolled: now}); !errors.Is(err, fleetdb.ErrRevoked) {
+		t.Fatalf("a revoked host enrolled again: %v", err)
+	}
+	if b, _ := db2.Bundle(ctx, "h"); b.Version != 2 || b.SignedVersion != 1 {
+		t.Fatalf("bundle after reopen: %+v", b)
+	}
+	if _, err := db2.Host(ctx, "nobody"); !errors.Is(err, fleetdb.ErrNotFound) {
+		t.Fatalf("unknown host: %v", err)
+	}
+}
+
+func TestRules(t *testing.T) {
+	ctx := context.Background()
+	db, _ := open(t)
+	r1, _ := db.AddRule(ctx, fleetdb.Rule{Kind: "sha256", Value: "aa", Verdict: "deny", Scope: "global"})
+	r2, _ := db.AddRule(ctx, fleetdb.Rule{Kind: "sha256", Value: "aa", Verdict: "allow", Scope: "global"})
+	r3, _ := db.AddRule(ctx, fleetdb.Rule{Kind: "sha256", Value: "aa", Verdict: "allow", Scope: "tag:x"})
+	if r1.ID != r2.ID || r3.ID == r1.ID {
+		t.Fatalf("ids %d %d %d: the same kind, value and scope is one rule", r1.ID, r2.ID, r3.ID)
+	}
+	rs, _ := db.Rules(ctx)
+	if len(rs) != 2 || rs[0].Verdict != "allow" {
+		t.Fatalf("rules: %+v", rs)
+	}
+	if err := db.DeleteRule(ctx, r3.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.DeleteRule(ctx, r3.ID); !errors.Is(err, fleetdb.ErrNotFound) {
+		t.Fatalf("deleting twice: %v", err)
+	}
+}
