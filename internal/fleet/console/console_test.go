@@ -32,15 +32,15 @@ import (
 // env is a real fleet server (SQLite in a temporary directory, online
 // signing) with the console in front of it.
 type env struct {
-	t      *testing.T
-	srv    *fleetsrv.Server
-	db     *fleetdb.SQLite
-	admin  fleetv1.FleetAdminClient
-	pub    []byte
-	con    *console.Console
-	ts     *httptest.Server
-	pw     string
-	clock  *clock
+	t     *testing.T
+	srv   *fleetsrv.Server
+	db    *fleetdb.SQLite
+	admin fleetv1.FleetAdminClient
+	pub   []byte
+	con   *console.Console
+	ts    *httptest.Server
+	pw    string
+	clock *clock
 }
 
 type clock struct {
@@ -525,10 +525,13 @@ func TestEventFilters(t *testing.T) {
 	e.enroll("h1", "one")
 	e.enroll("h2", "two")
 	base := time.Date(2026, 1, 2, 10, 0, 0, 0, time.UTC)
-	mk := func(i int) string { s := sha256.Sum256([]byte(fmt.Sprint(i, randHex(t, 4)))); return hex.EncodeToString(s[:]) }
+	mk := func(i int) string {
+		s := sha256.Sum256([]byte(fmt.Sprint(i, randHex(t, 4))))
+		return hex.EncodeToString(s[:])
+	}
 	shas := []string{mk(0), mk(1), mk(2)}
-	e.unknownExec("h1", 1, shas[0], "/a", true, base)                   // refused
-	e.unknownExec("h1", 2, shas[1], "/b", false, base.Add(time.Hour))   // would-block
+	e.unknownExec("h1", 1, shas[0], "/a", true, base)                  // refused
+	e.unknownExec("h1", 2, shas[1], "/b", false, base.Add(time.Hour))  // would-block
 	e.unknownExec("h2", 1, shas[2], "/c", true, base.Add(2*time.Hour)) // refused, other host
 	b := e.browser()
 	b.login(e.pw)

@@ -23,6 +23,9 @@ import (
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
 )
 
+// ErrListen is Start's error when it cannot listen on its address.
+var ErrListen = errors.New("console cannot listen")
+
 // PasswordFile is the administrator password the server makes at first
 // start, in its state directory (mode 0600).
 const PasswordFile = "console-password"
@@ -129,7 +132,7 @@ func Start(ctx context.Context, o Options) (addr net.Addr, stop func(), err erro
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		stopAdmin()
-		return nil, nil, fmt.Errorf("console: %w", err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrListen, err)
 	}
 	hs := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
