@@ -169,12 +169,12 @@ type agent struct {
 	client fleetv1.FleetClient
 	mu     sync.Mutex
 	hashes map[string]string
-	got    chan struct{} // a new bundle was accepted
+	got    chan struct{} // a new bundle was accepted (buffered 1)
 }
 
 func enroll(t *testing.T, ctx context.Context, s *server, secretFile string, adminPub []byte) *agent {
 	t.Helper()
-	a := &agent{id: "sim-" + randHex(t, 6), hashes: map[string]string{}, got: make(chan struct{}, 16)}
+	a := &agent{id: "sim-" + randHex(t, 6), hashes: map[string]string{}, got: make(chan struct{}, 1)}
 	cred, err := fleet.Enroll(ctx, fleet.Enrollment{Server: s.addr, CAFile: s.ca, SecretFile: secretFile, HostID: a.id, Hostname: "sim-host"})
 	if err != nil {
 		t.Fatalf("simulated agent: enroll: %v", err)
@@ -211,7 +211,10 @@ func enroll(t *testing.T, ctx context.Context, s *server, secretFile string, adm
 				a.hashes[h.SHA256] = h.Verdict
 			}
 			a.mu.Unlock()
-			a.got <- struct{}{}
+			select {
+			case a.got <- struct{}{}:
+			default: // the reader has a wake-up pending already
+			}
 		}
 	}()
 	return a
