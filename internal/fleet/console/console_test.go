@@ -219,6 +219,13 @@ func TestNoAnonymousAccess(t *testing.T) {
 			t.Errorf("POST %s without a session: %d, want 401", p, code)
 		}
 	}
+	// The static files are there (the login page needs them), without a listing.
+	if code, hdr, body := b.do("GET", "/static/console.css", nil); code != http.StatusOK || !strings.HasPrefix(hdr.Get("Content-Type"), "text/css") || !strings.Contains(body, "body") {
+		t.Errorf("GET /static/console.css: %d %q", code, hdr.Get("Content-Type"))
+	}
+	if code, _, _ := b.do("GET", "/static/", nil); code != http.StatusNotFound {
+		t.Errorf("GET /static/: %d, want 404 (no listing)", code)
+	}
 	// A made-up session cookie is no session.
 	u, _ := url.Parse(e.ts.URL)
 	b.c.Jar.SetCookies(u, []*http.Cookie{{Name: console.SessionCookie, Value: randHex(t, 32)}})
