@@ -468,3 +468,25 @@ func TestConsoleApproveReachesAgent(t *testing.T) {
 		t.Fatal("out of time")
 	}
 }
+
+// TestConsoleAddressTaken: a --console-listen given explicitly that cannot
+// be used stops the server with the reason (no silent server without its
+// console).
+func TestConsoleAddressTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, vigilBin(t), "server", "--listen", freeAddr(t), "--state-dir", filepath.Join(dir, "state"),
+		"--admin-socket", filepath.Join(dir, "admin.sock"), "--console-listen", ln.Addr().String()).CombinedOutput()
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("vigil server with its console address taken: %v (ctx %v), want it to exit with an error\n%s", err, ctx.Err(), out)
+	}
+	if !strings.Contains(string(out), "console cannot listen") {
+		t.Fatalf("vigil server's error does not say why:\n%s", out)
+	}
+}
