@@ -85,7 +85,7 @@ func (c *Console) fail(w http.ResponseWriter, rc reqCtx, what string, err error)
 		code = http.StatusBadRequest
 	}
 	c.log.Warn("console: admin call failed", "what", what, "err", err)
-	c.render(w, code, "error", map[string]any{"CSRF": rc.csrf, "What": what, "Error": errText(err)})
+	c.render(w, code, "error", map[string]any{"CSRF": rc.csrf, "Nav": "error", "What": what, "Error": errText(err)})
 }
 
 // errText is an error for people: a gRPC status's message without its
