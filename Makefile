@@ -50,9 +50,24 @@ check-generated: generate
 vet:
 	$(GO) vet ./...
 
+# The console's browser test (test/browser) drives Debian's chromium,
+# installed here when missing. Without network it cannot be: the test then
+# skips, and this says so.
+BROWSER_PKGS := chromium
+.PHONY: browser-deps
+browser-deps:
+	@missing=""; for p in $(BROWSER_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+		echo "WARNING: could not install$$missing: the console browser test (test/browser) will SKIP" >&2; \
+	fi
+
 # Host tests: the tracepoint and fanotify paths run for real here (as
 # root); nothing arms a host-wide deny.
-test-host: build
+test-host: build browser-deps
 	VIGIL_BIN=$(VIGIL) $(GO) test -count=1 ./...
 
 test: deps check-generated vet test-host test-vm

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vigil-hips/vigil/internal/fleet"
+	"github.com/vigil-hips/vigil/internal/fleet/console"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetsrv"
 	"github.com/vigil-hips/vigil/internal/server"
@@ -36,6 +37,7 @@ func newServerCmd() *cobra.Command {
 		signingKey, adminKey          string
 		secretFile                    string
 		logLevel, logFormat           string
+		consoleListen, consolePwFile  string
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -126,6 +128,19 @@ signed here as soon as rules change. Without it they wait for
 					return err
 				}
 			}
+			if consoleListen != "" {
+				_, stopConsole, err := console.Start(cmd.Context(), console.Options{Listen: consoleListen, Cert: cert, StateDir: stateDir,
+					PasswordPath: consolePwFile, Admin: srv.AdminGRPCServer(), Notice: cmd.ErrOrStderr(), Logger: logger})
+				switch {
+				case err == nil:
+					defer stopConsole()
+				case errors.Is(err, console.ErrListen) && !cmd.Flags().Changed("console-listen"):
+					// The default address is taken: serve the agents all the same.
+					logger.Error("console not started: set --console-listen", "err", err)
+				default:
+					return err
+				}
+			}
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
@@ -155,6 +170,8 @@ signed here as soon as rules change. Without it they wait for
 	f.StringVar(&signingKey, "signing-key", "", "administrator ed25519 private key: sign bundles on the server (default: bundles wait for vigil fleet sign-bundle)")
 	f.StringVar(&adminKey, "admin-key", "", "administrator ed25519 public key: bundles signed offline must verify with it")
 	f.StringVar(&secretFile, "enroll-secret-file", "", "accept the enrollment secret in this file (besides those made by vigil fleet secret create)")
+	f.StringVar(&consoleListen, "console-listen", "127.0.0.1:8444", "address of the web console (HTTPS, the server's certificate; empty: no console)")
+	f.StringVar(&consolePwFile, "console-password-file", "", "the console administrator's password (default: "+console.PasswordFile+" in --state-dir, made at first start)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd
