@@ -177,6 +177,8 @@ func eventDetail(ev *vigilv1.Event) string {
 			s += " → " + np
 		}
 		return s
+	case *vigilv1.Event_FileOpen:
+		return "open " + d.FileOpen.GetFile().GetPath()
 	case *vigilv1.Event_Fork:
 		return fmt.Sprintf("child %d", d.Fork.GetChildPid())
 	case *vigilv1.Event_Exit:
