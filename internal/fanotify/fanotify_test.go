@@ -38,13 +38,12 @@ func TestMain(m *testing.M) {
 
 // childOpen opens path from another process: this process's own opens
 // are answered without asking.
-func childOpen(t *testing.T, path string) (pid int, err error) {
-	t.Helper()
+func childOpen(path string) (pid int, err error) {
 	self, _ := os.Executable()
 	cmd := exec.Command(self, "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+path)
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	err = cmd.Wait()
 	var ee *exec.ExitError
@@ -52,7 +51,7 @@ func childOpen(t *testing.T, path string) (pid int, err error) {
 		return cmd.Process.Pid, unix.EPERM
 	}
 	if err != nil {
-		t.Fatalf("child open of %s: %v", path, err)
+		return cmd.Process.Pid, fmt.Errorf("child open of %s: %w", path, err)
 	}
 	return cmd.Process.Pid, nil
 }
@@ -149,7 +148,7 @@ func TestGuardOpen(t *testing.T) {
 	if m := sbMask(t, g); m != fmt.Sprintf("%x", unix.FAN_OPEN_EXEC_PERM) {
 		t.Fatalf("mark events %s, want exec permission only", m)
 	}
-	if _, err := childOpen(t, path("deny.txt")); err != nil {
+	if _, err := childOpen(path("deny.txt")); err != nil {
 		t.Fatalf("open without open permission events: %v", err)
 	}
 	if n, _ := r.count("deny.txt"); n != 0 {
@@ -162,7 +161,7 @@ func TestGuardOpen(t *testing.T) {
 	if m := sbMask(t, g); m != fmt.Sprintf("%x", unix.FAN_OPEN_EXEC_PERM|unix.FAN_OPEN_PERM) {
 		t.Fatalf("mark events %s, want exec and open permission", m)
 	}
-	pid, err := childOpen(t, path("deny.txt"))
+	pid, err := childOpen(path("deny.txt"))
 	if !errors.Is(err, unix.EPERM) {
 		t.Fatalf("open the decider denies: %v, want EPERM", err)
 	}
@@ -179,7 +178,7 @@ func TestGuardOpen(t *testing.T) {
 
 	// A decision that waits holds no other one up.
 	slow := make(chan error, 1)
-	go func() { _, err := childOpen(t, path("slow.txt")); slow <- err }()
+	go func() { _, err := childOpen(path("slow.txt")); slow <- err }()
 	if err := waitFor(func() bool { n, _ := r.count("slow.txt"); return n == 1 }); err != nil {
 		t.Fatal("the slow open was not asked about")
 	}
@@ -187,7 +186,7 @@ func TestGuardOpen(t *testing.T) {
 	t.Cleanup(release)
 	start := time.Now()
 	fast := make(chan error, 1)
-	go func() { _, err := childOpen(t, path("fast.txt")); fast <- err }()
+	go func() { _, err := childOpen(path("fast.txt")); fast <- err }()
 	select {
 	case err := <-fast:
 		if err != nil {
@@ -209,7 +208,7 @@ func TestGuardOpen(t *testing.T) {
 
 	// An allow kept in the kernel until the file changes.
 	for range 3 {
-		if _, err := childOpen(t, path("keep.txt")); err != nil {
+		if _, err := childOpen(path("keep.txt")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -219,7 +218,7 @@ func TestGuardOpen(t *testing.T) {
 	if err := os.WriteFile(path("keep.txt"), []byte("changed"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := childOpen(t, path("keep.txt")); err != nil {
+	if _, err := childOpen(path("keep.txt")); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := r.count("keep.txt"); n != 2 {
@@ -232,7 +231,7 @@ func TestGuardOpen(t *testing.T) {
 	if m := sbMask(t, g); m != fmt.Sprintf("%x", unix.FAN_OPEN_EXEC_PERM) {
 		t.Fatalf("mark events %s after SetOpen(false)", m)
 	}
-	if _, err := childOpen(t, path("deny.txt")); err != nil {
+	if _, err := childOpen(path("deny.txt")); err != nil {
 		t.Fatalf("open after SetOpen(false): %v", err)
 	}
 	if n, _ := r.count("deny.txt"); n != 1 {
