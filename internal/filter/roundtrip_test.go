@@ -1,0 +1,91 @@
+package filter
+
+import (
+	"context"
+	"encoding/hex"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/pkg/filterclient"
+)
+
+// realClient serves a filter server on a unix socket and connects this
+// process to it with the SDK, as the approved client "rt" (this test
+// binary), answering with answer.
+func realClient(tb testing.TB, deadline time.Duration, answer func(*vigilv1.Event) filterclient.Verdict) *Server {
+	tb.Helper()
+	_, sha, err := identify(int32(os.Getpid()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg := &Config{Clients: []ClientConfig{{Name: "rt", SHA256: hex.EncodeToString(sha[:]),
+		DeadlineMS: int(deadline / time.Millisecond), MissMode: FailClosed, MaxMisses: 1 << 20}}}
+	s := NewServer(Options{Config: cfg})
+	sock := filepath.Join(tb.TempDir(), "filter.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go s.Serve(ln)
+	tb.Cleanup(s.Shutdown)
+	ctx, cancel := context.WithCancel(context.Background())
+	tb.Cleanup(cancel)
+	c, err := filterclient.Connect(ctx, filterclient.Options{Socket: sock, Name: "rt", Altitude: 7,
+		Auth: &filterclient.Subscription{Kinds: []string{"exec", "open"}}, OnAuth: answer})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	go c.Run()
+	return s
+}
+
+// The whole round trip through gRPC: request, the SDK's answer, reply.
+func TestAuthorizeRoundTrip(t *testing.T) {
+	s := realClient(t, 5*time.Second, func(ev *vigilv1.Event) filterclient.Verdict {
+		p := filterclient.Path(ev)
+		return filterclient.Verdict{Allow: !strings.Contains(p, "bad"), Cacheable: ev.Kind == "open", Reason: ev.Kind + " " + p}
+	})
+	d := s.Authorize(execEvent("/srv/bad"), "k")
+	if d.Allow || len(d.Clients) != 1 || d.Clients[0].Answer != "deny" || d.Clients[0].Reason != "exec /srv/bad" {
+		t.Fatalf("exec of a bad file: %+v", d)
+	}
+	d = s.Authorize(openEvent(1, "/bin/cat", "/srv/good"), "k")
+	if !d.Allow || !d.Cacheable || d.Clients[0].Reason != "open /srv/good" {
+		t.Fatalf("open of a good file: %+v", d)
+	}
+	// This process is the client: its own opens are not asked about.
+	d = s.Authorize(openEvent(uint32(os.Getpid()), "/x", "/srv/bad"), "k2")
+	if !d.Allow || len(d.Clients) != 0 {
+		t.Fatalf("the client's own open: %+v", d)
+	}
+}
+
+// BenchmarkAuthorizeRoundTrip times one client's answer through gRPC
+// (what the decision record's latency_us measures): p50 and p99 in µs.
+func BenchmarkAuthorizeRoundTrip(b *testing.B) {
+	s := realClient(b, time.Second, func(*vigilv1.Event) filterclient.Verdict {
+		return filterclient.Verdict{Allow: true}
+	})
+	ev := execEvent("/srv/x")
+	ev.Process = &vigilv1.Process{Pid: 1, Exe: "/bin/sh", Ancestry: []*vigilv1.Ancestor{{Pid: 1, Exe: "/sbin/init"}}}
+	lat := make([]float64, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		if d := s.Authorize(ev, ""); !d.Allow || d.Clients[0].Answer != "allow" {
+			b.Fatalf("%+v", d)
+		}
+		lat = append(lat, float64(time.Since(start).Microseconds()))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(lat[len(lat)/2], "p50-µs")
+	b.ReportMetric(lat[len(lat)*99/100], "p99-µs")
+}
