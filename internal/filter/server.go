@@ -389,7 +389,25 @@ func (s *Server) session(ctx context.Context, stream grpc.BidiStreamingServer[vi
 			}
 		}
 	}()
-	recv := make(chan *vigilv1.ClientMessage)
+	// Kernel rules are applied one after the other, off the receiving
+	// goroutine (a policy change takes time), and no later than the
+	// session: unregister must see the last of them.
+	rules := make(chan *vigilv1.ClientMessage, 16)
+	rulesDone := make(chan struct{})
+	defer func() { <-rulesDone }() // runs after close(done)
+	go func() {
+		defer close(rulesDone)
+		for {
+			select {
+			case m := <-rules:
+				s.handle(c, m)
+			case <-done:
+				return
+			}
+		}
+	}()
+	// Everything else is handled as it arrives: an answer wakes the
+	// decision waiting for it with no other goroutine in between.
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
@@ -398,17 +416,20 @@ func (s *Server) session(ctx context.Context, stream grpc.BidiStreamingServer[vi
 				recvErr <- err
 				return
 			}
-			select {
-			case recv <- m:
-			case <-done:
-				return
+			switch m.Msg.(type) {
+			case *vigilv1.ClientMessage_AddRule, *vigilv1.ClientMessage_RemoveRule:
+				select {
+				case rules <- m:
+				case <-done:
+					return
+				}
+			default:
+				s.handle(c, m)
 			}
 		}
 	}()
 	for {
 		select {
-		case m := <-recv:
-			s.handle(c, m)
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return "the client closed its session"
