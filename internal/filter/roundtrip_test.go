@@ -18,7 +18,7 @@ import (
 // realClient serves a filter server on a unix socket and connects this
 // process to it with the SDK, as the approved client "rt" (this test
 // binary), answering with answer.
-func realClient(tb testing.TB, deadline time.Duration, answer func(*vigilv1.Event) filterclient.Verdict) *Server {
+func realClient(tb testing.TB, deadline time.Duration, answer func(*vigilv1.Event) filterclient.Verdict) (*Server, *filterclient.Client) {
 	tb.Helper()
 	_, sha, err := identify(int32(os.Getpid()))
 	if err != nil {
@@ -43,12 +43,12 @@ func realClient(tb testing.TB, deadline time.Duration, answer func(*vigilv1.Even
 	}
 	tb.Cleanup(func() { c.Close() })
 	go c.Run()
-	return s
+	return s, c
 }
 
 // The whole round trip through gRPC: request, the SDK's answer, reply.
 func TestAuthorizeRoundTrip(t *testing.T) {
-	s := realClient(t, 5*time.Second, func(ev *vigilv1.Event) filterclient.Verdict {
+	s, c := realClient(t, 5*time.Second, func(ev *vigilv1.Event) filterclient.Verdict {
 		p := filterclient.Path(ev)
 		return filterclient.Verdict{Allow: !strings.Contains(p, "bad"), Cacheable: ev.Kind == "open", Reason: ev.Kind + " " + p}
 	})
@@ -65,12 +65,19 @@ func TestAuthorizeRoundTrip(t *testing.T) {
 	if !d.Allow || len(d.Clients) != 0 {
 		t.Fatalf("the client's own open: %+v", d)
 	}
+	// Ending the session unregisters the client.
+	c.Close()
+	for deadline := time.Now().Add(5 * time.Second); len(s.Clients()) > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the client closed its session, still registered: %v", s.Clients())
+		}
+	}
 }
 
 // BenchmarkAuthorizeRoundTrip times one client's answer through gRPC
 // (what the decision record's latency_us measures): p50 and p99 in µs.
 func BenchmarkAuthorizeRoundTrip(b *testing.B) {
-	s := realClient(b, time.Second, func(*vigilv1.Event) filterclient.Verdict {
+	s, _ := realClient(b, time.Second, func(*vigilv1.Event) filterclient.Verdict {
 		return filterclient.Verdict{Allow: true}
 	})
 	ev := execEvent("/srv/x")

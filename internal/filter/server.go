@@ -375,7 +375,11 @@ func (s *Server) session(ctx context.Context, stream grpc.BidiStreamingServer[vi
 	}
 	sendErr := make(chan error, 1)
 	done := make(chan struct{})
-	defer close(done)
+	rulesDone := make(chan struct{})
+	defer func() {
+		close(done)
+		<-rulesDone // unregister must see the last rule applied
+	}()
 	go func() {
 		for {
 			select {
@@ -393,8 +397,6 @@ func (s *Server) session(ctx context.Context, stream grpc.BidiStreamingServer[vi
 	// goroutine (a policy change takes time), and no later than the
 	// session: unregister must see the last of them.
 	rules := make(chan *vigilv1.ClientMessage, 16)
-	rulesDone := make(chan struct{})
-	defer func() { <-rulesDone }() // runs after close(done)
 	go func() {
 		defer close(rulesDone)
 		for {
