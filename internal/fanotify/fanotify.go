@@ -7,12 +7,12 @@
 package fanotify
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -65,12 +65,12 @@ type Decider func(pid int32, op Op, f File) (allow bool)
 // Guard is a fanotify group with exec (and, on request, open)
 // permission marks on whole filesystems.
 type Guard struct {
-	fd      int
-	decide  Decider
-	self    int32 // this process: its opens are allowed at once
-	wg      sync.WaitGroup
-	closeFd int // eventfd that wakes the loop to stop
-	once    sync.Once
+	fd     int
+	events *os.File // fd, read through Go's poller
+	decide Decider
+	self   int32 // this process: its opens are allowed at once
+	wg     sync.WaitGroup
+	once   sync.Once
 
 	mu    sync.Mutex
 	paths []string // marked
@@ -83,12 +83,11 @@ func New(decide Decider) (*Guard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fanotify_init: %w", err)
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("eventfd: %w", err)
-	}
-	return &Guard{fd: fd, decide: decide, closeFd: efd, self: int32(os.Getpid())}, nil
+	// Non-blocking: os.File waits for events in Go's poller, with no
+	// thread held in a blocking syscall (which would keep the runtime's
+	// monitor polling and its threads handing off at every event). Only
+	// reads go through the File: its Fd method would make fd blocking.
+	return &Guard{fd: fd, events: os.NewFile(uintptr(fd), "fanotify"), decide: decide, self: int32(os.Getpid())}, nil
 }
 
 // Mark puts the filesystem holding path under exec permission control
@@ -172,12 +171,9 @@ func (g *Guard) Start() {
 // machine). Decisions under way are answered first.
 func (g *Guard) Close() error {
 	g.once.Do(func() {
-		var one [8]byte
-		binary.NativeEndian.PutUint64(one[:], 1)
-		unix.Write(g.closeFd, one[:])
+		g.events.SetReadDeadline(time.Unix(1, 0)) // wakes the loop
 		g.wg.Wait()
-		unix.Close(g.fd)
-		unix.Close(g.closeFd)
+		g.events.Close()
 	})
 	return nil
 }
@@ -186,20 +182,13 @@ const metaSize = int(unsafe.Sizeof(unix.FanotifyEventMetadata{}))
 
 func (g *Guard) loop() {
 	buf := make([]byte, 64*metaSize)
-	fds := []unix.PollFd{{Fd: int32(g.fd), Events: unix.POLLIN}, {Fd: int32(g.closeFd), Events: unix.POLLIN}}
 	for {
-		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
-			return
-		}
-		if fds[1].Revents != 0 {
-			return
-		}
-		n, err := unix.Read(g.fd, buf)
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+		n, err := g.events.Read(buf)
+		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil || n < metaSize {
-			return
+			return // closing (deadline), or the group is gone
 		}
 		for off := 0; off+metaSize <= n; {
 			m := *(*unix.FanotifyEventMetadata)(unsafe.Pointer(&buf[off]))
