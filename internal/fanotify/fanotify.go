@@ -141,14 +141,29 @@ func (g *Guard) Open() bool {
 	return g.open
 }
 
-// IgnoreUntilModified tells the kernel not to ask about op on the file
-// behind fd (an event's fd, during its decision) until the file is
-// modified: an inode mark with op's event in its ignored mask, which the
-// kernel drops on the file's next write or truncate. Writes through a
-// shared writable mapping do not drop it (fanotify sees no modification
-// there).
-func (g *Guard) IgnoreUntilModified(fd int, op Op) error {
-	return unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_IGNORED_MASK, op.mask(), fd, "")
+// IgnoreUntilModified tells the kernel not to ask about op on f (an
+// event's file, during its decision) until the file is modified: an
+// inode mark with op's event in its ignored mask, which the kernel drops
+// on the file's next write or truncate. Writes through a shared writable
+// mapping do not drop it (fanotify sees no modification there).
+//
+// The verdict is about the content as it was when the event came (f's
+// size and change times): a change since then, while the decision was
+// taken, came before the mark and would not drop it. Such a change moves
+// the change times, so they are checked once the mark is in place, and
+// the mark is removed if they moved (kept is false then).
+func (g *Guard) IgnoreUntilModified(f File, op Op) (kept bool, err error) {
+	if err := unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_IGNORED_MASK, op.mask(), f.Fd, ""); err != nil {
+		return false, fmt.Errorf("fanotify ignore mark: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(f.Fd, &st); err == nil && st.Size == f.Size && st.Mtim.Nano() == f.Mtime && st.Ctim.Nano() == f.Ctime {
+		return true, nil
+	}
+	if err := unix.FanotifyMark(g.fd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_IGNORED_MASK, op.mask(), f.Fd, ""); err != nil {
+		return false, fmt.Errorf("fanotify: the file changed during the decision, its ignore mark stays: %w", err)
+	}
+	return false, nil
 }
 
 // ForgetIgnored removes every ignore mark: the next exec or open of each

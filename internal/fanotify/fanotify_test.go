@@ -6,8 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,8 +70,10 @@ type asked struct {
 type recorder struct {
 	g       *Guard
 	release chan struct{}
+	raced   atomic.Bool
 	mu      sync.Mutex
 	asked   []asked
+	kept    []bool
 }
 
 func (r *recorder) decide(pid int32, op Op, f File) bool {
@@ -80,10 +84,21 @@ func (r *recorder) decide(pid int32, op Op, f File) bool {
 	if strings.Contains(name, "slow") {
 		<-r.release
 	}
-	if strings.Contains(name, "keep") {
-		if err := r.g.IgnoreUntilModified(f.Fd, op); err != nil {
+	if strings.Contains(name, "race") && r.raced.CompareAndSwap(false, true) {
+		// Changed while the decision is taken (this process's own open
+		// is answered at once).
+		if err := os.WriteFile(f.Path, []byte("changed during the decision"), 0o644); err != nil {
 			panic(err)
 		}
+	}
+	if strings.Contains(name, "keep") || strings.Contains(name, "race") {
+		kept, err := r.g.IgnoreUntilModified(f, op)
+		if err != nil {
+			panic(err)
+		}
+		r.mu.Lock()
+		r.kept = append(r.kept, kept)
+		r.mu.Unlock()
 	}
 	return !strings.Contains(name, "deny")
 }
@@ -126,7 +141,7 @@ func TestGuardOpen(t *testing.T) {
 		t.Fatalf("mount tmpfs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-	for _, n := range []string{"deny.txt", "fast.txt", "slow.txt", "keep.txt", "plain.txt"} {
+	for _, n := range []string{"deny.txt", "fast.txt", "slow.txt", "keep.txt", "race.txt"} {
 		if err := os.WriteFile(filepath.Join(dir, n), []byte(n), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -224,6 +239,23 @@ func TestGuardOpen(t *testing.T) {
 	if n, _ := r.count("keep.txt"); n != 2 {
 		t.Fatalf("after the change: asked %d times, want twice", n)
 	}
+	// Changed during the decision: not kept (the mark would outlive the
+	// change), asked again.
+	for range 2 {
+		if _, err := childOpen(path("race.txt")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := r.count("race.txt"); n != 2 {
+		t.Fatalf("a file changed during its decision: asked %d times, want twice", n)
+	}
+	r.mu.Lock()
+	kept := slices.Clone(r.kept)
+	r.mu.Unlock()
+	if want := []bool{true, true, false, true}; !slices.Equal(kept, want) {
+		t.Fatalf("kept %v, want %v (keep, keep after its change, race during the decision, race after)", kept, want)
+	}
+
 	// Back to exec permission only.
 	if err := g.SetOpen(false); err != nil {
 		t.Fatal(err)

@@ -195,8 +195,8 @@ func (s *Sensor) ignoreUntilModified(f fanotify.File, op fanotify.Op) {
 	if s.fan == nil {
 		return
 	}
-	if err := s.fan.IgnoreUntilModified(f.Fd, op); err != nil {
-		s.log.Debug("fanotify ignore mark", "path", f.Path, "err", err)
+	if _, err := s.fan.IgnoreUntilModified(f, op); err != nil {
+		s.log.Warn("fanotify: verdict not kept", "path", f.Path, "err", err)
 	}
 }
 
