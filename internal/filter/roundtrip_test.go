@@ -2,9 +2,11 @@ package filter
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -90,6 +92,69 @@ func BenchmarkAuthorizeRoundTrip(b *testing.B) {
 			b.Fatalf("%+v", d)
 		}
 		lat = append(lat, float64(time.Since(start).Microseconds()))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(lat[len(lat)/2], "p50-µs")
+	b.ReportMetric(lat[len(lat)*99/100], "p99-µs")
+}
+
+// BenchmarkAuthorizeRoundTripProcess is BenchmarkAuthorizeRoundTrip with
+// the client in a process of its own (examples/clients/scanner -no-scan,
+// built for the benchmark), back to back or, with VIGIL_BENCH_PACE=1ms,
+// at most 1,000 times a second: the filter path's own latency between two
+// processes, without the load of the execs the bench's auth phase drives.
+func BenchmarkAuthorizeRoundTripProcess(b *testing.B) {
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "scanner")
+	build := exec.Command("go", "build", "-o", bin, "../../examples/clients/scanner")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Skipf("go build the example client: %v\n%s", err, out)
+	}
+	content, err := os.ReadFile(bin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sha := sha256.Sum256(content)
+	cfg := &Config{Clients: []ClientConfig{{Name: "rt", SHA256: hex.EncodeToString(sha[:]), DeadlineMS: 1000, MissMode: FailOpen, MaxMisses: 1 << 20}}}
+	s := NewServer(Options{Config: cfg})
+	sock := filepath.Join(dir, "filter.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go s.Serve(ln)
+	b.Cleanup(s.Shutdown)
+	client := exec.Command(bin, "-socket", sock, "-name", "rt", "-altitude", "7", "-no-scan", "-no-cache")
+	if err := client.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { client.Process.Kill(); client.Wait() })
+	for deadline := time.Now().Add(30 * time.Second); len(s.Clients()) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatal("the client did not connect")
+		}
+	}
+	ev := execEvent("/srv/x")
+	ev.Process = &vigilv1.Process{Pid: 1, Exe: "/bin/sh", Ancestry: []*vigilv1.Ancestor{{Pid: 1, Exe: "/sbin/init"}}}
+	lat := make([]float64, 0, b.N)
+	var tick <-chan time.Time // paced: VIGIL_BENCH_PACE=1ms
+	if pace, err := time.ParseDuration(os.Getenv("VIGIL_BENCH_PACE")); err == nil {
+		t := time.NewTicker(pace)
+		defer t.Stop()
+		tick = t.C
+	}
+	b.ResetTimer()
+	for range b.N {
+		if tick != nil {
+			<-tick
+		}
+		d := s.Authorize(ev, "")
+		if !d.Allow || d.Clients[0].Answer != "allow" {
+			b.Fatalf("%+v", d)
+		}
+		lat = append(lat, float64(d.Clients[0].LatencyUs))
 	}
 	b.StopTimer()
 	slices.Sort(lat)
