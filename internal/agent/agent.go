@@ -252,8 +252,8 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 		return fmt.Errorf("filter API: %w", err)
 	}
 	a.filter.Store(fsrv)
-	if au, ok := s.(sensor.ExecAuthorizer); ok {
-		au.SetExecAuthorizer(a.authorizeExec)
+	if au, ok := s.(sensor.Authorizer); ok {
+		au.SetAuthorizer(a.authorizeFile)
 	}
 	wg.Go(func() {
 		if err := fsrv.Serve(fln); err != nil {

@@ -26,16 +26,10 @@ import (
 // startFilter creates the filter server; the caller serves it.
 func (a *agent) startFilter(ctx context.Context) (*filter.Server, error) {
 	opts := filter.Options{
-		Log:    a.log.With("component", "filter"),
-		Rules:  a.setClientRules,
-		Report: a.emit,
-		AuthClientsChanged: func() {
-			if ptr := a.sensor.Load(); ptr != nil {
-				if f, ok := (*ptr).(interface{ ForgetExecVerdicts() }); ok {
-					f.ForgetExecVerdicts()
-				}
-			}
-		},
+		Log:         a.log.With("component", "filter"),
+		Rules:       a.setClientRules,
+		Report:      a.emit,
+		AuthChanged: a.authChanged,
 		CatalogSigner: func(ctx context.Context, sha [32]byte) string {
 			d, err := a.xc.db.Lookup(ctx, sha, trust.Catalogs)
 			if err != nil || d.Verdict != trust.Trusted {
@@ -65,14 +59,40 @@ func (a *agent) startFilter(ctx context.Context) (*filter.Server, error) {
 	return filter.NewServer(opts), nil
 }
 
-// authorizeExec is the sensor's hook on the fanotify path: Vigil's own
-// policy has allowed the exec; now the clients are asked.
-func (a *agent) authorizeExec(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict) {
+// authorizeFile is the sensor's hook on the fanotify path: Vigil's own
+// policy has allowed the exec (or the open); now the clients are asked.
+func (a *agent) authorizeFile(ev *vigilv1.Event, key string) sensor.AuthDecision {
 	f := a.filter.Load()
 	if f == nil {
-		return true, nil
+		return sensor.AuthDecision{Allow: true}
 	}
-	return f.Authorize(ev, key)
+	d := f.Authorize(ev, key)
+	return sensor.AuthDecision{Allow: d.Allow, Clients: d.Clients, Cacheable: d.Cacheable}
+}
+
+// authChanged: the auth clients changed. Verdicts the kernel keeps are
+// dropped (a new client must be asked), and the sensor asks about opens
+// only while some client authorizes them.
+func (a *agent) authChanged(open bool) {
+	ptr := a.sensor.Load()
+	if ptr == nil {
+		return
+	}
+	if f, ok := (*ptr).(interface{ ForgetExecVerdicts() }); ok {
+		f.ForgetExecVerdicts()
+	}
+	au, ok := (*ptr).(sensor.Authorizer)
+	if !ok {
+		if open {
+			a.log.Warn("filter API: a client authorizes opens, but this sensor cannot ask about them")
+		}
+		return
+	}
+	if err := au.SetOpenAuth(open); err != nil {
+		a.log.Warn("filter API: open authorization", "open", open, "err", err)
+		return
+	}
+	a.log.Info("filter API: open authorization", "on", open)
 }
 
 // effectiveLocked is the policy to enforce: the clients' kernel rules

@@ -69,7 +69,7 @@ Event message (the same form as the agent's --jsonl file).`,
 	f := cmd.Flags()
 	f.StringVarP(&output, "output", "o", "text", "output format: text or json (one object a line)")
 	f.BoolVarP(&follow, "follow", "f", false, "after the stored events, show new ones as they arrive")
-	f.StringSliceVar(&kinds, "kind", nil, "only events of this kind (repeatable or comma-separated): exec, fork, exit, image_load, mem_exec, inject, kernel, integrity, gap")
+	f.StringSliceVar(&kinds, "kind", nil, "only events of this kind (repeatable or comma-separated): exec, fork, exit, image_load, mem_exec, inject, kernel, file_modify, open, integrity, tamper, filter, gap")
 	f.Uint32Var(&pid, "pid", 0, "only events of this process (thread group id)")
 	f.Uint32Var(&limit, "limit", 0, "at most this many stored events: the most recent ones (0: all)")
 	f.StringVar(&since, "since", "", "only events at or after this time: a duration back (10m, 2h, 1d) or a time (RFC 3339, or 2006-01-02 15:04)")
@@ -177,6 +177,8 @@ func eventDetail(ev *vigilv1.Event) string {
 			s += " → " + np
 		}
 		return s
+	case *vigilv1.Event_FileOpen:
+		return "open " + d.FileOpen.GetFile().GetPath()
 	case *vigilv1.Event_Fork:
 		return fmt.Sprintf("child %d", d.Fork.GetChildPid())
 	case *vigilv1.Event_Exit:

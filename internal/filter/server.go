@@ -47,11 +47,19 @@ type Options struct {
 	Rules func(client string, rules map[string][]byte) error
 	// Report receives the events the filter makes (kind "filter").
 	Report func(ev *vigilv1.Event)
-	// AuthClientsChanged is called when a client with an auth
-	// subscription registers: verdicts kept without asking clients must
-	// be dropped.
-	AuthClientsChanged func()
+	// AuthChanged is called when a client with an auth subscription
+	// registers or leaves, or clears its mutes: verdicts the kernel keeps
+	// must be dropped, and open permission events are wanted only while
+	// open is true (some client authorizes opens).
+	AuthChanged func(open bool)
 }
+
+// The kinds a client may authorize. An auth subscription that names no
+// kind authorizes exec: open events are many, a client asks for them.
+const (
+	KindExec = "exec"
+	KindOpen = "open"
+)
 
 // Server serves vigil.v1.Filter.
 type Server struct {
@@ -92,6 +100,7 @@ func (s *Server) Shutdown() { s.grpc.Stop() }
 type client struct {
 	name     string
 	altitude uint32
+	pid      int32 // the connecting process: its opens are not asked about
 	cfg      ClientConfig
 	notify   []*vigilv1.Subscription
 	auth     []*vigilv1.Subscription
@@ -211,7 +220,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[vigilv1.ClientMessage, 
 		s.report("refused", who, why, pi.PID, exe, &sha)
 		return status.Error(codes.PermissionDenied, why)
 	}
-	c := &client{name: hello.Name, altitude: hello.Altitude, cfg: *cfg,
+	c := &client{name: hello.Name, altitude: hello.Altitude, pid: pi.PID, cfg: *cfg,
 		out: make(chan *vigilv1.ServerMessage, outQueue), kick: make(chan string, 1), gone: make(chan struct{}),
 		pending: map[uint64]chan *vigilv1.AuthReply{}, cache: map[string]bool{}, rules: map[string][]byte{}}
 	for _, sub := range hello.Subscriptions {
@@ -219,6 +228,10 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[vigilv1.ClientMessage, 
 		case "notify":
 			c.notify = append(c.notify, sub)
 		case "auth":
+			if err := authKinds(sub); err != nil {
+				s.report("refused", who, err.Error(), pi.PID, exe, &sha)
+				return status.Error(codes.InvalidArgument, err.Error())
+			}
 			c.auth = append(c.auth, sub)
 		default:
 			return status.Errorf(codes.InvalidArgument, "subscription type %q: want notify or auth", sub.Type)
@@ -262,6 +275,20 @@ func recvHello(stream grpc.BidiStreamingServer[vigilv1.ClientMessage, vigilv1.Se
 	}
 }
 
+// authKinds checks the kinds of an auth subscription: exec and open are
+// what the kernel path can wait for; none means exec.
+func authKinds(sub *vigilv1.Subscription) error {
+	if len(sub.Kinds) == 0 {
+		sub.Kinds = []string{KindExec}
+	}
+	for _, k := range sub.Kinds {
+		if k != KindExec && k != KindOpen {
+			return fmt.Errorf("auth subscription kind %q: want %s or %s", k, KindExec, KindOpen)
+		}
+	}
+	return nil
+}
+
 func (s *Server) register(c *client) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -275,16 +302,52 @@ func (s *Server) register(c *client) error {
 	}
 	s.clients = append(s.clients, c)
 	slices.SortFunc(s.clients, func(a, b *client) int { return int(b.altitude) - int(a.altitude) })
-	if len(c.auth) > 0 && s.opts.AuthClientsChanged != nil {
-		s.opts.AuthClientsChanged()
+	if len(c.auth) > 0 {
+		s.authChangedLocked()
 	}
 	return nil
+}
+
+// authChangedLocked tells the agent that what decides changed. The caller
+// holds s.mu (the callback sees the clients in the order they changed).
+func (s *Server) authChangedLocked() {
+	if s.opts.AuthChanged == nil {
+		return
+	}
+	open := false
+	for _, c := range s.clients {
+		open = open || c.authorizes(KindOpen)
+	}
+	s.opts.AuthChanged(open)
+}
+
+// authorizes: c has an auth subscription for kind.
+func (c *client) authorizes(kind string) bool {
+	for _, sub := range c.auth {
+		if slices.Contains(sub.Kinds, kind) {
+			return true
+		}
+	}
+	return false
+}
+
+// OpenAuth says whether a connected client authorizes opens.
+func (s *Server) OpenAuth() bool {
+	for _, c := range s.snapshot() {
+		if c.authorizes(KindOpen) {
+			return true
+		}
+	}
+	return false
 }
 
 // unregister removes c, fails its pending requests and removes its rules.
 func (s *Server) unregister(c *client) {
 	s.mu.Lock()
 	s.clients = slices.DeleteFunc(s.clients, func(o *client) bool { return o == c })
+	if len(c.auth) > 0 {
+		s.authChangedLocked()
+	}
 	s.mu.Unlock()
 	c.mu.Lock()
 	close(c.gone)
@@ -312,7 +375,11 @@ func (s *Server) session(ctx context.Context, stream grpc.BidiStreamingServer[vi
 	}
 	sendErr := make(chan error, 1)
 	done := make(chan struct{})
-	defer close(done)
+	rulesDone := make(chan struct{})
+	defer func() {
+		close(done)
+		<-rulesDone // unregister must see the last rule applied
+	}()
 	go func() {
 		for {
 			select {
@@ -326,7 +393,23 @@ func (s *Server) session(ctx context.Context, stream grpc.BidiStreamingServer[vi
 			}
 		}
 	}()
-	recv := make(chan *vigilv1.ClientMessage)
+	// Kernel rules are applied one after the other, off the receiving
+	// goroutine (a policy change takes time), and no later than the
+	// session: unregister must see the last of them.
+	rules := make(chan *vigilv1.ClientMessage, 16)
+	go func() {
+		defer close(rulesDone)
+		for {
+			select {
+			case m := <-rules:
+				s.handle(c, m)
+			case <-done:
+				return
+			}
+		}
+	}()
+	// Everything else is handled as it arrives: an answer wakes the
+	// decision waiting for it with no other goroutine in between.
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
@@ -335,17 +418,20 @@ func (s *Server) session(ctx context.Context, stream grpc.BidiStreamingServer[vi
 				recvErr <- err
 				return
 			}
-			select {
-			case recv <- m:
-			case <-done:
-				return
+			switch m.Msg.(type) {
+			case *vigilv1.ClientMessage_AddRule, *vigilv1.ClientMessage_RemoveRule:
+				select {
+				case rules <- m:
+				case <-done:
+					return
+				}
+			default:
+				s.handle(c, m)
 			}
 		}
 	}()
 	for {
 		select {
-		case m := <-recv:
-			s.handle(c, m)
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return "the client closed its session"
@@ -373,12 +459,20 @@ func (s *Server) handle(c *client, m *vigilv1.ClientMessage) {
 		}
 	case *vigilv1.ClientMessage_Mute:
 		c.mu.Lock()
+		cleared := msg.Mute.Clear && c.mutes != nil
 		if msg.Mute.Clear || c.mutes == nil {
 			c.mutes = &vigilv1.Mute{}
 		}
 		c.mutes.Exe = append(c.mutes.Exe, msg.Mute.Exe...)
 		c.mutes.PathPrefix = append(c.mutes.PathPrefix, msg.Mute.PathPrefix...)
 		c.mu.Unlock()
+		if cleared && len(c.auth) > 0 {
+			// The client is asked about what it muted: the kernel may
+			// keep verdicts taken while it was not.
+			s.mu.Lock()
+			s.authChangedLocked()
+			s.mu.Unlock()
+		}
 	case *vigilv1.ClientMessage_AddRule:
 		s.setRule(c, msg.AddRule.Id, msg.AddRule.RuleYaml)
 	case *vigilv1.ClientMessage_RemoveRule:
@@ -433,6 +527,8 @@ func eventFacts(ev *vigilv1.Event) (kind, exe, path string) {
 		path = d.FileModify.GetFile().GetPath()
 	case *vigilv1.Event_Kernel:
 		path = d.Kernel.GetFile().GetPath()
+	case *vigilv1.Event_FileOpen:
+		path = d.FileOpen.GetFile().GetPath()
 	}
 	return kind, exe, path
 }
@@ -494,40 +590,97 @@ func (s *Server) Publish(evs []*vigilv1.Event) {
 	}
 }
 
+// Decision is the clients' decision about one exec or open.
+type Decision struct {
+	Allow bool
+	// Clients are the answers, in the order asked.
+	Clients []*vigilv1.ClientVerdict
+	// Cacheable: an allow that holds for any process until the file
+	// changes: every client that could be asked about this file (by any
+	// process) has a cacheable allow for it, and none of them selects by
+	// process. The kernel may keep it.
+	Cacheable bool
+}
+
 // Authorize asks the clients subscribed to ev (auth), highest altitude
 // first, and returns whether it may go on and each client's answer. A
 // deny ends the round. Each client gets at most its deadline; a client
 // that misses it counts by its miss mode, and one that misses too many in
 // a row is disconnected. key names the file's content state (identity and
-// change times): cacheable verdicts are kept under it.
-func (s *Server) Authorize(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict) {
+// change times): cacheable verdicts are kept under it. An open by a
+// client's own process is allowed without asking (a scanner opens the
+// file it is asked about: asking would go round without end).
+func (s *Server) Authorize(ev *vigilv1.Event, key string) Decision {
 	kind, exe, path := eventFacts(ev)
-	var out []*vigilv1.ClientVerdict
-	for _, c := range s.snapshot() {
+	cs := s.snapshot()
+	if kind == KindOpen {
+		pid := int32(ev.GetProcess().GetPid())
+		for _, c := range cs {
+			if c.pid == pid {
+				return Decision{Allow: true}
+			}
+		}
+	}
+	if key != "" {
+		key = kind + ":" + key
+	}
+	d := Decision{Allow: true, Cacheable: key != ""}
+	for _, c := range cs {
+		if !c.authorizes(kind) {
+			continue
+		}
+		byProcess := c.byProcess(kind)
 		if !matches(c.auth, kind, exe, path) || c.muted(exe, path) {
+			// Not asked about this one; maybe about the same file
+			// for another process (or after its mutes are cleared).
+			d.Cacheable = d.Cacheable && !byProcess && !c.mutesPath()
 			continue
 		}
 		v := &vigilv1.ClientVerdict{Client: c.id()}
-		out = append(out, v)
+		d.Clients = append(d.Clients, v)
 		c.mu.Lock()
 		cached := key != "" && c.cache[key]
 		c.mu.Unlock()
 		if cached {
 			v.Answer, v.Applied = "cached", "allow"
+			d.Cacheable = d.Cacheable && !byProcess
 			continue
 		}
 		start := time.Now()
-		allow := s.ask(c, ev, key, v)
+		allow, cacheable := s.ask(c, ev, key, v)
 		v.LatencyUs = uint64(time.Since(start) / time.Microsecond)
 		if !allow {
-			return false, out
+			d.Allow, d.Cacheable = false, false
+			return d
 		}
+		d.Cacheable = d.Cacheable && cacheable && !byProcess
 	}
-	return true, out
+	return d
 }
 
-// ask asks one client and fills v; it returns whether c lets ev go on.
-func (s *Server) ask(c *client, ev *vigilv1.Event, key string, v *vigilv1.ClientVerdict) bool {
+// byProcess: whether c is asked about kind can depend on the process
+// (a subscription or a mute by executable).
+func (c *client) byProcess(kind string) bool {
+	for _, sub := range c.auth {
+		if slices.Contains(sub.Kinds, kind) && len(sub.Exe) > 0 {
+			return true
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mutes != nil && len(c.mutes.Exe) > 0
+}
+
+// mutesPath: c has muted some paths.
+func (c *client) mutesPath() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mutes != nil && len(c.mutes.PathPrefix) > 0
+}
+
+// ask asks one client and fills v; it returns whether c lets ev go on,
+// and whether that is a cacheable allow.
+func (s *Server) ask(c *client, ev *vigilv1.Event, key string, v *vigilv1.ClientVerdict) (allow, cacheable bool) {
 	deadline := c.cfg.Deadline()
 	id := s.nextID.Add(1)
 	ch := make(chan *vigilv1.AuthReply, 1)
@@ -537,7 +690,7 @@ func (s *Server) ask(c *client, ev *vigilv1.Event, key string, v *vigilv1.Client
 	req := &vigilv1.ServerMessage{Msg: &vigilv1.ServerMessage_Auth{Auth: &vigilv1.AuthRequest{
 		Id: id, Event: ev, Deadline: timestamppb.New(time.Now().Add(deadline)),
 	}}}
-	missed := func(answer string) bool {
+	missed := func(answer string) (bool, bool) {
 		c.mu.Lock()
 		delete(c.pending, id)
 		c.misses++
@@ -551,7 +704,7 @@ func (s *Server) ask(c *client, ev *vigilv1.Event, key string, v *vigilv1.Client
 			s.opts.Log.Warn("filter client disconnected", "client", c.id(), "why", why)
 			c.disconnect(why)
 		}
-		return allow
+		return allow, false
 	}
 	if !c.send(req) {
 		return missed("missed")
@@ -575,10 +728,10 @@ func (s *Server) ask(c *client, ev *vigilv1.Event, key string, v *vigilv1.Client
 		v.Reason = r.Reason
 		if r.Allow {
 			v.Answer, v.Applied = "allow", "allow"
-			return true
+			return true, r.Cacheable
 		}
 		v.Answer, v.Applied = "deny", "deny"
-		return false
+		return false, false
 	case <-c.gone:
 		// Unregistered before or while the request was pending.
 		return missed("gone")

@@ -94,14 +94,31 @@ type ExecController interface {
 	SetExecControl(xc *ExecControl) error
 }
 
-// ExecAuthorizer is a sensor that can ask others (filter API clients)
-// about an exec it decides in userspace (the fanotify path), after Vigil's
-// own policy allowed it.
-type ExecAuthorizer interface {
-	// SetExecAuthorizer installs fn: it returns whether the exec may go on
-	// and the clients' answers for the decision record. key names the
-	// file's content state (identity and change times).
-	SetExecAuthorizer(fn func(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict))
+// Authorizer is a sensor that can ask others (filter API clients) about
+// an exec or an open it decides in userspace (the fanotify path), after
+// Vigil's own policy allowed it.
+type Authorizer interface {
+	// SetAuthorizer installs fn, asked about execs (event kind "exec")
+	// and, while SetOpenAuth(true) is in force, opens (kind "open").
+	SetAuthorizer(fn AuthorizeFunc)
+	// SetOpenAuth starts or stops asking about opens: an open permission
+	// event per open is costly, so only while a client wants them.
+	SetOpenAuth(on bool) error
+}
+
+// AuthorizeFunc decides an exec or open event; key names the file's
+// content state (identity and change times).
+type AuthorizeFunc func(ev *vigilv1.Event, key string) AuthDecision
+
+// AuthDecision is the clients' decision about one exec or open.
+type AuthDecision struct {
+	Allow bool
+	// Clients are the clients' answers, in the order asked, for the
+	// decision record.
+	Clients []*vigilv1.ClientVerdict
+	// Cacheable: the decision is an allow that holds for any process
+	// until the file changes; the kernel may keep it.
+	Cacheable bool
 }
 
 // Handover is a sensor that may have taken over the pinned programs of a

@@ -26,7 +26,7 @@ import (
 // Kinds are the event kinds the API knows (the Event.kind comment in
 // vigil.proto). Queries for other kinds are refused, so a typo is an error
 // rather than an empty result.
-var Kinds = []string{"exec", "fork", "exit", "image_load", "mem_exec", "inject", "kernel", "file_modify", "gap", "integrity", "tamper", "filter"}
+var Kinds = []string{"exec", "fork", "exit", "image_load", "mem_exec", "inject", "kernel", "file_modify", "gap", "integrity", "tamper", "filter", "open"}
 
 // Config is what the server serves.
 type Config struct {

@@ -1,6 +1,6 @@
 // Package filterclient is the Go SDK of Vigil's filter API: a security
 // program connects to the agent, receives the events it subscribed to,
-// answers exec authorization requests before their deadline, and adds
+// answers exec and open authorization requests before their deadline, and adds
 // deny rules the kernel enforces. The agent accepts only clients the
 // administrator approved (docs/filter-api.md).
 //
@@ -34,13 +34,36 @@ const DefaultSocket = "/run/vigil/filter.sock"
 
 // Subscription selects events; empty lists match everything.
 type Subscription struct {
-	Kinds      []string // event kinds (auth: "exec")
+	// Kinds are event kinds. Auth: "exec", "open" (every open of a file
+	// on the marked filesystems: many; the client's own opens are not
+	// asked about); none means "exec".
+	Kinds      []string
 	Exe        []string // the acting process's executable
 	PathPrefix []string // the target file under one of these
 }
 
 func (s *Subscription) proto(typ string) *vigilv1.Subscription {
 	return &vigilv1.Subscription{Type: typ, Kinds: s.Kinds, Exe: s.Exe, PathPrefix: s.PathPrefix}
+}
+
+// Path is the file an authorization request (or an exec, open, image
+// load, file modification or kernel event) is about.
+func Path(ev *vigilv1.Event) string {
+	switch d := ev.GetDetail().(type) {
+	case *vigilv1.Event_Exec:
+		return d.Exec.GetFile().GetPath()
+	case *vigilv1.Event_FileOpen:
+		return d.FileOpen.GetFile().GetPath()
+	case *vigilv1.Event_ImageLoad:
+		return d.ImageLoad.GetFile().GetPath()
+	case *vigilv1.Event_MemExec:
+		return d.MemExec.GetFile().GetPath()
+	case *vigilv1.Event_FileModify:
+		return d.FileModify.GetFile().GetPath()
+	case *vigilv1.Event_Kernel:
+		return d.Kernel.GetFile().GetPath()
+	}
+	return ""
 }
 
 // Verdict is a client's answer to an authorization request.

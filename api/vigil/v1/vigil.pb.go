@@ -37,7 +37,7 @@ type Event struct {
 	Seq  uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// kind: exec | fork | exit | image_load | mem_exec | inject | kernel |
-	// file_modify | gap
+	// file_modify | open | integrity | tamper | filter | gap
 	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	// backend that produced the event: lsm | tracepoint | agent
 	Backend string `protobuf:"bytes,4,opt,name=backend,proto3" json:"backend,omitempty"`
@@ -59,6 +59,7 @@ type Event struct {
 	//	*Event_Integrity
 	//	*Event_Tamper
 	//	*Event_FilterSession
+	//	*Event_FileOpen
 	Detail isEvent_Detail `protobuf_oneof:"detail"`
 	// verdict is set when a policy decided about the action.
 	Verdict *Verdict `protobuf:"bytes,30,opt,name=verdict,proto3" json:"verdict,omitempty"`
@@ -261,6 +262,15 @@ func (x *Event) GetFilterSession() *FilterSession {
 	return nil
 }
 
+func (x *Event) GetFileOpen() *FileOpen {
+	if x != nil {
+		if x, ok := x.Detail.(*Event_FileOpen); ok {
+			return x.FileOpen
+		}
+	}
+	return nil
+}
+
 func (x *Event) GetVerdict() *Verdict {
 	if x != nil {
 		return x.Verdict
@@ -334,6 +344,10 @@ type Event_FilterSession struct {
 	FilterSession *FilterSession `protobuf:"bytes,21,opt,name=filter_session,json=filterSession,proto3,oneof"`
 }
 
+type Event_FileOpen struct {
+	FileOpen *FileOpen `protobuf:"bytes,22,opt,name=file_open,json=fileOpen,proto3,oneof"`
+}
+
 func (*Event_Exec) isEvent_Detail() {}
 
 func (*Event_Fork) isEvent_Detail() {}
@@ -357,6 +371,8 @@ func (*Event_Integrity) isEvent_Detail() {}
 func (*Event_Tamper) isEvent_Detail() {}
 
 func (*Event_FilterSession) isEvent_Detail() {}
+
+func (*Event_FileOpen) isEvent_Detail() {}
 
 // Process is the acting process (thread group).
 type Process struct {
@@ -1236,6 +1252,52 @@ func (x *FileModify) GetNewPath() string {
 	return ""
 }
 
+// FileOpen is an open of a file (kind "open"): recorded when filter API
+// clients authorized it on the fanotify path (docs/filter-api.md).
+type FileOpen struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	File          *File                  `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileOpen) Reset() {
+	*x = FileOpen{}
+	mi := &file_vigil_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileOpen) ProtoMessage() {}
+
+func (x *FileOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileOpen.ProtoReflect.Descriptor instead.
+func (*FileOpen) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *FileOpen) GetFile() *File {
+	if x != nil {
+		return x.File
+	}
+	return nil
+}
+
 // Integrity is one violation found by the kernel integrity watch (kind
 // "integrity"): a difference from the baseline or an unexpected object.
 type Integrity struct {
@@ -1252,7 +1314,7 @@ type Integrity struct {
 
 func (x *Integrity) Reset() {
 	*x = Integrity{}
-	mi := &file_vigil_proto_msgTypes[13]
+	mi := &file_vigil_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1326,7 @@ func (x *Integrity) String() string {
 func (*Integrity) ProtoMessage() {}
 
 func (x *Integrity) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[13]
+	mi := &file_vigil_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1339,7 @@ func (x *Integrity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Integrity.ProtoReflect.Descriptor instead.
 func (*Integrity) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{13}
+	return file_vigil_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Integrity) GetCheck() string {
@@ -1336,7 +1398,7 @@ type Tamper struct {
 
 func (x *Tamper) Reset() {
 	*x = Tamper{}
-	mi := &file_vigil_proto_msgTypes[14]
+	mi := &file_vigil_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1410,7 @@ func (x *Tamper) String() string {
 func (*Tamper) ProtoMessage() {}
 
 func (x *Tamper) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[14]
+	mi := &file_vigil_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1423,7 @@ func (x *Tamper) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tamper.ProtoReflect.Descriptor instead.
 func (*Tamper) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{14}
+	return file_vigil_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Tamper) GetMethod() string {
@@ -1408,7 +1470,7 @@ type FilterSession struct {
 
 func (x *FilterSession) Reset() {
 	*x = FilterSession{}
-	mi := &file_vigil_proto_msgTypes[15]
+	mi := &file_vigil_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1482,7 @@ func (x *FilterSession) String() string {
 func (*FilterSession) ProtoMessage() {}
 
 func (x *FilterSession) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[15]
+	mi := &file_vigil_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1495,7 @@ func (x *FilterSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilterSession.ProtoReflect.Descriptor instead.
 func (*FilterSession) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{15}
+	return file_vigil_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FilterSession) GetClient() string {
@@ -1493,7 +1555,7 @@ type Trust struct {
 
 func (x *Trust) Reset() {
 	*x = Trust{}
-	mi := &file_vigil_proto_msgTypes[16]
+	mi := &file_vigil_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1567,7 @@ func (x *Trust) String() string {
 func (*Trust) ProtoMessage() {}
 
 func (x *Trust) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[16]
+	mi := &file_vigil_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1580,7 @@ func (x *Trust) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Trust.ProtoReflect.Descriptor instead.
 func (*Trust) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{16}
+	return file_vigil_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Trust) GetSha256() string {
@@ -1575,7 +1637,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1587,7 +1649,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[17]
+	mi := &file_vigil_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1600,7 +1662,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{17}
+	return file_vigil_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Verdict) GetAction() string {
@@ -1665,7 +1727,7 @@ type ClientVerdict struct {
 
 func (x *ClientVerdict) Reset() {
 	*x = ClientVerdict{}
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +1739,7 @@ func (x *ClientVerdict) String() string {
 func (*ClientVerdict) ProtoMessage() {}
 
 func (x *ClientVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[18]
+	mi := &file_vigil_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +1752,7 @@ func (x *ClientVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientVerdict.ProtoReflect.Descriptor instead.
 func (*ClientVerdict) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{18}
+	return file_vigil_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClientVerdict) GetClient() string {
@@ -1736,7 +1798,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1810,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[19]
+	mi := &file_vigil_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1823,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{19}
+	return file_vigil_proto_rawDescGZIP(), []int{20}
 }
 
 type StatusResponse struct {
@@ -1784,7 +1846,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1858,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[20]
+	mi := &file_vigil_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1871,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{20}
+	return file_vigil_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1912,7 +1974,7 @@ type IntegrityStatus struct {
 
 func (x *IntegrityStatus) Reset() {
 	*x = IntegrityStatus{}
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +1986,7 @@ func (x *IntegrityStatus) String() string {
 func (*IntegrityStatus) ProtoMessage() {}
 
 func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +1999,7 @@ func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntegrityStatus.ProtoReflect.Descriptor instead.
 func (*IntegrityStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{21}
+	return file_vigil_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *IntegrityStatus) GetInterval() *durationpb.Duration {
@@ -2004,7 +2066,7 @@ type PolicyStatus struct {
 
 func (x *PolicyStatus) Reset() {
 	*x = PolicyStatus{}
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2078,7 @@ func (x *PolicyStatus) String() string {
 func (*PolicyStatus) ProtoMessage() {}
 
 func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2091,7 @@ func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{22}
+	return file_vigil_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PolicyStatus) GetName() string {
@@ -2093,7 +2155,7 @@ type RuleHits struct {
 
 func (x *RuleHits) Reset() {
 	*x = RuleHits{}
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2167,7 @@ func (x *RuleHits) String() string {
 func (*RuleHits) ProtoMessage() {}
 
 func (x *RuleHits) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2180,7 @@ func (x *RuleHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
 func (*RuleHits) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{23}
+	return file_vigil_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RuleHits) GetRule() string {
@@ -2160,7 +2222,7 @@ type Feature struct {
 
 func (x *Feature) Reset() {
 	*x = Feature{}
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2234,7 @@ func (x *Feature) String() string {
 func (*Feature) ProtoMessage() {}
 
 func (x *Feature) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2247,7 @@ func (x *Feature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Feature.ProtoReflect.Descriptor instead.
 func (*Feature) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{24}
+	return file_vigil_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Feature) GetName() string {
@@ -2222,7 +2284,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2234,7 +2296,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2247,7 +2309,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{25}
+	return file_vigil_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Counters) GetEventsReceived() uint64 {
@@ -2303,7 +2365,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +2377,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +2390,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{26}
+	return file_vigil_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EventsRequest) GetKinds() []string {
@@ -2398,7 +2460,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2410,7 +2472,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2423,7 +2485,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{27}
+	return file_vigil_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ApplyPolicyRequest) GetName() string {
@@ -2456,7 +2518,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2530,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2543,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{28}
+	return file_vigil_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ApplyPolicyResponse) GetPolicy() *PolicyStatus {
@@ -2500,7 +2562,7 @@ type PendingRequest struct {
 
 func (x *PendingRequest) Reset() {
 	*x = PendingRequest{}
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2574,7 @@ func (x *PendingRequest) String() string {
 func (*PendingRequest) ProtoMessage() {}
 
 func (x *PendingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2587,7 @@ func (x *PendingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingRequest.ProtoReflect.Descriptor instead.
 func (*PendingRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{29}
+	return file_vigil_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PendingRequest) GetLimit() uint32 {
@@ -2544,7 +2606,7 @@ type PendingResponse struct {
 
 func (x *PendingResponse) Reset() {
 	*x = PendingResponse{}
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2618,7 @@ func (x *PendingResponse) String() string {
 func (*PendingResponse) ProtoMessage() {}
 
 func (x *PendingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2631,7 @@ func (x *PendingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingResponse.ProtoReflect.Descriptor instead.
 func (*PendingResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{30}
+	return file_vigil_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PendingResponse) GetItems() []*PendingCode {
@@ -2595,7 +2657,7 @@ type PendingCode struct {
 
 func (x *PendingCode) Reset() {
 	*x = PendingCode{}
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2607,7 +2669,7 @@ func (x *PendingCode) String() string {
 func (*PendingCode) ProtoMessage() {}
 
 func (x *PendingCode) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2620,7 +2682,7 @@ func (x *PendingCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingCode.ProtoReflect.Descriptor instead.
 func (*PendingCode) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{31}
+	return file_vigil_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PendingCode) GetSha256() string {
@@ -2685,7 +2747,7 @@ type ApproveRequest struct {
 
 func (x *ApproveRequest) Reset() {
 	*x = ApproveRequest{}
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2697,7 +2759,7 @@ func (x *ApproveRequest) String() string {
 func (*ApproveRequest) ProtoMessage() {}
 
 func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2710,7 +2772,7 @@ func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
 func (*ApproveRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{32}
+	return file_vigil_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ApproveRequest) GetSha256() string {
@@ -2757,7 +2819,7 @@ type ApproveResponse struct {
 
 func (x *ApproveResponse) Reset() {
 	*x = ApproveResponse{}
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2831,7 @@ func (x *ApproveResponse) String() string {
 func (*ApproveResponse) ProtoMessage() {}
 
 func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2844,7 @@ func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
 func (*ApproveResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{33}
+	return file_vigil_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ApproveResponse) GetDetail() string {
@@ -2801,7 +2863,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2813,7 +2875,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2826,7 +2888,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{34}
+	return file_vigil_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StopRequest) GetToken() []byte {
@@ -2844,7 +2906,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2856,7 +2918,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2869,7 +2931,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{35}
+	return file_vigil_proto_rawDescGZIP(), []int{36}
 }
 
 // DoctorResponse is `vigil doctor -o json`: what this kernel offers and the
@@ -2885,7 +2947,7 @@ type DoctorResponse struct {
 
 func (x *DoctorResponse) Reset() {
 	*x = DoctorResponse{}
-	mi := &file_vigil_proto_msgTypes[36]
+	mi := &file_vigil_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2897,7 +2959,7 @@ func (x *DoctorResponse) String() string {
 func (*DoctorResponse) ProtoMessage() {}
 
 func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[36]
+	mi := &file_vigil_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2910,7 +2972,7 @@ func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
 func (*DoctorResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{36}
+	return file_vigil_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DoctorResponse) GetKernelRelease() string {
@@ -2946,7 +3008,7 @@ type Guarantee struct {
 
 func (x *Guarantee) Reset() {
 	*x = Guarantee{}
-	mi := &file_vigil_proto_msgTypes[37]
+	mi := &file_vigil_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2958,7 +3020,7 @@ func (x *Guarantee) String() string {
 func (*Guarantee) ProtoMessage() {}
 
 func (x *Guarantee) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[37]
+	mi := &file_vigil_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2971,7 +3033,7 @@ func (x *Guarantee) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Guarantee.ProtoReflect.Descriptor instead.
 func (*Guarantee) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{37}
+	return file_vigil_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Guarantee) GetControl() string {
@@ -2999,7 +3061,7 @@ var File_vigil_proto protoreflect.FileDescriptor
 
 const file_vigil_proto_rawDesc = "" +
 	"\n" +
-	"\vvigil.proto\x12\bvigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x06\n" +
+	"\vvigil.proto\x12\bvigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\a\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
@@ -3021,7 +3083,8 @@ const file_vigil_proto_rawDesc = "" +
 	"fileModify\x123\n" +
 	"\tintegrity\x18\x13 \x01(\v2\x13.vigil.v1.IntegrityH\x00R\tintegrity\x12*\n" +
 	"\x06tamper\x18\x14 \x01(\v2\x10.vigil.v1.TamperH\x00R\x06tamper\x12@\n" +
-	"\x0efilter_session\x18\x15 \x01(\v2\x17.vigil.v1.FilterSessionH\x00R\rfilterSession\x12+\n" +
+	"\x0efilter_session\x18\x15 \x01(\v2\x17.vigil.v1.FilterSessionH\x00R\rfilterSession\x121\n" +
+	"\tfile_open\x18\x16 \x01(\v2\x12.vigil.v1.FileOpenH\x00R\bfileOpen\x12+\n" +
 	"\averdict\x18\x1e \x01(\v2\x11.vigil.v1.VerdictR\averdict\x12\x0e\n" +
 	"\x02id\x18\x1f \x01(\x04R\x02id\x12%\n" +
 	"\x05trust\x18  \x01(\v2\x0f.vigil.v1.TrustR\x05trustB\b\n" +
@@ -3097,7 +3160,9 @@ const file_vigil_proto_rawDesc = "" +
 	"FileModify\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\"\n" +
 	"\x04file\x18\x02 \x01(\v2\x0e.vigil.v1.FileR\x04file\x12\x19\n" +
-	"\bnew_path\x18\x03 \x01(\tR\anewPath\"\xa1\x01\n" +
+	"\bnew_path\x18\x03 \x01(\tR\anewPath\".\n" +
+	"\bFileOpen\x12\"\n" +
+	"\x04file\x18\x01 \x01(\v2\x0e.vigil.v1.FileR\x04file\"\xa1\x01\n" +
 	"\tIntegrity\x12\x14\n" +
 	"\x05check\x18\x01 \x01(\tR\x05check\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1a\n" +
@@ -3269,7 +3334,7 @@ func file_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_proto_rawDescData
 }
 
-var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_vigil_proto_goTypes = []any{
 	(*Event)(nil),                 // 0: vigil.v1.Event
 	(*Process)(nil),               // 1: vigil.v1.Process
@@ -3284,38 +3349,39 @@ var file_vigil_proto_goTypes = []any{
 	(*KernelOp)(nil),              // 10: vigil.v1.KernelOp
 	(*Gap)(nil),                   // 11: vigil.v1.Gap
 	(*FileModify)(nil),            // 12: vigil.v1.FileModify
-	(*Integrity)(nil),             // 13: vigil.v1.Integrity
-	(*Tamper)(nil),                // 14: vigil.v1.Tamper
-	(*FilterSession)(nil),         // 15: vigil.v1.FilterSession
-	(*Trust)(nil),                 // 16: vigil.v1.Trust
-	(*Verdict)(nil),               // 17: vigil.v1.Verdict
-	(*ClientVerdict)(nil),         // 18: vigil.v1.ClientVerdict
-	(*StatusRequest)(nil),         // 19: vigil.v1.StatusRequest
-	(*StatusResponse)(nil),        // 20: vigil.v1.StatusResponse
-	(*IntegrityStatus)(nil),       // 21: vigil.v1.IntegrityStatus
-	(*PolicyStatus)(nil),          // 22: vigil.v1.PolicyStatus
-	(*RuleHits)(nil),              // 23: vigil.v1.RuleHits
-	(*Feature)(nil),               // 24: vigil.v1.Feature
-	(*Counters)(nil),              // 25: vigil.v1.Counters
-	(*EventsRequest)(nil),         // 26: vigil.v1.EventsRequest
-	(*ApplyPolicyRequest)(nil),    // 27: vigil.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),   // 28: vigil.v1.ApplyPolicyResponse
-	(*PendingRequest)(nil),        // 29: vigil.v1.PendingRequest
-	(*PendingResponse)(nil),       // 30: vigil.v1.PendingResponse
-	(*PendingCode)(nil),           // 31: vigil.v1.PendingCode
-	(*ApproveRequest)(nil),        // 32: vigil.v1.ApproveRequest
-	(*ApproveResponse)(nil),       // 33: vigil.v1.ApproveResponse
-	(*StopRequest)(nil),           // 34: vigil.v1.StopRequest
-	(*StopResponse)(nil),          // 35: vigil.v1.StopResponse
-	(*DoctorResponse)(nil),        // 36: vigil.v1.DoctorResponse
-	(*Guarantee)(nil),             // 37: vigil.v1.Guarantee
-	nil,                           // 38: vigil.v1.IntegrityStatus.UnreadableEntry
-	nil,                           // 39: vigil.v1.Counters.ByKindEntry
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
+	(*FileOpen)(nil),              // 13: vigil.v1.FileOpen
+	(*Integrity)(nil),             // 14: vigil.v1.Integrity
+	(*Tamper)(nil),                // 15: vigil.v1.Tamper
+	(*FilterSession)(nil),         // 16: vigil.v1.FilterSession
+	(*Trust)(nil),                 // 17: vigil.v1.Trust
+	(*Verdict)(nil),               // 18: vigil.v1.Verdict
+	(*ClientVerdict)(nil),         // 19: vigil.v1.ClientVerdict
+	(*StatusRequest)(nil),         // 20: vigil.v1.StatusRequest
+	(*StatusResponse)(nil),        // 21: vigil.v1.StatusResponse
+	(*IntegrityStatus)(nil),       // 22: vigil.v1.IntegrityStatus
+	(*PolicyStatus)(nil),          // 23: vigil.v1.PolicyStatus
+	(*RuleHits)(nil),              // 24: vigil.v1.RuleHits
+	(*Feature)(nil),               // 25: vigil.v1.Feature
+	(*Counters)(nil),              // 26: vigil.v1.Counters
+	(*EventsRequest)(nil),         // 27: vigil.v1.EventsRequest
+	(*ApplyPolicyRequest)(nil),    // 28: vigil.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),   // 29: vigil.v1.ApplyPolicyResponse
+	(*PendingRequest)(nil),        // 30: vigil.v1.PendingRequest
+	(*PendingResponse)(nil),       // 31: vigil.v1.PendingResponse
+	(*PendingCode)(nil),           // 32: vigil.v1.PendingCode
+	(*ApproveRequest)(nil),        // 33: vigil.v1.ApproveRequest
+	(*ApproveResponse)(nil),       // 34: vigil.v1.ApproveResponse
+	(*StopRequest)(nil),           // 35: vigil.v1.StopRequest
+	(*StopResponse)(nil),          // 36: vigil.v1.StopResponse
+	(*DoctorResponse)(nil),        // 37: vigil.v1.DoctorResponse
+	(*Guarantee)(nil),             // 38: vigil.v1.Guarantee
+	nil,                           // 39: vigil.v1.IntegrityStatus.UnreadableEntry
+	nil,                           // 40: vigil.v1.Counters.ByKindEntry
+	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
 }
 var file_vigil_proto_depIdxs = []int32{
-	40, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	41, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: vigil.v1.Event.process:type_name -> vigil.v1.Process
 	4,  // 2: vigil.v1.Event.exec:type_name -> vigil.v1.Exec
 	5,  // 3: vigil.v1.Event.fork:type_name -> vigil.v1.Fork
@@ -3326,53 +3392,55 @@ var file_vigil_proto_depIdxs = []int32{
 	10, // 8: vigil.v1.Event.kernel:type_name -> vigil.v1.KernelOp
 	11, // 9: vigil.v1.Event.gap:type_name -> vigil.v1.Gap
 	12, // 10: vigil.v1.Event.file_modify:type_name -> vigil.v1.FileModify
-	13, // 11: vigil.v1.Event.integrity:type_name -> vigil.v1.Integrity
-	14, // 12: vigil.v1.Event.tamper:type_name -> vigil.v1.Tamper
-	15, // 13: vigil.v1.Event.filter_session:type_name -> vigil.v1.FilterSession
-	17, // 14: vigil.v1.Event.verdict:type_name -> vigil.v1.Verdict
-	16, // 15: vigil.v1.Event.trust:type_name -> vigil.v1.Trust
-	2,  // 16: vigil.v1.Process.ancestry:type_name -> vigil.v1.Ancestor
-	3,  // 17: vigil.v1.Exec.file:type_name -> vigil.v1.File
-	3,  // 18: vigil.v1.ImageLoad.file:type_name -> vigil.v1.File
-	3,  // 19: vigil.v1.MemExec.file:type_name -> vigil.v1.File
-	3,  // 20: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
-	3,  // 21: vigil.v1.FileModify.file:type_name -> vigil.v1.File
-	18, // 22: vigil.v1.Verdict.clients:type_name -> vigil.v1.ClientVerdict
-	40, // 23: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	24, // 24: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
-	25, // 25: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
-	22, // 26: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
-	21, // 27: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
-	41, // 28: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
-	40, // 29: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
-	38, // 30: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
-	40, // 31: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
-	23, // 32: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
-	39, // 33: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
-	40, // 34: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
-	22, // 35: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
-	31, // 36: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
-	40, // 37: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
-	40, // 38: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
-	24, // 39: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
-	37, // 40: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
-	19, // 41: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
-	26, // 42: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
-	27, // 43: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
-	29, // 44: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
-	32, // 45: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
-	34, // 46: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
-	20, // 47: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
-	0,  // 48: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
-	28, // 49: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
-	30, // 50: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
-	33, // 51: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
-	35, // 52: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
-	47, // [47:53] is the sub-list for method output_type
-	41, // [41:47] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	14, // 11: vigil.v1.Event.integrity:type_name -> vigil.v1.Integrity
+	15, // 12: vigil.v1.Event.tamper:type_name -> vigil.v1.Tamper
+	16, // 13: vigil.v1.Event.filter_session:type_name -> vigil.v1.FilterSession
+	13, // 14: vigil.v1.Event.file_open:type_name -> vigil.v1.FileOpen
+	18, // 15: vigil.v1.Event.verdict:type_name -> vigil.v1.Verdict
+	17, // 16: vigil.v1.Event.trust:type_name -> vigil.v1.Trust
+	2,  // 17: vigil.v1.Process.ancestry:type_name -> vigil.v1.Ancestor
+	3,  // 18: vigil.v1.Exec.file:type_name -> vigil.v1.File
+	3,  // 19: vigil.v1.ImageLoad.file:type_name -> vigil.v1.File
+	3,  // 20: vigil.v1.MemExec.file:type_name -> vigil.v1.File
+	3,  // 21: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
+	3,  // 22: vigil.v1.FileModify.file:type_name -> vigil.v1.File
+	3,  // 23: vigil.v1.FileOpen.file:type_name -> vigil.v1.File
+	19, // 24: vigil.v1.Verdict.clients:type_name -> vigil.v1.ClientVerdict
+	41, // 25: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	25, // 26: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
+	26, // 27: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
+	23, // 28: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
+	22, // 29: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
+	42, // 30: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
+	41, // 31: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
+	39, // 32: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
+	41, // 33: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
+	24, // 34: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
+	40, // 35: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
+	41, // 36: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
+	23, // 37: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
+	32, // 38: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
+	41, // 39: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
+	41, // 40: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
+	25, // 41: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
+	38, // 42: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
+	20, // 43: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
+	27, // 44: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
+	28, // 45: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
+	30, // 46: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
+	33, // 47: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
+	35, // 48: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
+	21, // 49: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
+	0,  // 50: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
+	29, // 51: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
+	31, // 52: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
+	34, // 53: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
+	36, // 54: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
+	49, // [49:55] is the sub-list for method output_type
+	43, // [43:49] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_vigil_proto_init() }
@@ -3393,6 +3461,7 @@ func file_vigil_proto_init() {
 		(*Event_Integrity)(nil),
 		(*Event_Tamper)(nil),
 		(*Event_FilterSession)(nil),
+		(*Event_FileOpen)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3400,7 +3469,7 @@ func file_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_proto_rawDesc), len(file_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

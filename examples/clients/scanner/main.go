@@ -1,10 +1,11 @@
 // Command scanner is an example filter API client: a content scanner that
-// denies the exec of any file containing a marker byte string.
+// denies the exec (and with -kinds exec,open the open) of any file
+// containing a marker byte string.
 //
-//	scanner -name scanner -altitude 200 -marker EVIL-MARKER [-socket /run/vigil/filter.sock]
+//	scanner -name scanner -altitude 200 -marker EVIL-MARKER [-kinds exec,open] [-socket /run/vigil/filter.sock]
 //
-// It answers every exec authorization request by reading the file the
-// exec asked for; files without the marker are allowed and the verdict is
+// It answers every authorization request by reading the file the exec or
+// open asked for; files without the marker are allowed and the verdict is
 // marked cacheable (the agent does not ask again until the file changes).
 // With -sleep it waits that long before answering (to show deadlines).
 // With -rule FILE it also adds the kernel deny rule in FILE (policy rule
@@ -19,6 +20,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,6 +34,7 @@ func main() {
 	altitude := flag.Uint("altitude", 200, "altitude (unique; higher is asked first)")
 	marker := flag.String("marker", "VIGIL-TEST-MARKER", "deny files containing this")
 	prefix := flag.String("path-prefix", "", "only files under this prefix")
+	kinds := flag.String("kinds", "exec", "what to authorize: exec, open or exec,open")
 	sleep := flag.Duration("sleep", 0, "wait this long before each answer")
 	rule := flag.String("rule", "", "a kernel deny rule (policy rule YAML) to add")
 	noCache := flag.Bool("no-cache", false, "never mark a verdict cacheable (every exec is asked)")
@@ -40,7 +43,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	sub := &filterclient.Subscription{Kinds: []string{"exec"}}
+	sub := &filterclient.Subscription{Kinds: strings.Split(*kinds, ",")}
 	if *prefix != "" {
 		sub.PathPrefix = []string{*prefix}
 	}
@@ -54,7 +57,7 @@ func main() {
 			if *noScan {
 				return filterclient.Verdict{Allow: true, Cacheable: !*noCache}
 			}
-			path := ev.GetExec().GetFile().GetPath()
+			path := filterclient.Path(ev)
 			b, err := os.ReadFile(path)
 			if err != nil {
 				return filterclient.Verdict{Allow: true, Reason: "unreadable: " + err.Error()}

@@ -17,9 +17,11 @@ import (
 )
 
 // startFanotify puts the configured filesystems under exec permission
-// control, decided by the policy in force (tracepoint backend: no LSM).
+// control, decided by the policy in force (tracepoint backend: no LSM),
+// and under open permission control while a filter client asks to
+// authorize opens (SetOpenAuth).
 func (s *Sensor) startFanotify() error {
-	g, err := fanotify.New(s.decideExec)
+	g, err := fanotify.New(s.decidePerm)
 	if err != nil {
 		return err
 	}
@@ -34,6 +36,33 @@ func (s *Sensor) startFanotify() error {
 	return nil
 }
 
+// decidePerm answers a permission event of the fanotify marks.
+func (s *Sensor) decidePerm(pid int32, op fanotify.Op, f fanotify.File) bool {
+	if op == fanotify.Open {
+		return s.decideOpen(pid, f)
+	}
+	return s.decideExec(pid, f)
+}
+
+// procOf describes the process behind a permission event.
+func (s *Sensor) procOf(pid int32) *vigilv1.Process {
+	proc := &vigilv1.Process{Pid: uint32(pid)}
+	if cached, ok := s.cache.Lookup(uint32(pid)); ok {
+		proc.Ppid, proc.Exe, proc.StartTimeNs = cached.PPID, cached.Exe, cached.StartTime
+	}
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
+		proc.Exe = exe
+	}
+	proc.Uid = procUID(pid)
+	s.cache.Enrich(proc)
+	return proc
+}
+
+// fileKey names a file's content state: its identity and change times.
+func fileKey(f fanotify.File) string {
+	return fmt.Sprintf("%d:%d:%d:%d:%d", f.Dev, f.Inode, f.Size, f.Mtime, f.Ctime)
+}
+
 // decideExec answers an exec permission event: Vigil's policy and
 // execution control first (tracepoint backend; with BPF LSM the kernel has
 // decided both already), then the filter API clients.
@@ -44,15 +73,7 @@ func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 	if !own && auth == nil {
 		return true
 	}
-	proc := &vigilv1.Process{Pid: uint32(pid)}
-	if cached, ok := s.cache.Lookup(uint32(pid)); ok {
-		proc.Ppid, proc.Exe, proc.StartTimeNs = cached.PPID, cached.Exe, cached.StartTime
-	}
-	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
-		proc.Exe = exe
-	}
-	proc.Uid = procUID(pid)
-	s.cache.Enrich(proc)
+	proc := s.procOf(pid)
 	execEvent := func(v *vigilv1.Verdict) *vigilv1.Event {
 		return &vigilv1.Event{
 			Time:    timestamppb.Now(),
@@ -94,28 +115,67 @@ func (s *Sensor) decideExec(pid int32, f fanotify.File) bool {
 			return false
 		}
 	}
-	// Trusted content and nothing that depends on the process: let the
-	// kernel skip the round trip for this file until it changes.
-	cacheable := trusted && (p == nil || !hasExecRules(p))
+	// Trusted content and nothing that depends on the process (or nothing
+	// of Vigil's decides here: with BPF LSM the kernel does): the kernel
+	// may skip the round trip for this file until it changes, if the
+	// clients' answers allow that too.
+	cacheable := !own || (trusted && (p == nil || !hasExecRules(p)))
 	if auth == nil {
 		if cacheable {
-			s.ignoreUntilModified(f)
+			s.ignoreUntilModified(f, fanotify.Exec)
 		}
 		return true
 	}
-	key := fmt.Sprintf("%d:%d:%d:%d:%d", f.Dev, f.Inode, f.Size, f.Mtime, f.Ctime)
-	ok, clients := (*auth)(execEvent(nil), key)
-	if ok && len(clients) == 0 && cacheable {
-		s.ignoreUntilModified(f)
+	d := (*auth)(execEvent(nil), fileKey(f))
+	if d.Allow && cacheable && d.Cacheable {
+		s.ignoreUntilModified(f, fanotify.Exec)
 	}
-	if len(clients) > 0 {
-		v := &vigilv1.Verdict{Action: "allow", Rule: FilterRule, Mode: "enforce", DecidedBy: "fanotify", Clients: clients}
-		if !ok {
+	if len(d.Clients) > 0 {
+		v := &vigilv1.Verdict{Action: "allow", Rule: FilterRule, Mode: "enforce", DecidedBy: "fanotify", Clients: d.Clients}
+		if !d.Allow {
 			v.Action, v.Refused = "deny", true
 		}
 		s.emitUser(execEvent(v))
 	}
-	return ok
+	return d.Allow
+}
+
+// decideOpen answers an open permission event: only filter API clients
+// decide opens on this path (Vigil's own open rules are enforced on the
+// LSM path). The decision is recorded when a client was asked (not when
+// every answer came from the clients' caches: opens are many).
+func (s *Sensor) decideOpen(pid int32, f fanotify.File) bool {
+	auth := s.authorizer.Load()
+	if auth == nil {
+		return true
+	}
+	proc := s.procOf(pid)
+	openEvent := func(v *vigilv1.Verdict) *vigilv1.Event {
+		return &vigilv1.Event{
+			Time:    timestamppb.Now(),
+			Kind:    "open",
+			Backend: s.backend,
+			Hook:    "fanotify/FAN_OPEN_PERM",
+			Process: proc,
+			Detail: &vigilv1.Event_FileOpen{FileOpen: &vigilv1.FileOpen{
+				File: &vigilv1.File{Path: f.Path, Dev: f.Dev, Inode: f.Inode},
+			}},
+			Verdict: v,
+		}
+	}
+	d := (*auth)(openEvent(nil), fileKey(f))
+	if d.Allow && d.Cacheable {
+		s.ignoreUntilModified(f, fanotify.Open)
+	}
+	asked := slices.ContainsFunc(d.Clients, func(c *vigilv1.ClientVerdict) bool { return c.Answer != "cached" })
+	if asked || !d.Allow {
+		v := &vigilv1.Verdict{Action: "allow", Rule: FilterRule, Mode: "enforce", DecidedBy: "fanotify", Clients: d.Clients}
+		if !d.Allow {
+			v.Action, v.Refused = "deny", true
+		}
+		s.emitUser(openEvent(v))
+	}
+	return d.Allow
 }
 
 // hasExecRules: some rule of p decides execs (and may depend on the
@@ -129,14 +189,14 @@ func hasExecRules(p *policy.Policy) bool {
 	return false
 }
 
-// ignoreUntilModified keeps an allow verdict in the kernel until the file
-// changes (fanotify ignore mark); only the execution control decided it.
-func (s *Sensor) ignoreUntilModified(f fanotify.File) {
+// ignoreUntilModified keeps an allow verdict about op in the kernel until
+// the file changes (fanotify ignore mark): it holds for any process.
+func (s *Sensor) ignoreUntilModified(f fanotify.File, op fanotify.Op) {
 	if s.fan == nil {
 		return
 	}
-	if err := s.fan.IgnoreUntilModified(f.Fd); err != nil {
-		s.log.Debug("fanotify ignore mark", "path", f.Path, "err", err)
+	if _, err := s.fan.IgnoreUntilModified(f, op); err != nil {
+		s.log.Warn("fanotify: verdict not kept", "path", f.Path, "err", err)
 	}
 }
 
@@ -154,12 +214,25 @@ func (s *Sensor) ForgetExecVerdicts() {
 // FilterRule is the rule name of verdicts the filter API clients gave.
 const FilterRule = "filter-api"
 
-// execAuthorizer is the filter API's hook (sensor.ExecAuthorizer).
-type execAuthorizer = func(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict)
+// execAuthorizer is the filter API's hook (sensor.Authorizer), on exec
+// and open permission events.
+type execAuthorizer = sensor.AuthorizeFunc
 
-// SetExecAuthorizer implements sensor.ExecAuthorizer.
-func (s *Sensor) SetExecAuthorizer(fn func(ev *vigilv1.Event, key string) (bool, []*vigilv1.ClientVerdict)) {
+// SetAuthorizer implements sensor.Authorizer.
+func (s *Sensor) SetAuthorizer(fn sensor.AuthorizeFunc) {
 	s.authorizer.Store(&fn)
+}
+
+// SetOpenAuth implements sensor.Authorizer: open permission events on the
+// marked filesystems, only while a client authorizes opens.
+func (s *Sensor) SetOpenAuth(on bool) error {
+	if s.fan == nil {
+		if on {
+			return fmt.Errorf("open authorization needs fanotify marks (--fanotify-mark): %w", sensor.ErrNotSupported)
+		}
+		return nil
+	}
+	return s.fan.SetOpen(on)
 }
 
 // procUID is the real uid of pid (from /proc), or the nobody uid.
