@@ -17,10 +17,12 @@ import (
 
 // testTmpfs mounts a tmpfs for this test only: fanotify marks the whole
 // filesystem of a path, and this is the only one it may mark on a host.
+// Tests copy this test binary onto it (about 25 MB a copy, growing with
+// the packages it links); tmpfs takes memory only for what is written.
 func testTmpfs(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64m"); err != nil {
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=512m"); err != nil {
 		t.Fatalf("mount tmpfs on %s: %v", dir, err)
 	}
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
