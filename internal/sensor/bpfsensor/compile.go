@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vigil-hips/vigil/internal/policy"
+	"github.com/vigil-hips/vigil/internal/sensor"
 )
 
 // Resolver answers what compiling needs of the filesystem. Compile is
@@ -380,6 +381,12 @@ func (s *Sensor) Enforce(p *policy.Policy) ([]string, error) {
 	}
 	if err != nil {
 		return ws, fmt.Errorf("compile policy: %w", err)
+	}
+	if kp.NeedsDigests() && s.backend != sensor.BackendLSM {
+		// Only the LSM hooks know a process's executable digest (task
+		// storage filled at exec); neither the tracepoint programs nor
+		// the fanotify path do.
+		return ws, fmt.Errorf("compile policy: process.sha256 on the %s backend: %w (it needs BPF LSM)", s.backend, ErrNotInKernel)
 	}
 	if err := s.ApplyPolicy(kp); err != nil {
 		return ws, err
