@@ -1,13 +1,16 @@
 package bpfsensor
 
 import (
+	"bufio"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +18,51 @@ import (
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/testutil"
 )
+
+// Forker mode: fork(2) without exec, print the child's pid, and live
+// until killed; the child pauses until killed. It shows what a forked
+// worker (a server's, a shell's subshell) inherits. The child runs no Go
+// runtime code: only raw system calls.
+func init() {
+	if os.Getenv("VIGIL_TEST_FORKER") == "" {
+		return
+	}
+	pid, _, errno := syscall.RawSyscall(syscall.SYS_FORK, 0, 0, 0)
+	if errno != 0 {
+		fmt.Println("fork:", errno)
+		os.Exit(1)
+	}
+	if pid == 0 {
+		for {
+			syscall.RawSyscall(syscall.SYS_PAUSE, 0, 0, 0)
+		}
+	}
+	fmt.Println(pid)
+	time.Sleep(15 * time.Minute)
+	os.Exit(0)
+}
+
+// forkOf runs bin in forker mode and returns the forked child's pid.
+func forkOf(t *testing.T, bin string) int {
+	t.Helper()
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "VIGIL_TEST_FORKER=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	pid, perr := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || perr != nil {
+		t.Fatalf("forker: %q %v", line, err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	return pid
+}
 
 // sha256Policy is a policy with one process.sha256 rule naming digest.
 func sha256Policy(t *testing.T, digest [32]byte) *policy.Policy {
@@ -108,6 +156,13 @@ func TestExeDigestLSM(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Error(err)
+	}
+
+	// A process forked without exec has its parent's executable.
+	binFork, shaFork := variant("forker")
+	child := forkOf(t, binFork)
+	if d, ok := digestOf(child); !ok || d != shaFork {
+		t.Errorf("forked without exec: kernel digest %x (known %v), want the parent's %x", d, ok, shaFork)
 	}
 }
 
