@@ -148,6 +148,14 @@ func TestExeDigestLSM(t *testing.T) {
 			t.Errorf("%s: kernel digest %x (known %v), want %x", p.name, d, ok, p.want)
 		}
 	}
+	// The digest a process keeps stays its executable's content: the
+	// kernel refuses to open a running executable for writing.
+	if f, err := os.OpenFile(binEarly, os.O_WRONLY, 0); !errors.Is(err, syscall.ETXTBSY) {
+		if err == nil {
+			f.Close()
+		}
+		t.Errorf("open of a running executable for writing: %v, want ETXTBSY", err)
+	}
 	fresh := sleeperOf(t, binNew)
 	if err := within(5*time.Second, func() error {
 		if d, ok := digestOf(fresh.Process.Pid); !ok || d != shaNew {
