@@ -19,11 +19,21 @@ import (
 	"github.com/vigil-hips/vigil/internal/testutil"
 )
 
+// Helper process modes of TestExeDigestLSM (init runs before TestMain).
+//
+// Exec-failure mode: an exec that fails after the kernel hashed the file
+// (no binary format takes it); print its error and live until killed.
+//
 // Forker mode: fork(2) without exec, print the child's pid, and live
 // until killed; the child pauses until killed. It shows what a forked
 // worker (a server's, a shell's subshell) inherits. The child runs no Go
 // runtime code: only raw system calls.
 func init() {
+	if p := os.Getenv("VIGIL_TEST_EXECFAIL"); p != "" {
+		fmt.Println(syscall.Exec(p, []string{p}, nil))
+		time.Sleep(15 * time.Minute)
+		os.Exit(0)
+	}
 	if os.Getenv("VIGIL_TEST_FORKER") == "" {
 		return
 	}
@@ -42,11 +52,12 @@ func init() {
 	os.Exit(0)
 }
 
-// forkOf runs bin in forker mode and returns the forked child's pid.
-func forkOf(t *testing.T, bin string) int {
+// runLine runs bin with env added until the test ends, and returns it
+// and the first line it prints.
+func runLine(t *testing.T, bin string, env ...string) (*exec.Cmd, string) {
 	t.Helper()
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "VIGIL_TEST_FORKER=1")
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -56,9 +67,19 @@ func forkOf(t *testing.T, bin string) int {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	line, err := bufio.NewReader(out).ReadString('\n')
-	pid, perr := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil || perr != nil {
-		t.Fatalf("forker: %q %v", line, err)
+	if err != nil {
+		t.Fatalf("%s: %q: %v", bin, line, err)
+	}
+	return cmd, strings.TrimSpace(line)
+}
+
+// forkOf runs bin in forker mode and returns the forked child's pid.
+func forkOf(t *testing.T, bin string) int {
+	t.Helper()
+	_, line := runLine(t, bin, "VIGIL_TEST_FORKER=1")
+	pid, err := strconv.Atoi(line)
+	if err != nil {
+		t.Fatalf("forker: %q", line)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	return pid
@@ -164,6 +185,23 @@ func TestExeDigestLSM(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Error(err)
+	}
+
+	// An exec that fails after the hook hashed the new file leaves the
+	// process its own digest (a process cannot shed it that way).
+	garbage := filepath.Join(dir, "garbage")
+	junk := make([]byte, 4096)
+	rand.Read(junk)
+	if err := os.WriteFile(garbage, junk, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	binFail, shaFail := variant("exec-fails")
+	failer, msg := runLine(t, binFail, "VIGIL_TEST_EXECFAIL="+garbage)
+	if !strings.Contains(msg, "exec format error") {
+		t.Errorf("exec of random bytes: %q, want exec format error", msg)
+	}
+	if d, ok := digestOf(failer.Process.Pid); !ok || d != shaFail {
+		t.Errorf("after a failed exec: kernel digest %x (known %v), want its own %x", d, ok, shaFail)
 	}
 
 	// A process forked without exec has its parent's executable.
