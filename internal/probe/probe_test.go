@@ -45,6 +45,8 @@ func TestGuarantees(t *testing.T) {
 		{"no lsm inject", report(false, all...), "code injection", ObserveOnly, "recorded, not stopped"},
 		{"no lsm tamper", report(false, all...), "tamper protection", ObserveOnly, "degraded to detection"},
 		{"no lsm files", report(false, all...), "protected files", NotProvided, "do not tell an open for write from a read"},
+		{"lsm sha256", report(true), "policy rules on the executable's SHA-256", SyncBlock, "lsm.s/bprm_check_security hashes"},
+		{"no lsm sha256", report(false, all...), "policy rules on the executable's SHA-256", NotProvided, "is refused"},
 	} {
 		g := level(t, tc.r, tc.control)
 		if g.Level != tc.want || !strings.Contains(g.Why, tc.why) {

@@ -1,6 +1,8 @@
 package bpfsensor
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vigil-hips/vigil/internal/policy"
+	"github.com/vigil-hips/vigil/internal/sensor"
 )
 
 // Resolver answers what compiling needs of the filesystem. Compile is
@@ -114,6 +117,7 @@ const (
 	exactSet setKind = iota
 	prefixSet
 	cgroupSet
+	digestSet
 )
 
 // compiler holds the sets of one compilation.
@@ -123,6 +127,7 @@ type compiler struct {
 	sets     map[string]uint64 // set key -> bit
 	nPath    int
 	nCgroup  int
+	nDigest  int
 	warnings []Warning
 	rule     string // the rule being compiled, for warnings
 }
@@ -134,8 +139,9 @@ type compiler struct {
 // applied again after the directory appears).
 func Compile(p *policy.Policy, r Resolver) (*KernelPolicy, []Warning, error) {
 	c := &compiler{
-		r:    r,
-		kp:   &KernelPolicy{Digest: p.Digest(), Paths: map[PathKey]sensorPathBits{}, Cgroups: map[uint64]uint64{}},
+		r: r,
+		kp: &KernelPolicy{Digest: p.Digest(), Paths: map[PathKey]sensorPathBits{}, Cgroups: map[uint64]uint64{},
+			Digests: map[[32]byte]uint64{}},
 		sets: map[string]uint64{},
 	}
 	for i, rule := range p.Rules {
@@ -227,10 +233,8 @@ func (c *compiler) entries(cond policy.Cond) (out []sensorRule, ok bool, err err
 	if slices.Contains(pc.ExePrefix, "/") || slices.Contains(tc.PathPrefix, "/") {
 		return nil, false, fmt.Errorf(`prefix "/": %w (it holds for anything with a path; remove the condition, or name the top directories)`, ErrNotInKernel)
 	}
-	if pc.SHA256 != nil {
-		return nil, false, fmt.Errorf("process.sha256: %w (content hashes come with execution control)", ErrNotInKernel)
-	}
 	if !set(pc.Exe, exactSet, sensorCondBitC_EXE, &e.ExeMask) ||
+		!set(pc.SHA256, digestSet, sensorCondBitC_SHA, &e.ShaMask) ||
 		!set(pc.ExePrefix, prefixSet, sensorCondBitC_EXE_PREFIX, &e.ExePrefixMask) ||
 		!set(pc.AncestorExe, exactSet, sensorCondBitC_ANCESTOR, &e.AncMask) ||
 		!set(pc.Cgroup, cgroupSet, sensorCondBitC_CGROUP, &e.CgroupMask) ||
@@ -302,16 +306,28 @@ func (c *compiler) set(vals []string, kind setKind) (uint64, error) {
 	if bit, ok := c.sets[key]; ok {
 		return bit, nil
 	}
-	n := &c.nPath
-	if kind == cgroupSet {
-		n = &c.nCgroup
+	n, what := &c.nPath, "path"
+	switch kind {
+	case cgroupSet:
+		n, what = &c.nCgroup, "cgroup"
+	case digestSet:
+		n, what = &c.nDigest, "sha256"
 	}
 	if *n == MaxSets {
-		return 0, fmt.Errorf("the policy needs more than %d distinct %s sets", MaxSets, map[bool]string{true: "cgroup", false: "path"}[kind == cgroupSet])
+		return 0, fmt.Errorf("the policy needs more than %d distinct %s sets", MaxSets, what)
 	}
 	bit := uint64(1) << *n
 	members := 0
 	for _, v := range vals {
+		if kind == digestSet {
+			b, err := hex.DecodeString(v)
+			if err != nil || len(b) != sha256.Size {
+				return 0, fmt.Errorf("process.sha256 %q: not a hex SHA-256 digest", v)
+			}
+			c.kp.Digests[[sha256.Size]byte(b)] |= bit
+			members++
+			continue
+		}
 		if kind == cgroupSet {
 			id, err := c.r.CgroupID(v)
 			if err != nil {
@@ -365,6 +381,12 @@ func (s *Sensor) Enforce(p *policy.Policy) ([]string, error) {
 	}
 	if err != nil {
 		return ws, fmt.Errorf("compile policy: %w", err)
+	}
+	if kp.NeedsDigests() && s.backend != sensor.BackendLSM {
+		// Only the LSM hooks know a process's executable digest (task
+		// storage filled at exec); neither the tracepoint programs nor
+		// the fanotify path do.
+		return ws, fmt.Errorf("compile policy: process.sha256 on the %s backend: %w (it needs BPF LSM)", s.backend, ErrNotInKernel)
 	}
 	if err := s.ApplyPolicy(kp); err != nil {
 		return ws, err

@@ -1,6 +1,7 @@
 package bpfsensor
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -66,9 +67,15 @@ func kernelFacts(kp *KernelPolicy, p string) uint64 {
 // kernelDecide transcribes scan_step and rule_matches (policy.bpf.h):
 // the model the compiler is tested against, with policy.Evaluate as the
 // reference of what it must decide.
-func kernelDecide(kp *KernelPolicy, in policy.Input, cgroupBits uint64, notDesc bool) (rule string, action sensorVerdictAction, enforce bool) {
+// exeSHA is the digest exe_shas holds for the process ("": none; the
+// kernel then has no digest-set bits for it, sha_facts).
+func kernelDecide(kp *KernelPolicy, in policy.Input, cgroupBits uint64, notDesc bool, exeSHA string) (rule string, action sensorVerdictAction, enforce bool) {
 	kind := kindOf[in.Kind]
 	self := kernelFacts(kp, in.Process.Exe.Path)
+	var sha uint64
+	if b, err := hex.DecodeString(exeSHA); err == nil && len(b) == 32 {
+		sha = kp.Digests[[32]byte(b)]
+	}
 	var anc uint64
 	for i, a := range in.Process.Ancestry {
 		if i < 16 {
@@ -95,6 +102,7 @@ func kernelDecide(kp *KernelPolicy, in policy.Input, cgroupBits uint64, notDesc 
 			(!has(sensorCondBitC_EXE_PREFIX) || self&r.ExePrefixMask != 0) &&
 			(!has(sensorCondBitC_ANCESTOR) || anc&r.AncMask != 0) &&
 			(!has(sensorCondBitC_CGROUP) || cgroupBits&r.CgroupMask != 0) &&
+			(!has(sensorCondBitC_SHA) || sha&r.ShaMask != 0) &&
 			(!has(sensorCondBitC_TPATH) || target&r.TpathMask != 0) &&
 			(!has(sensorCondBitC_TPREFIX) || target&r.TprefixMask != 0) &&
 			(!has(sensorCondBitC_TEXE) || texe&r.TexeMask != 0) &&
@@ -126,7 +134,7 @@ func mustParse(t *testing.T, src string) *policy.Policy {
 	return p
 }
 
-const conformancePolicy = `
+var conformancePolicy = `
 version: 1
 mode: enforce
 rules:
@@ -191,7 +199,30 @@ rules:
     action: alert
     match:
       process: {cgroup: [/system.slice/nginx.service]}
+  - id: digest
+    on: [file_modify]
+    action: deny
+    match:
+      process: {sha256: [` + shaA + `, ` + shaBUpper + `]}
+      target: {path_prefix: [/srv]}
+    except:
+      - process: {sha256: [` + shaB + `]}
+  - id: digest-and-exe
+    on: [exec, file_modify]
+    action: alert
+    mode: monitor
+    match:
+      process: {sha256: [` + shaC + `], exe_prefix: [/opt]}
 `
+
+// Digests of the conformance policy (B also written in upper case).
+var (
+	shaA      = strings.Repeat("a1", 32)
+	shaB      = strings.Repeat("b2", 32)
+	shaBUpper = strings.ToUpper(shaB)
+	shaC      = strings.Repeat("c3", 32)
+	shaD      = strings.Repeat("d4", 32) // in no rule
+)
 
 func TestCompileConformsToEvaluate(t *testing.T) {
 	p := mustParse(t, conformancePolicy)
@@ -216,33 +247,47 @@ func TestCompileConformsToEvaluate(t *testing.T) {
 		in      policy.Input
 		notDesc bool
 		cgroup  uint64 // cgroup-set bits the kernel finds
+		sha     string // the process's executable digest, "" if unknown
 	}{
-		{"curl execs from /tmp", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/curl", 0), File: file("/tmp/x/payload")}, false, 0},
-		{"curl execs elsewhere", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/curl", 0), File: file("/usr/bin/id")}, false, 0},
-		{"curl execs /tmpx", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/curl", 0), File: file("/tmpx/a")}, false, 0},
-		{"nginx spawns bash", policy.Input{Kind: policy.KindExec, Process: proc("/usr/sbin/nginx", 33), File: file("/usr/bin/bash")}, false, 0},
-		{"sshd spawns bash", policy.Input{Kind: policy.KindExec, Process: proc("/usr/sbin/sshd", 0), File: file("/usr/bin/bash")}, false, 0},
-		{"nginx spawns id", policy.Input{Kind: policy.KindExec, Process: proc("/usr/sbin/nginx", 33), File: file("/usr/bin/id")}, false, 0},
-		{"under cron", policy.Input{Kind: policy.KindExec, Process: proc("/bin/x", 0, "/usr/bin/sh", "/usr/sbin/cron"), File: file("/usr/bin/id")}, false, 0},
-		{"uid 7 loads from home", policy.Input{Kind: policy.KindImageLoad, Process: proc("/usr/bin/a", 7), File: file("/home/u/lib.so")}, false, 0},
-		{"uid 150 loads from home", policy.Input{Kind: policy.KindImageLoad, Process: proc("/usr/bin/a", 150), File: file("/home/u/lib.so")}, false, 0},
-		{"uid 8 loads from home", policy.Input{Kind: policy.KindImageLoad, Process: proc("/usr/bin/a", 8), File: file("/home/u/lib.so")}, false, 0},
-		{"wx anon", policy.Input{Kind: policy.KindMemExec, Process: proc("/usr/bin/a", 0), Prot: 5, PrevProt: 3, Anonymous: true}, false, 0},
-		{"wx anon java", policy.Input{Kind: policy.KindMemExec, Process: proc("/usr/lib/jvm/j17/bin/java", 0), Prot: 5, PrevProt: 3, Anonymous: true}, false, 0},
-		{"rx file", policy.Input{Kind: policy.KindMemExec, Process: proc("/usr/bin/a", 0), Prot: 5, File: file("/x")}, false, 0},
-		{"ptrace foreign", policy.Input{Kind: policy.KindInject, Op: "ptrace_attach", Process: proc("/usr/bin/gdb", 0), Target: policy.Target{Pid: 1, Exe: "/sbin/init"}}, true, 0},
-		{"ptrace own child", policy.Input{Kind: policy.KindInject, Op: "ptrace_attach", Process: proc("/usr/bin/gdb", 0), Target: policy.Target{Pid: 10, Exe: "/usr/bin/sleep"}}, false, 0},
-		{"vm_writev foreign", policy.Input{Kind: policy.KindInject, Op: "process_vm_writev", Process: proc("/usr/bin/x", 0), Target: policy.Target{Pid: 1, Exe: "/sbin/init"}}, true, 0},
-		{"module by kmod", policy.Input{Kind: policy.KindKernel, Op: "module_load", Process: proc("/usr/bin/kmod", 0)}, false, 0},
-		{"module by other", policy.Input{Kind: policy.KindKernel, Op: "module_load", Process: proc("/tmp/rootkit", 0)}, false, 0},
-		{"kcore", policy.Input{Kind: policy.KindKernel, Op: "kcore_open", Process: proc("/tmp/rootkit", 0)}, false, 0},
-		{"preload create", policy.Input{Kind: policy.KindFileModify, Op: "create", Process: proc("/usr/bin/tee", 0), File: file("/etc/ld.so.preload")}, false, 0},
-		{"sudoers.d rename into", policy.Input{Kind: policy.KindFileModify, Op: "rename", Process: proc("/usr/bin/mv", 0), File: file("/tmp/x"), NewPath: "/etc/sudoers.d/evil"}, false, 0},
-		{"sudoers.dx", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/bin/mv", 0), File: file("/etc/sudoers.dx")}, false, 0},
-		{"nginx writes", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/sbin/nginx", 0), File: file("/var/log/x")}, false, 1},
+		{"curl execs from /tmp", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/curl", 0), File: file("/tmp/x/payload")}, false, 0, ""},
+		{"curl execs elsewhere", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/curl", 0), File: file("/usr/bin/id")}, false, 0, ""},
+		{"curl execs /tmpx", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/curl", 0), File: file("/tmpx/a")}, false, 0, ""},
+		{"nginx spawns bash", policy.Input{Kind: policy.KindExec, Process: proc("/usr/sbin/nginx", 33), File: file("/usr/bin/bash")}, false, 0, ""},
+		{"sshd spawns bash", policy.Input{Kind: policy.KindExec, Process: proc("/usr/sbin/sshd", 0), File: file("/usr/bin/bash")}, false, 0, ""},
+		{"nginx spawns id", policy.Input{Kind: policy.KindExec, Process: proc("/usr/sbin/nginx", 33), File: file("/usr/bin/id")}, false, 0, ""},
+		{"under cron", policy.Input{Kind: policy.KindExec, Process: proc("/bin/x", 0, "/usr/bin/sh", "/usr/sbin/cron"), File: file("/usr/bin/id")}, false, 0, ""},
+		{"uid 7 loads from home", policy.Input{Kind: policy.KindImageLoad, Process: proc("/usr/bin/a", 7), File: file("/home/u/lib.so")}, false, 0, ""},
+		{"uid 150 loads from home", policy.Input{Kind: policy.KindImageLoad, Process: proc("/usr/bin/a", 150), File: file("/home/u/lib.so")}, false, 0, ""},
+		{"uid 8 loads from home", policy.Input{Kind: policy.KindImageLoad, Process: proc("/usr/bin/a", 8), File: file("/home/u/lib.so")}, false, 0, ""},
+		{"wx anon", policy.Input{Kind: policy.KindMemExec, Process: proc("/usr/bin/a", 0), Prot: 5, PrevProt: 3, Anonymous: true}, false, 0, ""},
+		{"wx anon java", policy.Input{Kind: policy.KindMemExec, Process: proc("/usr/lib/jvm/j17/bin/java", 0), Prot: 5, PrevProt: 3, Anonymous: true}, false, 0, ""},
+		{"rx file", policy.Input{Kind: policy.KindMemExec, Process: proc("/usr/bin/a", 0), Prot: 5, File: file("/x")}, false, 0, ""},
+		{"ptrace foreign", policy.Input{Kind: policy.KindInject, Op: "ptrace_attach", Process: proc("/usr/bin/gdb", 0), Target: policy.Target{Pid: 1, Exe: "/sbin/init"}}, true, 0, ""},
+		{"ptrace own child", policy.Input{Kind: policy.KindInject, Op: "ptrace_attach", Process: proc("/usr/bin/gdb", 0), Target: policy.Target{Pid: 10, Exe: "/usr/bin/sleep"}}, false, 0, ""},
+		{"vm_writev foreign", policy.Input{Kind: policy.KindInject, Op: "process_vm_writev", Process: proc("/usr/bin/x", 0), Target: policy.Target{Pid: 1, Exe: "/sbin/init"}}, true, 0, ""},
+		{"module by kmod", policy.Input{Kind: policy.KindKernel, Op: "module_load", Process: proc("/usr/bin/kmod", 0)}, false, 0, ""},
+		{"module by other", policy.Input{Kind: policy.KindKernel, Op: "module_load", Process: proc("/tmp/rootkit", 0)}, false, 0, ""},
+		{"kcore", policy.Input{Kind: policy.KindKernel, Op: "kcore_open", Process: proc("/tmp/rootkit", 0)}, false, 0, ""},
+		{"preload create", policy.Input{Kind: policy.KindFileModify, Op: "create", Process: proc("/usr/bin/tee", 0), File: file("/etc/ld.so.preload")}, false, 0, ""},
+		{"sudoers.d rename into", policy.Input{Kind: policy.KindFileModify, Op: "rename", Process: proc("/usr/bin/mv", 0), File: file("/tmp/x"), NewPath: "/etc/sudoers.d/evil"}, false, 0, ""},
+		{"sudoers.dx", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/bin/mv", 0), File: file("/etc/sudoers.dx")}, false, 0, ""},
+		{"nginx writes", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/sbin/nginx", 0), File: file("/var/log/x")}, false, 1, ""},
+		{"digest A writes /srv", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/bin/a", 0), File: file("/srv/data/x")}, false, 0, shaA},
+		{"digest A writes /srvx", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/bin/a", 0), File: file("/srvx/x")}, false, 0, shaA},
+		{"digest B writes /srv (except)", policy.Input{Kind: policy.KindFileModify, Op: "unlink", Process: proc("/usr/bin/a", 0), File: file("/srv/x")}, false, 0, shaB},
+		{"digest D writes /srv", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/bin/a", 0), File: file("/srv/x")}, false, 0, shaD},
+		{"unknown digest writes /srv", policy.Input{Kind: policy.KindFileModify, Op: "open_write", Process: proc("/usr/bin/a", 0), File: file("/srv/x")}, false, 0, ""},
+		{"digest C under /opt execs", policy.Input{Kind: policy.KindExec, Process: proc("/opt/t/bin/t", 0), File: file("/usr/bin/id")}, false, 0, shaC},
+		{"digest C under /opt writes /srv", policy.Input{Kind: policy.KindFileModify, Op: "create", Process: proc("/opt/t", 0), File: file("/srv/y")}, false, 0, shaC},
+		{"digest C elsewhere execs", policy.Input{Kind: policy.KindExec, Process: proc("/usr/bin/t", 0), File: file("/usr/bin/id")}, false, 0, shaC},
+		{"digest A under /opt execs", policy.Input{Kind: policy.KindExec, Process: proc("/opt/t", 0), File: file("/usr/bin/id")}, false, 0, shaA},
+		{"unknown digest under /opt execs", policy.Input{Kind: policy.KindExec, Process: proc("/opt/t", 0), File: file("/usr/bin/id")}, false, 0, ""},
 	}
-	env := cgroupEnv{42: "/system.slice/nginx.service"}
 	for _, tc := range inputs {
+		env := testEnv{cgroups: map[uint64]string{42: "/system.slice/nginx.service"}}
+		if tc.sha != "" {
+			env.sha = map[string]string{tc.in.Process.Exe.Path: tc.sha}
+		}
 		in := tc.in
 		if tc.cgroup != 0 {
 			in.Process.CgroupID = 42
@@ -251,7 +296,7 @@ func TestCompileConformsToEvaluate(t *testing.T) {
 			in.Target.Pid = in.Process.Pid // the model's "descendant": itself
 		}
 		want := p.Evaluate(in, env)
-		rule, action, enforce := kernelDecide(kp, in, tc.cgroup, tc.notDesc)
+		rule, action, enforce := kernelDecide(kp, in, tc.cgroup, tc.notDesc, tc.sha)
 		wantAction := actionOf[want.Action]
 		if want.Rule == "" {
 			wantAction = sensorVerdictActionACT_NONE
@@ -262,14 +307,22 @@ func TestCompileConformsToEvaluate(t *testing.T) {
 	}
 }
 
-type cgroupEnv map[uint64]string
+// testEnv answers Evaluate's questions: cgroup paths by id, executable
+// digests by path.
+type testEnv struct {
+	cgroups map[uint64]string
+	sha     map[string]string
+}
 
-func (cgroupEnv) SHA256(policy.File) (string, bool) { return "", false }
-func (e cgroupEnv) CgroupPath(id uint64) (string, bool) {
-	p, ok := e[id]
+func (e testEnv) SHA256(f policy.File) (string, bool) {
+	h, ok := e.sha[f.Path]
+	return h, ok
+}
+func (e testEnv) CgroupPath(id uint64) (string, bool) {
+	p, ok := e.cgroups[id]
 	return p, ok
 }
-func (cgroupEnv) Ancestry(uint32, uint64) ([]policy.Ancestor, bool) { return nil, false }
+func (testEnv) Ancestry(uint32, uint64) ([]policy.Ancestor, bool) { return nil, false }
 
 func TestCompileLayout(t *testing.T) {
 	p := mustParse(t, conformancePolicy)
@@ -328,15 +381,6 @@ func TestCompileRejectsAndWarns(t *testing.T) {
 		err       error
 		warn      string
 	}{
-		{"sha256", `
-version: 1
-mode: enforce
-rules:
-  - id: h
-    on: [exec]
-    action: deny
-    match: {process: {sha256: [` + strings.Repeat("a", 64) + `]}}
-`, ErrNotInKernel, ""},
 		{"prot read", `
 version: 1
 mode: enforce
@@ -374,6 +418,58 @@ rules:
 		if len(kp.Entries) != 0 {
 			t.Errorf("%s: a rule that can never match has %d entries", tc.name, len(kp.Entries))
 		}
+	}
+}
+
+// TestCompileDigests: each distinct process.sha256 list is one digest set
+// of its own bit space (64 sets, apart from the path and cgroup sets); a
+// digest in several lists carries each list's bit.
+func TestCompileDigests(t *testing.T) {
+	kp, _, err := Compile(mustParse(t, conformancePolicy), fakeFS{cgroups: map[string]uint64{"/system.slice/nginx.service": 42}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	masks := map[string]uint64{}
+	for _, e := range kp.Entries {
+		if e.Conds&sensorCondBitC_SHA != 0 {
+			masks[fmt.Sprintf("%s/%d", kp.RuleIDs[e.RuleIndex], e.Action)] = e.ShaMask
+		}
+	}
+	match, except, mixed := masks[fmt.Sprintf("digest/%d", sensorVerdictActionACT_DENY)],
+		masks[fmt.Sprintf("digest/%d", sensorVerdictActionACT_SKIP)], masks[fmt.Sprintf("digest-and-exe/%d", sensorVerdictActionACT_ALERT)]
+	if len(masks) != 3 || match == 0 || except == 0 || mixed == 0 || match == except || match == mixed || except == mixed {
+		t.Fatalf("sha masks %v: want three distinct sets", masks)
+	}
+	dig := func(h string) uint64 {
+		b, _ := hex.DecodeString(h)
+		return kp.Digests[[32]byte(b)]
+	}
+	if dig(shaA) != match || dig(shaB) != match|except || dig(shaC) != mixed || dig(shaD) != 0 || len(kp.Digests) != 3 {
+		t.Errorf("digest sets: A %#x B %#x C %#x D %#x (%d digests); match %#x except %#x mixed %#x",
+			dig(shaA), dig(shaB), dig(shaC), dig(shaD), len(kp.Digests), match, except, mixed)
+	}
+	if !kp.NeedsDigests() {
+		t.Error("NeedsDigests false for a policy with process.sha256")
+	}
+	plain, _, err := Compile(mustParse(t, "version: 1\nmode: enforce\nrules:\n  - {id: x, on: [exec], action: deny, match: {process: {exe: [/usr/bin/x]}}}\n"), fakeFS{})
+	if err != nil || plain.NeedsDigests() {
+		t.Errorf("a policy without process.sha256: needs digests %v, err %v", plain.NeedsDigests(), err)
+	}
+
+	// 64 distinct digest sets fit next to 64 path sets; the 65th does not.
+	var b strings.Builder
+	b.WriteString("version: 1\nmode: enforce\nrules:\n")
+	for i := 0; i < MaxSets+1; i++ {
+		fmt.Fprintf(&b, "  - {id: r%d, on: [exec], action: deny, match: {process: {sha256: [\"%064x\"], exe: [/usr/bin/x%d]}}}\n", i, i, i%MaxSets)
+	}
+	p := mustParse(t, b.String())
+	p.Rules = p.Rules[:MaxSets]
+	if _, _, err := Compile(p, fakeFS{}); err != nil {
+		t.Errorf("%d digest sets and %d path sets: %v", MaxSets, MaxSets, err)
+	}
+	p = mustParse(t, b.String())
+	if _, _, err := Compile(p, fakeFS{}); err == nil || !strings.Contains(err.Error(), "sha256 sets") {
+		t.Errorf("%d digest sets: err %v, want too many sha256 sets", MaxSets+1, err)
 	}
 }
 

@@ -200,17 +200,29 @@ static __always_inline int xc_report(struct xc_cfg *cfg, __u32 kind, __u32 hook,
 	return lockdown ? -EPERM : 0;
 }
 
+// xc_bprm_check also hashes for the policy: with process.sha256 rules
+// (policy.hash_exec) every new image is hashed, execution control on or
+// off, and its digest becomes the process's when the exec succeeds
+// (exe_sha_pending, exe_sha_on_exec).
 SEC("lsm.s/bprm_check_security")
 int BPF_PROG(xc_bprm_check, struct linux_binprm *bprm)
 {
-	struct xc_cfg *cfg = xc_cfg_get();
-	if (!cfg || is_agent())
+	if (is_agent())
 		return 0;
 	struct file *file = bprm->file;
 	if (!file)
 		return 0;
+	__u32 zero = 0;
+	struct xc_cfg *cfg = bpf_map_lookup_elem(&xc_config, &zero);
+	if (!cfg)
+		return 0;
+	int on = cfg->mode != XC_OFF;
 	struct xc_result r = {};
-	xc_decide_file(cfg, file, 1, &r);
+	if (on || exe_sha_wanted())
+		xc_decide_file(cfg, file, 1, &r);
+	exe_sha_pending(r.hashed ? &r.sha : NULL);
+	if (!on)
+		return 0;
 	return xc_report(cfg, KIND_EXEC, HOOK_XC_BPRM_CHECK, OP_EXEC, file, bprm->filename, 0, &r);
 }
 

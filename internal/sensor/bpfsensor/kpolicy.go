@@ -8,6 +8,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/vigil-hips/vigil/internal/sensor"
 )
 
 // Limits of the kernel form of a policy (sensor.h).
@@ -15,6 +17,9 @@ const (
 	MaxRuleEntries = 512 // MAX_RULES
 	MaxSets        = 64  // bits of a set mask
 	UIDRanges      = 4   // UID_RANGES
+	// MaxDigests is how many process.sha256 digests one policy may name:
+	// half of sha_sets, which holds the slot in force and the next.
+	MaxDigests = 8192
 )
 
 // Kinds and ops as rule bits.
@@ -61,14 +66,21 @@ type KernelPolicy struct {
 	RuleIDs []string // rule_index -> rule id
 	Entries []sensorRule
 	Paths   map[PathKey]sensorPathBits
-	Cgroups map[uint64]uint64 // cgroup id -> set bits
-	Kinds   uint32            // kinds some entry is about
+	Cgroups map[uint64]uint64   // cgroup id -> set bits
+	Digests map[[32]byte]uint64 // process.sha256 digest -> set bits
+	Kinds   uint32              // kinds some entry is about
 }
+
+// NeedsDigests reports whether kp decides on executables' digests.
+func (kp *KernelPolicy) NeedsDigests() bool { return kp != nil && len(kp.Digests) > 0 }
 
 // Validate checks the policy fits the kernel's maps.
 func (kp *KernelPolicy) Validate() error {
 	if len(kp.Entries) > MaxRuleEntries {
 		return fmt.Errorf("policy needs %d kernel rule entries, the kernel holds %d", len(kp.Entries), MaxRuleEntries)
+	}
+	if len(kp.Digests) > MaxDigests {
+		return fmt.Errorf("policy names %d process.sha256 digests, the kernel holds %d", len(kp.Digests), MaxDigests)
 	}
 	for i, e := range kp.Entries {
 		if int(e.RuleIndex) >= len(kp.RuleIDs) {
@@ -111,7 +123,7 @@ func (s *Sensor) ApplyPolicy(kp *KernelPolicy) error {
 		return fmt.Errorf("apply policy: clear slot %d: %w", next, err)
 	}
 	slot := &cfg.Slots[next]
-	slot.Version, slot.Nrules, slot.Kinds = 0, 0, 0
+	slot.Version, slot.Nrules, slot.Kinds, slot.Ndigests = 0, 0, 0, 0
 	if kp != nil {
 		if err := s.fillSlot(next, kp); err != nil {
 			return fmt.Errorf("apply policy: %w", err)
@@ -120,16 +132,27 @@ func (s *Sensor) ApplyPolicy(kp *KernelPolicy) error {
 		slot.Version = s.version
 		slot.Nrules = uint32(len(kp.Entries))
 		slot.Kinds = kp.Kinds
+		slot.Ndigests = uint32(len(kp.Digests))
 		s.mu.Lock()
 		s.policies[s.version] = loadedPolicy{digest: kp.Digest, ruleIDs: kp.RuleIDs}
 		s.mu.Unlock()
 	}
-	// First the slot's config, with the active slot unchanged ...
+	// First the slot's config, with the active slot unchanged; execs are
+	// hashed from here on if the new policy needs digests ...
+	needs := kp.NeedsDigests()
+	if needs {
+		cfg.HashExec = 1
+	}
 	if err := cfgMap.Update(uint32(0), &cfg, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("apply policy: write slot config: %w", err)
 	}
+	// ... so the processes that were running before get theirs now ...
+	if needs && s.backend == sensor.BackendLSM {
+		s.fillExeDigests()
+	}
 	// ... then the switch.
 	cfg.ActiveSlot = next
+	cfg.HashExec = b32(needs)
 	if err := cfgMap.Update(uint32(0), &cfg, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("apply policy: activate: %w", err)
 	}
@@ -160,6 +183,13 @@ func (s *Sensor) fillSlot(slot uint32, kp *KernelPolicy) error {
 			return fmt.Errorf("write path set entry %+v: %w", k, err)
 		}
 	}
+	digests := s.objs.Maps[sensorMapShaSets]
+	for d, bits := range kp.Digests {
+		key := sensorShaKey{Sha: sensorXcDigest{B: d}, Slot: slot}
+		if err := digests.Update(&key, &bits, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write sha256 set entry %x: %w", d, err)
+		}
+	}
 	cgroups := s.objs.Maps[sensorMapCgroupSets]
 	for id, bits := range kp.Cgroups {
 		key := sensorCgroupKey{Id: id, Slot: slot}
@@ -174,6 +204,10 @@ func (s *Sensor) fillSlot(slot uint32, kp *KernelPolicy) error {
 func (s *Sensor) clearSlot(slot uint32) error {
 	if err := deleteWhere[sensorPathKey, sensorPathBits](s.objs.Maps[sensorMapPathSets],
 		func(k *sensorPathKey) bool { return k.Slot == slot }); err != nil {
+		return err
+	}
+	if err := deleteWhere[sensorShaKey, uint64](s.objs.Maps[sensorMapShaSets],
+		func(k *sensorShaKey) bool { return k.Slot == slot }); err != nil {
 		return err
 	}
 	return deleteWhere[sensorCgroupKey, uint64](s.objs.Maps[sensorMapCgroupSets],

@@ -53,6 +53,25 @@ struct {
 	__type(value, struct proc_facts);
 } procs SEC(".maps");
 
+// Digest sets of process.sha256 conditions, per slot.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sha_key);
+	__type(value, __u64);
+} sha_sets SEC(".maps");
+
+// Each process's executable digest, on its thread group leader (see
+// struct exe_sha). Filled at exec by xc_bprm_check (execctl.bpf.h), which
+// hashes while execution control is on or policy.hash_exec is set; for
+// processes that were running before, by the agent (pidfd-keyed update).
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct exe_sha);
+} exe_shas SEC(".maps");
+
 // Per-CPU room for one path component while it is hashed.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -250,6 +269,7 @@ struct facts {
 	__u64 target;     // path-set bits of the target file(s)
 	__u64 target_exe; // path-set bits of the target process's exe
 	__u64 cgroups;    // cgroup-set bits
+	__u64 sha;        // digest-set bits of the process's executable
 	__u32 uid;
 	__u32 not_desc;   // 1: target process is not a descendant
 	__u32 writable;
@@ -304,6 +324,8 @@ static __always_inline int rule_matches(struct rule *r, struct facts *f)
 	if ((c & C_ANCESTOR) && !(f->ancestors & r->anc_mask))
 		return 0;
 	if ((c & C_CGROUP) && !(f->cgroups & r->cgroup_mask))
+		return 0;
+	if ((c & C_SHA) && !(f->sha & r->sha_mask))
 		return 0;
 	if ((c & C_TPATH) && !(f->target & r->tpath_mask))
 		return 0;
@@ -375,6 +397,20 @@ static __always_inline __u64 cgroup_facts(__u32 slot)
 	return bits;
 }
 
+// sha_facts returns the digest-set bits of the current process's
+// executable; none when its digest is unknown.
+static __always_inline __u64 sha_facts(__u32 slot)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct exe_sha *e = bpf_task_storage_get(&exe_shas, task->group_leader, 0, 0);
+	if (!e || !(e->flags & EXE_SHA_KNOWN))
+		return 0;
+	struct sha_key k = {.slot = slot};
+	k.sha = e->cur;
+	__u64 *bits = bpf_map_lookup_elem(&sha_sets, &k);
+	return bits ? *bits : 0;
+}
+
 // decide runs the active policy on f and fills v. It returns 1 if the
 // action must be refused (an enforced deny or kill). It is a global
 // function: the verifier checks it once, not at each of the hooks that
@@ -405,6 +441,8 @@ __noinline int decide(struct facts *f, struct verdict *v)
 	}
 	f->uid = BPF_CORE_READ(task, cred, uid.val);
 	f->cgroups = cgroup_facts(slot);
+	if (sc->ndigests)
+		f->sha = sha_facts(slot);
 	f->target = path_facts(f->tmnt, f->tdentry, slot) | path_facts(f->tmnt2, f->tdentry2, slot);
 	if (f->ttask) {
 		struct task_struct *target = (void *)f->ttask;
@@ -460,4 +498,65 @@ static __always_inline void facts_on_exec(struct task_struct *task, struct file 
 	if (!pf || pf->version != sc->version)
 		return; // computed from the new image when first needed
 	pf->self = file_facts(exe, slot);
+}
+
+// exe_sha_on_fork gives a new process its parent's executable digest.
+static __always_inline void exe_sha_on_fork(struct task_struct *child)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct exe_sha *pe = bpf_task_storage_get(&exe_shas, task->group_leader, 0, 0);
+	if (!pe || !(pe->flags & EXE_SHA_KNOWN))
+		return;
+	struct exe_sha *ce = bpf_task_storage_get(&exe_shas, child, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!ce)
+		return;
+	ce->cur = pe->cur;
+	ce->flags = EXE_SHA_KNOWN;
+}
+
+// exe_sha_on_exec: the exec succeeded and the caller is now the thread
+// group leader: the digest its bprm hook left pending is the process's.
+// An unknown one leaves no entry: a process has an entry only while its
+// digest is known or an exec of it is pending, so the agent may fill in a
+// missing one (BPF_NOEXIST) without overwriting what the kernel learnt.
+static __always_inline void exe_sha_on_exec(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct exe_sha *e = bpf_task_storage_get(&exe_shas, task, 0, 0);
+	if (!e || !(e->flags & EXE_SHA_PENDING))
+		return;
+	if (!(e->flags & EXE_SHA_PENDING_KNOWN)) {
+		bpf_task_storage_delete(&exe_shas, task);
+		return;
+	}
+	e->cur = e->pending;
+	e->flags = EXE_SHA_KNOWN;
+}
+
+// exe_sha_pending records the digest of the image the current task is
+// about to exec (NULL: unknown), for exe_sha_on_exec.
+static __always_inline void exe_sha_pending(struct xc_digest *sha)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct exe_sha *e;
+	if (sha)
+		e = bpf_task_storage_get(&exe_shas, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	else
+		e = bpf_task_storage_get(&exe_shas, task, 0, 0); // nothing known: nothing to forget
+	if (!e)
+		return;
+	if (sha) {
+		e->pending = *sha;
+		e->flags |= EXE_SHA_PENDING | EXE_SHA_PENDING_KNOWN;
+	} else {
+		e->flags = (e->flags | EXE_SHA_PENDING) & ~EXE_SHA_PENDING_KNOWN;
+	}
+}
+
+// exe_sha_wanted: some policy (in force or being applied) needs digests.
+static __always_inline int exe_sha_wanted(void)
+{
+	__u32 zero = 0;
+	struct policy_cfg *cfg = bpf_map_lookup_elem(&policy, &zero);
+	return cfg && cfg->hash_exec;
 }

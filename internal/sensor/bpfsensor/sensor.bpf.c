@@ -359,6 +359,7 @@ int BPF_PROG(sched_process_exec, struct task_struct *p, pid_t old_pid, struct li
 {
 	if (is_agent())
 		return 0;
+	exe_sha_on_exec();
 	struct file *file = BPF_CORE_READ(bprm, file);
 	struct verdict v = {};
 	int killed = 0;
@@ -429,6 +430,7 @@ int BPF_PROG(sched_process_fork, struct task_struct *parent, struct task_struct 
 	if (is_agent())
 		return 0;
 	facts_on_fork(parent, BPF_CORE_READ(child, tgid));
+	exe_sha_on_fork(child);
 	struct event_buf *b = new_event(KIND_FORK, HOOK_SCHED_FORK);
 	if (!b)
 		return 0;

@@ -142,6 +142,7 @@ enum cond_bit {
 	C_NOT_ANON = 1 << 11,   // memory is file-backed
 	C_OP = 1 << 12,         // event op in ops mask (method, kernel op, file op)
 	C_IS_DESC = 1 << 13,    // target process is a descendant
+	C_SHA = 1 << 14,        // process exe's SHA-256 in a digest set
 };
 
 struct rule {
@@ -160,6 +161,7 @@ struct rule {
 	__u64 tprefix_mask;
 	__u64 texe_mask;
 	__u64 cgroup_mask;
+	__u64 sha_mask; // digest sets (sha_sets)
 	__u64 ops; // 1 << enum event_op
 	__u32 uid_lo[UID_RANGES];
 	__u32 uid_hi[UID_RANGES];
@@ -169,12 +171,15 @@ struct slot_cfg {
 	__u32 version; // policy version, nonzero once loaded
 	__u32 nrules;
 	__u32 kinds;   // kinds some rule of the slot is about
-	__u32 _pad;
+	__u32 ndigests; // entries of the slot in sha_sets (process.sha256)
 };
 
 struct policy_cfg {
 	__u32 active_slot;
-	__u32 _pad;
+	// 1: hash every new image at exec (lsm.s/bprm_check_security) to know
+	// each process's executable digest: a slot in use or being prepared
+	// has process.sha256 conditions.
+	__u32 hash_exec;
 	struct slot_cfg slots[NSLOTS];
 };
 
@@ -296,6 +301,30 @@ struct xc_entry {
 	struct xc_digest sha;
 	__u32 epoch;   // of xc_cfg when verdict was read
 	enum xc_verdict verdict;
+};
+
+// sha_key names a digest in a slot's digest sets (value: the set bits).
+struct sha_key {
+	struct xc_digest sha;
+	__u32 slot;
+};
+
+// exe_sha is a process's executable digest (task storage of its thread
+// group leader): what process.sha256 is decided on. The bprm hook that
+// hashes the new image stores it as pending; it becomes the process's
+// when the exec succeeds (sched_process_exec); a new process inherits
+// its parent's.
+enum exe_sha_flag {
+	EXE_SHA_KNOWN = 1,         // cur is the executable's digest
+	EXE_SHA_PENDING = 2,       // an exec in progress set pending
+	EXE_SHA_PENDING_KNOWN = 4, // pending is the new image's digest
+};
+
+struct exe_sha {
+	struct xc_digest cur;
+	struct xc_digest pending;
+	enum exe_sha_flag flags;
+	__u32 _pad;
 };
 
 struct xc_file_key {

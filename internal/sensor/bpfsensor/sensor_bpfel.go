@@ -37,6 +37,7 @@ const (
 	sensorCondBitC_NOT_ANON   sensorCondBit = 2048
 	sensorCondBitC_OP         sensorCondBit = 4096
 	sensorCondBitC_IS_DESC    sensorCondBit = 8192
+	sensorCondBitC_SHA        sensorCondBit = 16384
 )
 
 type sensorEventBuf struct {
@@ -169,6 +170,22 @@ const (
 	sensorEventOpOP_PTRACE_TRACEME  sensorEventOp = 24
 )
 
+type sensorExeSha struct {
+	_       structs.HostLayout
+	Cur     sensorXcDigest
+	Pending sensorXcDigest
+	Flags   sensorExeShaFlag
+	Pad     uint32
+}
+
+type sensorExeShaFlag uint32
+
+const (
+	sensorExeShaFlagEXE_SHA_KNOWN         sensorExeShaFlag = 1
+	sensorExeShaFlagEXE_SHA_PENDING       sensorExeShaFlag = 2
+	sensorExeShaFlagEXE_SHA_PENDING_KNOWN sensorExeShaFlag = 4
+)
+
 type sensorFacts struct {
 	_         structs.HostLayout
 	Kind      uint32
@@ -183,6 +200,7 @@ type sensorFacts struct {
 	Target    uint64
 	TargetExe uint64
 	Cgroups   uint64
+	Sha       uint64
 	Uid       uint32
 	NotDesc   uint32
 	Writable  uint32
@@ -208,13 +226,13 @@ type sensorPathKey struct {
 type sensorPolicyCfg struct {
 	_          structs.HostLayout
 	ActiveSlot uint32
-	Pad        uint32
+	HashExec   uint32
 	Slots      [2]struct {
-		_       structs.HostLayout
-		Version uint32
-		Nrules  uint32
-		Kinds   uint32
-		Pad     uint32
+		_        structs.HostLayout
+		Version  uint32
+		Nrules   uint32
+		Kinds    uint32
+		Ndigests uint32
 	}
 }
 
@@ -244,9 +262,16 @@ type sensorRule struct {
 	TprefixMask   uint64
 	TexeMask      uint64
 	CgroupMask    uint64
+	ShaMask       uint64
 	Ops           uint64
 	UidLo         [4]uint32
 	UidHi         [4]uint32
+}
+
+type sensorShaKey struct {
+	_    structs.HostLayout
+	Sha  sensorXcDigest
+	Slot uint32
 }
 
 type sensorVerdict struct {
@@ -317,6 +342,7 @@ const (
 const (
 	sensorMapCgroupSets                 = "cgroup_sets"
 	sensorMapEvents                     = "events"
+	sensorMapExeShas                    = "exe_shas"
 	sensorMapExecVerdicts               = "exec_verdicts"
 	sensorMapFactsbuf                   = "factsbuf"
 	sensorMapNamebuf                    = "namebuf"
@@ -326,6 +352,7 @@ const (
 	sensorMapRuleHits                   = "rule_hits"
 	sensorMapRules                      = "rules"
 	sensorMapScratch                    = "scratch"
+	sensorMapShaSets                    = "sha_sets"
 	sensorMapXcAnonAllow                = "xc_anon_allow"
 	sensorMapXcCache                    = "xc_cache"
 	sensorMapXcConfig                   = "xc_config"
@@ -460,6 +487,7 @@ type sensorProgramSpecs struct {
 type sensorMapSpecs struct {
 	CgroupSets   *ebpf.MapSpec `ebpf:"cgroup_sets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	ExeShas      *ebpf.MapSpec `ebpf:"exe_shas"`
 	ExecVerdicts *ebpf.MapSpec `ebpf:"exec_verdicts"`
 	Factsbuf     *ebpf.MapSpec `ebpf:"factsbuf"`
 	Namebuf      *ebpf.MapSpec `ebpf:"namebuf"`
@@ -469,6 +497,7 @@ type sensorMapSpecs struct {
 	RuleHits     *ebpf.MapSpec `ebpf:"rule_hits"`
 	Rules        *ebpf.MapSpec `ebpf:"rules"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
+	ShaSets      *ebpf.MapSpec `ebpf:"sha_sets"`
 	XcAnonAllow  *ebpf.MapSpec `ebpf:"xc_anon_allow"`
 	XcCache      *ebpf.MapSpec `ebpf:"xc_cache"`
 	XcConfig     *ebpf.MapSpec `ebpf:"xc_config"`
@@ -507,6 +536,7 @@ func (o *sensorObjects) Close() error {
 type sensorMaps struct {
 	CgroupSets   *ebpf.Map `ebpf:"cgroup_sets"`
 	Events       *ebpf.Map `ebpf:"events"`
+	ExeShas      *ebpf.Map `ebpf:"exe_shas"`
 	ExecVerdicts *ebpf.Map `ebpf:"exec_verdicts"`
 	Factsbuf     *ebpf.Map `ebpf:"factsbuf"`
 	Namebuf      *ebpf.Map `ebpf:"namebuf"`
@@ -516,6 +546,7 @@ type sensorMaps struct {
 	RuleHits     *ebpf.Map `ebpf:"rule_hits"`
 	Rules        *ebpf.Map `ebpf:"rules"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
+	ShaSets      *ebpf.Map `ebpf:"sha_sets"`
 	XcAnonAllow  *ebpf.Map `ebpf:"xc_anon_allow"`
 	XcCache      *ebpf.Map `ebpf:"xc_cache"`
 	XcConfig     *ebpf.Map `ebpf:"xc_config"`
@@ -526,6 +557,7 @@ func (m *sensorMaps) Close() error {
 	return _SensorClose(
 		m.CgroupSets,
 		m.Events,
+		m.ExeShas,
 		m.ExecVerdicts,
 		m.Factsbuf,
 		m.Namebuf,
@@ -535,6 +567,7 @@ func (m *sensorMaps) Close() error {
 		m.RuleHits,
 		m.Rules,
 		m.Scratch,
+		m.ShaSets,
 		m.XcAnonAllow,
 		m.XcCache,
 		m.XcConfig,
