@@ -22,12 +22,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"github.com/vigil-hips/vigil/internal/testutil"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
@@ -99,56 +99,20 @@ func within(d time.Duration, f func() error) error {
 // server is a running `vigil server` with its console.
 type server struct {
 	addr, console, state, ca string
-	log                      *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	log                      *testutil.SyncBuffer
 }
 
 func startServer(t *testing.T, dir string, args ...string) *server {
 	t.Helper()
-	s := &server{addr: freeAddr(t), console: freeAddr(t), state: filepath.Join(dir, "state"), log: &syncBuffer{}}
+	s := &server{addr: freeAddr(t), console: freeAddr(t), state: filepath.Join(dir, "state")}
 	s.ca = filepath.Join(s.state, "ca.pem")
 	cmd := exec.Command(vigilBin(t), append([]string{"server", "--listen", s.addr, "--state-dir", s.state,
 		"--admin-socket", filepath.Join(dir, "admin.sock"), "--console-listen", s.console}, args...)...)
-	cmd.Stdout, cmd.Stderr = s.log, s.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			t.Error("vigil server did not stop on SIGTERM within 20 s")
-		}
-		if t.Failed() {
-			t.Logf("vigil server log:\n%s", s.log)
-		}
-	})
+	d := testutil.StartDaemon(t, "vigil server", cmd, 20*time.Second, nil)
+	s.log = d.Log
 	if err := within(20*time.Second, func() error {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("exited: %v", err)
-		default:
+		if !d.Running() {
+			return fmt.Errorf("exited: %v", d.Err())
 		}
 		c, err := net.Dial("tcp", s.console)
 		if err != nil {

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -73,14 +72,14 @@ type agent struct {
 	t      *testing.T
 	bin    string
 	socket string
-	log    *bytes.Buffer
-	stopFn func()
+	log    *testutil.SyncBuffer
 	cmd    *exec.Cmd
+	daemon *testutil.Daemon
 }
 
 // stop stops the agent (SIGTERM) and waits for it; the test's cleanup
 // does the same for an agent still running.
-func (a *agent) stop(t *testing.T) { a.stopFn() }
+func (a *agent) stop(t *testing.T) { a.daemon.Stop() }
 
 func startAgent(t *testing.T, extra ...string) *agent {
 	t.Helper()
@@ -91,32 +90,12 @@ func startAgent(t *testing.T, extra ...string) *agent {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	a := &agent{t: t, bin: bin, socket: filepath.Join(dir, "run", "vigil.sock"), log: &bytes.Buffer{}}
+	a := &agent{t: t, bin: bin, socket: filepath.Join(dir, "run", "vigil.sock")}
 	args := append([]string{"agent", "--socket", a.socket, "--state-dir", filepath.Join(dir, "state"),
 		"--jsonl", filepath.Join(dir, "events.jsonl")}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout = a.log
-	cmd.Stderr = a.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a.cmd = cmd
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	a.stopFn = sync.OnceFunc(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			t.Error("agent did not stop on SIGTERM within 30s")
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", a.log)
-		}
-	})
-	t.Cleanup(a.stopFn)
+	a.cmd = exec.Command(bin, args...)
+	a.daemon = testutil.StartDaemon(t, "agent", a.cmd, 30*time.Second, nil)
+	a.log = a.daemon.Log
 	if out, err := a.vigil("status", "--wait", "150s"); err != nil {
 		t.Fatalf("agent did not come up: %v\n%s\nagent log:\n%s", err, out, a.log)
 	}

@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -37,7 +36,7 @@ import (
 // fleetServer is a `vigil server` process.
 type fleetServer struct {
 	bin, dir, addr, adminSock, ca string
-	log                           *bytes.Buffer
+	log                           *testutil.SyncBuffer
 	stop                          func()
 }
 
@@ -50,29 +49,11 @@ func startFleetServer(t *testing.T, dir string, extra ...string) *fleetServer {
 	addr := ln.Addr().String()
 	ln.Close()
 	s := &fleetServer{bin: vigilBin(t), dir: dir, addr: addr, adminSock: filepath.Join(dir, "admin.sock"),
-		ca: filepath.Join(dir, "state", "ca.pem"), log: &bytes.Buffer{}}
+		ca: filepath.Join(dir, "state", "ca.pem")}
 	cmd := exec.Command(s.bin, append([]string{"server", "--listen", addr, "--state-dir", filepath.Join(dir, "state"),
 		"--admin-socket", s.adminSock}, extra...)...)
-	cmd.Stdout, cmd.Stderr = s.log, s.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	s.stop = sync.OnceFunc(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			t.Error("vigil server did not stop on SIGTERM within 20s")
-		}
-		if t.Failed() {
-			t.Logf("vigil server log:\n%s", s.log)
-		}
-	})
-	t.Cleanup(s.stop)
+	d := testutil.StartDaemon(t, "vigil server", cmd, 20*time.Second, nil)
+	s.log, s.stop = d.Log, d.Stop
 	if err := within(20*time.Second, func() error {
 		_, err := s.fleet("hosts")
 		return err

@@ -30,7 +30,6 @@ type protectedAgent struct {
 	pid    int
 	dir    string
 	cgroup string
-	exited chan error
 }
 
 // tamperEnv is what the agents of one test share: keys, host id, state.
@@ -99,63 +98,30 @@ func (e *tamperEnv) start(name string, extra ...string) *protectedAgent {
 	}
 	defer unix.Close(cgfd)
 	a := &protectedAgent{
-		agent:  &agent{t: t, bin: bin, socket: filepath.Join(e.dir, "run-"+name, "vigil.sock"), log: &bytes.Buffer{}},
+		agent:  &agent{t: t, bin: bin, socket: filepath.Join(e.dir, "run-"+name, "vigil.sock")},
 		dir:    e.dir,
 		cgroup: cg,
-		exited: make(chan error, 1),
 	}
 	args := append([]string{"agent", "--socket", a.socket, "--state-dir", e.stateDir,
 		"--jsonl", filepath.Join(e.dir, name+".jsonl"), "--admin-key", e.pub}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = a.log, a.log
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a.pid = cmd.Process.Pid
-	go func() { a.exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if !a.running() {
-			os.Remove(cg)
-			return
-		}
+	a.cmd = exec.Command(bin, args...)
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
+	t.Cleanup(func() { os.Remove(cg) }) // after the agent stopped
+	// Signals do not reach a protected agent: it stops on a signed token.
+	a.daemon = testutil.StartDaemon(t, "agent "+name, a.cmd, 30*time.Second, func() {
 		a.vigil("stop", "--token", e.token("stop"))
-		select {
-		case <-a.exited:
-		case <-time.After(30 * time.Second):
-			t.Errorf("agent %d did not stop on a signed stop token within 30s", a.pid)
-			cmd.Process.Kill()
-		}
-		os.Remove(cg)
-		if t.Failed() {
-			t.Logf("agent log:\n%s", a.log)
-		}
 	})
+	a.log = a.daemon.Log
+	a.pid = a.cmd.Process.Pid
 	if out, err := a.vigil("status", "--wait", "240s"); err != nil {
 		t.Fatalf("agent did not come up: %v\n%s\nagent log:\n%s", err, out, a.log)
 	}
 	return a
 }
 
-func (a *protectedAgent) running() bool {
-	select {
-	case err := <-a.exited:
-		a.exited <- err
-		return false
-	default:
-		return true
-	}
-}
+func (a *protectedAgent) running() bool { return a.daemon.Running() }
 
-func (a *protectedAgent) waitExit(d time.Duration) bool {
-	select {
-	case err := <-a.exited:
-		a.exited <- err
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
+func (a *protectedAgent) waitExit(d time.Duration) bool { return a.daemon.WaitExit(d) }
 
 func protection(st *vigilv1.StatusResponse) *vigilv1.Feature {
 	for _, f := range st.GetFeatures() {
