@@ -211,6 +211,9 @@ func (c *Conn) Consumer(ctx context.Context) (jetstream.Consumer, error) {
 // store error is retried (the upload kept, in order) until it succeeds;
 // an upload that can never be stored is terminated and logged.
 func (c *Conn) Apply(ctx context.Context, cons jetstream.Consumer, store fleetdb.EventSink, stats *Stats, log *slog.Logger) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second), jetstream.FetchPriorityGroup(PriorityGroup))
 		if err != nil {
