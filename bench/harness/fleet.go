@@ -13,12 +13,14 @@ import (
 	"syscall"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/vigil-hips/vigil/bench"
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
+	"github.com/vigil-hips/vigil/bench"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetload"
+	"github.com/vigil-hips/vigil/internal/testutil/pgtest"
 )
 
 // The fleet phase (issue 9): simulated agents on loopback against `vigil
@@ -32,14 +34,53 @@ type FleetLoad struct {
 	Duration             time.Duration
 }
 
-// FleetDeployments are the server set-ups the phase runs: extra flags of
-// `vigil server`.
-var FleetDeployments = []struct {
-	Name  string
-	Flags []string
-}{
-	{"embedded", nil},
-	{"embedded+stream", []string{"--stream", "embedded"}},
+// fleetDeployment is a server set-up: how many `vigil server` replicas,
+// and what they need (setup returns their extra flags and what undoes it).
+type fleetDeployment struct {
+	Name     string
+	Replicas int
+	Setup    func(ctx context.Context, dir string) (flags []string, cleanup func(), err error)
+}
+
+// FleetDeployments are the set-ups the phase runs.
+var FleetDeployments = []fleetDeployment{
+	{"embedded", 1, nil},
+	{"embedded+stream", 1, func(context.Context, string) ([]string, func(), error) {
+		return []string{"--stream", "embedded"}, func() {}, nil
+	}},
+	{"scale-out (2 replicas, PostgreSQL + NATS)", 2, scaleOutSetup},
+}
+
+// scaleOutSetup runs a private PostgreSQL cluster (Debian's package, as
+// the user nobody, on a unix socket; internal/testutil/pgtest) and a NATS
+// JetStream server in the bench's process on loopback.
+func scaleOutSetup(ctx context.Context, dir string) ([]string, func(), error) {
+	pg, err := pgtest.StartCluster(true)
+	if err != nil {
+		return nil, nil, err
+	}
+	url, err := pg.NewDB("vigil_fleet")
+	if err != nil {
+		pg.Stop()
+		return nil, nil, err
+	}
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true})
+	if err != nil {
+		pg.Stop()
+		return nil, nil, err
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		pg.Stop()
+		return nil, nil, fmt.Errorf("NATS not ready within 30 s")
+	}
+	return []string{"--database", url, "--stream", ns.ClientURL()}, func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		pg.Stop()
+	}, nil
 }
 
 // fleetLoads: the target (1,000 hosts × 10 events/s) in both modes; the
@@ -59,7 +100,7 @@ func (e *Env) runFleet(ctx context.Context, quick bool) *bench.Fleet {
 				return f
 			}
 			e.Log.Info("fleet", "deployment", d.Name, "hosts", load.Hosts, "events_per_host", load.EventsPerHost)
-			run := e.fleetRun(ctx, d.Name, d.Flags, load)
+			run := e.fleetRun(ctx, d, load)
 			if run.Error != "" {
 				e.errorf("fleet %s %d hosts: %s", d.Name, load.Hosts, run.Error)
 			}
@@ -78,8 +119,59 @@ func freeLoopbackPort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func (e *Env) fleetRun(ctx context.Context, name string, flags []string, load FleetLoad) bench.FleetRun {
-	run := bench.FleetRun{Deployment: name, Hosts: load.Hosts, EventsPerHost: load.EventsPerHost,
+// fleetServer is one `vigil server` replica of a run.
+type fleetServer struct {
+	addr, adminSock, state string
+	cmd                    *exec.Cmd
+	log                    bytes.Buffer
+	exited                 chan struct{}
+}
+
+func (s *fleetServer) stop() {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(20 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+	}
+}
+
+func (e *Env) startFleetServer(ctx context.Context, dir string, args []string) (*fleetServer, error) {
+	addr, err := freeLoopbackPort()
+	if err != nil {
+		return nil, err
+	}
+	s := &fleetServer{addr: addr, adminSock: filepath.Join(dir, "admin.sock"), state: filepath.Join(dir, "state"), exited: make(chan struct{})}
+	s.cmd = exec.Command(e.Vigil, append([]string{"server", "--listen", addr, "--state-dir", s.state, "--admin-socket", s.adminSock,
+		"--log-level", "warn"}, args...)...)
+	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { s.cmd.Wait(); close(s.exited) }()
+	conn, err := grpc.NewClient("unix://"+s.adminSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	defer conn.Close()
+	admin := fleetv1.NewFleetAdminClient(conn)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil && !isDone(s.exited); time.Sleep(200 * time.Millisecond) {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := admin.ListHosts(cctx, &fleetv1.ListHostsRequest{})
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+	}
+	s.stop()
+	return nil, fmt.Errorf("vigil server did not come up: %s", shorten(s.log.String(), 500))
+}
+
+func (e *Env) fleetRun(ctx context.Context, d fleetDeployment, load FleetLoad) bench.FleetRun {
+	run := bench.FleetRun{Deployment: d.Name, Hosts: load.Hosts, EventsPerHost: load.EventsPerHost,
 		GoalPerSec: float64(load.Hosts * load.EventsPerHost)}
 	fail := func(err error) bench.FleetRun { run.Error = shorten(err.Error(), 300); return run }
 	dir, err := os.MkdirTemp(e.Work, "fleet-")
@@ -96,63 +188,73 @@ func (e *Env) fleetRun(ctx context.Context, name string, flags []string, load Fl
 	if err != nil {
 		return fail(err)
 	}
-	addr, err := freeLoopbackPort()
-	if err != nil {
-		return fail(err)
+	args := []string{"--signing-key", key + ".key", "--enroll-secret-file", secretFile}
+	if d.Setup != nil {
+		flags, cleanup, err := d.Setup(ctx, dir)
+		if err != nil {
+			return fail(err)
+		}
+		defer cleanup()
+		args = append(args, flags...)
 	}
-	state, adminSock := filepath.Join(dir, "state"), filepath.Join(dir, "admin.sock")
-	var log bytes.Buffer
-	cmd := exec.Command(e.Vigil, append([]string{"server", "--listen", addr, "--state-dir", state, "--admin-socket", adminSock,
-		"--signing-key", key + ".key", "--enroll-secret-file", secretFile, "--log-level", "warn"}, flags...)...)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fail(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	var servers []*fleetServer
 	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-exited
+		for _, s := range servers {
+			s.stop()
 		}
 	}()
-	conn, err := grpc.NewClient("unix://"+adminSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	for i := range d.Replicas {
+		rdir := filepath.Join(dir, fmt.Sprintf("replica-%d", i))
+		if i > 0 { // replicas share the first one's CA
+			if err := os.MkdirAll(filepath.Join(rdir, "state"), 0o700); err != nil {
+				return fail(err)
+			}
+			for _, f := range []string{"ca.pem", "ca.key"} {
+				b, err := os.ReadFile(filepath.Join(servers[0].state, f))
+				if err != nil {
+					return fail(err)
+				}
+				if err := os.WriteFile(filepath.Join(rdir, "state", f), b, 0o600); err != nil {
+					return fail(err)
+				}
+			}
+		} else if err := os.MkdirAll(rdir, 0o700); err != nil {
+			return fail(err)
+		}
+		s, err := e.startFleetServer(ctx, rdir, args)
+		if err != nil {
+			return fail(err)
+		}
+		servers = append(servers, s)
+	}
+	conn, err := grpc.NewClient("unix://"+servers[0].adminSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fail(err)
 	}
 	defer conn.Close()
-	admin := fleetv1.NewFleetAdminClient(conn)
-	up := false
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(200 * time.Millisecond) {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := admin.ListHosts(cctx, &fleetv1.ListHostsRequest{})
-		cancel()
-		if err == nil {
-			up = true
-			break
-		}
-		if isDone(exited) {
-			break
-		}
+	var addrs []string
+	for _, s := range servers {
+		addrs = append(addrs, s.addr)
 	}
-	if !up {
-		return fail(fmt.Errorf("vigil server did not come up: %s", shorten(log.String(), 500)))
+	cpu := func() (t time.Duration) {
+		for _, s := range servers {
+			c, _ := procCPU(s.cmd.Process.Pid)
+			t += c
+		}
+		return t
 	}
-	pid := cmd.Process.Pid
-	cpu0, _ := procCPU(pid)
+	cpu0 := cpu()
 	t0 := time.Now()
-	res, err := fleetload.Run(ctx, fleetload.Config{Servers: []string{addr}, CAFile: filepath.Join(state, "ca.pem"),
-		SecretFile: secretFile, Admin: admin, Hosts: load.Hosts, EventsPerSec: load.EventsPerHost, Duration: load.Duration})
-	cpu1, _ := procCPU(pid)
+	res, err := fleetload.Run(ctx, fleetload.Config{Servers: addrs, CAFile: filepath.Join(servers[0].state, "ca.pem"),
+		SecretFile: secretFile, Admin: fleetv1.NewFleetAdminClient(conn), Hosts: load.Hosts, EventsPerSec: load.EventsPerHost,
+		Duration: load.Duration})
 	if wall := time.Since(t0); wall > 0 {
-		run.ServerCPU = 100 * float64(cpu1-cpu0) / float64(wall)
+		run.ServerCPU = 100 * float64(cpu()-cpu0) / float64(wall)
 	}
-	if kb, err := statusKB(pid, "VmHWM"); err == nil {
-		run.ServerHWMMiB = float64(kb) / 1024
+	for _, s := range servers {
+		if kb, err := statusKB(s.cmd.Process.Pid, "VmHWM"); err == nil {
+			run.ServerHWMMiB = max(run.ServerHWMMiB, float64(kb)/1024)
+		}
 	}
 	if res != nil {
 		run.Seconds, run.Enrolled, run.EnrollPerSec = res.Seconds, res.Enrolled, res.EnrollPerSec
@@ -160,14 +262,16 @@ func (e *Env) fleetRun(ctx context.Context, name string, flags []string, load Fl
 		run.UploadErrors, run.UploadP50ms, run.UploadP99ms = res.UploadErrors, res.UploadP50ms, res.UploadP99ms
 		run.Stored, run.Lost, run.ServerLost, run.DrainSeconds, run.WatchStreams = res.Stored, res.Lost, res.ServerLost, res.DrainSeconds, res.WatchStreams
 		if len(res.Errors) > 0 {
-			e.Log.Warn("fleet load errors", "deployment", name, "errors", res.Errors)
+			e.Log.Warn("fleet load errors", "deployment", d.Name, "errors", res.Errors)
 		}
 	}
 	if err != nil {
 		return fail(err)
 	}
-	if isDone(exited) {
-		return fail(fmt.Errorf("vigil server exited during the run: %s", shorten(log.String(), 500)))
+	for _, s := range servers {
+		if isDone(s.exited) {
+			return fail(fmt.Errorf("vigil server exited during the run: %s", shorten(s.log.String(), 500)))
+		}
 	}
 	return run
 }

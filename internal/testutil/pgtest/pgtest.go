@@ -1,4 +1,5 @@
-// Package pgtest runs a private PostgreSQL cluster for a test: Debian's
+// Package pgtest runs a private PostgreSQL cluster for a test (or the
+// benchmark): Debian's
 // postgresql package (installed when missing and the test runs as root,
 // as `make deps` does), initdb and pg_ctl in a temporary directory, as
 // the unprivileged user nobody when the test runs as root (PostgreSQL
@@ -31,6 +32,7 @@ type Cluster struct {
 	Dir    string // data directory and socket directory's parent
 	Socket string // the directory of the unix socket
 	User   string // the database superuser (the OS user it runs as)
+	root   string
 	bin    string
 	cred   *syscall.Credential
 }
@@ -66,9 +68,9 @@ func version(binDir string) int {
 	return v
 }
 
-// install installs Debian's postgresql package (root only), without
+// installPackage installs Debian's postgresql package (root only), without
 // starting its service.
-func install() error {
+func installPackage() error {
 	if os.Geteuid() != 0 {
 		return errors.New("not root: cannot apt-get install postgresql")
 	}
@@ -99,50 +101,78 @@ func lastLines(b []byte, n int) []byte {
 	return bytes.Join(lines, []byte("\n"))
 }
 
-// Start runs a new cluster for t and returns it.
+// ErrUnavailable: PostgreSQL is not installed and could not be.
+var ErrUnavailable = errors.New("PostgreSQL unavailable")
+
+// Start runs a new cluster for t and returns it; it is stopped and
+// removed when t ends. The test skips only when PostgreSQL is
+// unavailable; any other failure fails it.
 func Start(t testing.TB) *Cluster {
 	t.Helper()
+	c, err := StartCluster(true)
+	if errors.Is(err, ErrUnavailable) {
+		t.Skipf("%v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("%v", err)
+		}
+	})
+	return c
+}
+
+// StartCluster runs a new cluster in a new temporary directory;
+// install: apt-get install postgresql when it is missing (root only).
+// Stop stops it and removes the directory.
+func StartCluster(install bool) (*Cluster, error) {
 	bin, err := binDir()
 	if err != nil {
-		installOnce.Do(func() { installErr = install() })
+		if !install {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		installOnce.Do(func() { installErr = installPackage() })
 		if installErr != nil {
-			t.Skipf("PostgreSQL is not installed and could not be installed (%v); %v", installErr, err)
+			return nil, fmt.Errorf("%w: not installed and could not be installed (%v); %v", ErrUnavailable, installErr, err)
 		}
 		if bin, err = binDir(); err != nil {
-			t.Fatalf("postgresql installed, but: %v", err)
+			return nil, fmt.Errorf("postgresql installed, but: %w", err)
 		}
 	}
 	c := &Cluster{bin: bin}
 	dir, err := os.MkdirTemp("", "vigil-pg-")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	c.root = dir
+	fail := func(err error) (*Cluster, error) { os.RemoveAll(dir); return nil, err }
 	c.Dir, c.Socket = filepath.Join(dir, "data"), dir
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("nobody")
 		if err != nil {
-			t.Fatalf("user nobody: %v", err)
+			return fail(fmt.Errorf("user nobody: %w", err))
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		c.cred, c.User = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, "nobody"
 		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
+			return fail(err)
 		}
 	} else {
 		u, err := user.Current()
 		if err != nil {
-			t.Fatal(err)
+			return fail(err)
 		}
 		c.User = u.Username
 	}
-	// The temporary directory's parents must be searchable by nobody.
+	// nobody must reach the directory (MkdirTemp makes it 0700).
 	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
+		return fail(err)
 	}
 	if out, err := c.run("initdb", "-D", c.Dir, "-U", c.User, "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
+		return fail(fmt.Errorf("initdb: %v\n%s", err, out))
 	}
 	logFile := filepath.Join(dir, "postgres.log")
 	// No TCP: the unix socket in dir only. fsync off: test data.
@@ -150,14 +180,18 @@ func Start(t testing.TB) *Cluster {
 		"-c synchronous_commit=off -c max_connections=200 -c shared_buffers=64MB", c.Socket)
 	if out, err := c.run("pg_ctl", "-D", c.Dir, "-l", logFile, "-o", opts, "-w", "-t", "60", "start"); err != nil {
 		log, _ := os.ReadFile(logFile)
-		t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, log)
+		return fail(fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, log))
 	}
-	t.Cleanup(func() {
-		if out, err := c.run("pg_ctl", "-D", c.Dir, "-m", "immediate", "-w", "stop"); err != nil {
-			t.Errorf("pg_ctl stop: %v\n%s", err, out)
-		}
-	})
-	return c
+	return c, nil
+}
+
+// Stop stops the cluster and removes its directory.
+func (c *Cluster) Stop() error {
+	defer os.RemoveAll(c.root)
+	if out, err := c.run("pg_ctl", "-D", c.Dir, "-m", "immediate", "-w", "stop"); err != nil {
+		return fmt.Errorf("pg_ctl stop: %v\n%s", err, out)
+	}
+	return nil
 }
 
 func (c *Cluster) run(name string, args ...string) ([]byte, error) {
@@ -175,13 +209,22 @@ func (c *Cluster) run(name string, args ...string) ([]byte, error) {
 // CreateDB makes a new database and returns its URL.
 func (c *Cluster) CreateDB(t testing.TB, name string) string {
 	t.Helper()
+	url, err := c.NewDB(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return url
+}
+
+// NewDB makes a new database and returns its URL.
+func (c *Cluster) NewDB(name string) (string, error) {
 	if out, err := c.run("createdb", "-h", c.Socket, "-U", c.User, name); err != nil {
-		// createdb lives in the client package's bin directory.
+		// createdb may live in the client package's bin directory only.
 		if out2, err2 := c.runPath("createdb", "-h", c.Socket, "-U", c.User, name); err2 != nil {
-			t.Fatalf("createdb %s: %v\n%s\n%v\n%s", name, err, out, err2, out2)
+			return "", fmt.Errorf("createdb %s: %v\n%s\n%v\n%s", name, err, out, err2, out2)
 		}
 	}
-	return c.URL(name)
+	return c.URL(name), nil
 }
 
 func (c *Cluster) runPath(name string, args ...string) ([]byte, error) {
