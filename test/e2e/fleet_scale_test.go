@@ -21,6 +21,7 @@ import (
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/sign"
+	"github.com/vigil-hips/vigil/internal/testutil"
 	"github.com/vigil-hips/vigil/internal/testutil/pgtest"
 )
 
@@ -95,6 +96,9 @@ func newSimAgent(ctx context.Context, t *testing.T, srv *fleetServer, secretFile
 // replicas' change notice), verified with the admin key. A replayed and
 // an unsigned bundle are refused by the agents' check.
 func TestFleetScaleOut(t *testing.T) {
+	if testutil.InVM() {
+		t.Skip("host only: the VM image has no PostgreSQL (this test runs in make test-host)")
+	}
 	pg := pgtest.Start(t)
 	dbURL := pg.CreateDB(t, "vigil_fleet")
 	natsURL := startNATS(t)
