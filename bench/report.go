@@ -300,7 +300,9 @@ type FleetRun struct {
 	UploadP50ms   float64 `json:"upload_p50_ms"`
 	UploadP99ms   float64 `json:"upload_p99_ms"`
 	Stored        uint64  `json:"stored"`
-	Lost          int64   `json:"lost"`        // acknowledged, never stored
+	Lost          int64   `json:"lost"`    // acknowledged, never stored (the stored count stopped growing)
+	Pending       int64   `json:"pending"` // acknowledged, still being stored when the drain's time was up
+	StoredPerSec  float64 `json:"stored_per_sec"`
 	ServerLost    uint64  `json:"server_lost"` // events_lost the server counted
 	DrainSeconds  float64 `json:"drain_seconds"`
 	WatchStreams  int     `json:"watch_streams"`
@@ -310,8 +312,10 @@ type FleetRun struct {
 }
 
 // Sustained reports whether the run kept up with its load without loss:
-// everything acknowledged stored, no upload failed, and at least 95% of
-// the goal rate acknowledged.
+// everything acknowledged stored, no upload failed, at least 95% of the
+// goal rate acknowledged, and stored at that pace (a backlog that takes
+// longer to store than the load took to make is not sustained).
 func (r FleetRun) Sustained() bool {
-	return r.Error == "" && r.Lost == 0 && r.ServerLost == 0 && r.UploadErrors == 0 && r.AckedPerSec >= 0.95*r.GoalPerSec
+	return r.Error == "" && r.Lost == 0 && r.Pending == 0 && r.ServerLost == 0 && r.UploadErrors == 0 &&
+		r.AckedPerSec >= 0.95*r.GoalPerSec && r.StoredPerSec >= 0.95*r.GoalPerSec*r.Seconds/(r.Seconds+r.DrainSeconds+1e-9)
 }

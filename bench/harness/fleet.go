@@ -261,6 +261,7 @@ func (e *Env) fleetRun(ctx context.Context, d fleetDeployment, load FleetLoad) b
 		run.AckedPerSec, run.EventsSent, run.EventsAcked, run.Unsent = res.AckedPerSec, res.EventsSent, res.EventsAcked, res.Unsent
 		run.UploadErrors, run.UploadP50ms, run.UploadP99ms = res.UploadErrors, res.UploadP50ms, res.UploadP99ms
 		run.Stored, run.Lost, run.ServerLost, run.DrainSeconds, run.WatchStreams = res.Stored, res.Lost, res.ServerLost, res.DrainSeconds, res.WatchStreams
+		run.Pending, run.StoredPerSec = res.Pending, res.StoredPerSec
 		if len(res.Errors) > 0 {
 			e.Log.Warn("fleet load errors", "deployment", d.Name, "errors", res.Errors)
 		}

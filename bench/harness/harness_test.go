@@ -348,6 +348,8 @@ func TestFleetTarget(t *testing.T) {
 	slow.Deployment, slow.AckedPerSec = "embedded+stream", 4000
 	lossy := ok
 	lossy.Deployment, lossy.Lost = "scale-out", 3
+	backlog := ok // acknowledged everything, stored at a third of the pace
+	backlog.Deployment, backlog.Seconds, backlog.DrainSeconds, backlog.StoredPerSec = "backlog", 10, 20, 3333
 	small := ok
 	small.Hosts, small.GoalPerSec, small.AckedPerSec, small.Lost = 250, 2500, 10, 99 // another load: not judged
 	target := func(runs ...bench.FleetRun) bench.Target {
@@ -362,7 +364,7 @@ func TestFleetTarget(t *testing.T) {
 	if tg := target(ok, small); tg.Verdict != bench.Met || !strings.Contains(tg.Measured, "9990 of 10000") {
 		t.Errorf("sustained without loss: %+v", tg)
 	}
-	for _, bad := range []bench.FleetRun{slow, lossy} {
+	for _, bad := range []bench.FleetRun{slow, lossy, backlog} {
 		if tg := target(ok, bad); tg.Verdict != bench.NotMet || !strings.Contains(tg.Measured, bad.Deployment) {
 			t.Errorf("%s: %+v", bad.Deployment, tg)
 		}

@@ -47,8 +47,11 @@ type Config struct {
 	// EnrollConcurrency bounds enrollments in flight (default 32).
 	EnrollConcurrency int
 	// Drain bounds the wait for the server to store what it accepted
-	// (a stream applies after it answers); default 60 s.
-	Drain time.Duration
+	// (a stream applies after it answers): the wait ends when everything
+	// is stored, when the stored count has not grown for Stall (default
+	// 15 s: what is missing then is lost), or after Drain (default 5
+	// minutes: what is missing then is still Pending, being stored).
+	Drain, Stall time.Duration
 }
 
 // Validate reports what is wrong with c.
@@ -80,7 +83,9 @@ type Result struct {
 	UploadP99ms      float64  `json:"upload_p99_ms"`
 	Unsent           uint64   `json:"unsent"`           // made but not acknowledged when the run ended
 	Stored           uint64   `json:"stored"`           // the queue's counts after the drain
-	Lost             int64    `json:"lost"`             // acknowledged but not stored
+	Lost             int64    `json:"lost"`             // acknowledged, not stored, and the stored count stopped growing
+	Pending          int64    `json:"pending"`          // acknowledged, not stored yet at the end of the drain, still growing
+	StoredPerSec     float64  `json:"stored_per_sec"`   // stored ÷ (upload phase + drain): the rate the store kept up
 	ServerLost       uint64   `json:"server_lost"`      // the hosts' events_lost as the server counts them
 	DrainSeconds     float64  `json:"drain_seconds"`    // until the stored count stopped short or matched
 	WatchStreams     int      `json:"watch_streams"`    // open at the end
@@ -133,7 +138,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		cfg.EnrollConcurrency = 32
 	}
 	if cfg.Drain <= 0 {
-		cfg.Drain = 60 * time.Second
+		cfg.Drain = 5 * time.Minute
+	}
+	if cfg.Stall <= 0 {
+		cfg.Stall = 15 * time.Second
 	}
 	res := &Result{Hosts: cfg.Hosts, EventsPerSecGoal: float64(cfg.Hosts * cfg.EventsPerSec)}
 	var errs errList
@@ -277,20 +285,32 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	// Drain: what the server acknowledged must end up stored.
 	t2 := time.Now()
+	grew, stalled := t2, false
 	for {
 		n, lost, err := stored(ctx, cfg.Admin, digests, run)
 		if err != nil {
 			errs.add(err)
 		} else {
+			if n > res.Stored {
+				grew = time.Now()
+			}
 			res.Stored, res.ServerLost = n, lost
 		}
-		if (err == nil && n >= res.EventsAcked) || time.Since(t2) > cfg.Drain || ctx.Err() != nil {
+		if err == nil && n >= res.EventsAcked {
+			break
+		}
+		if stalled = time.Since(grew) > cfg.Stall; stalled || time.Since(t2) > cfg.Drain || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	res.DrainSeconds = time.Since(t2).Seconds()
-	res.Lost = int64(res.EventsAcked) - int64(res.Stored)
+	if missing := int64(res.EventsAcked) - int64(res.Stored); missing > 0 && !stalled {
+		res.Pending = missing
+	} else {
+		res.Lost = missing
+	}
+	res.StoredPerSec = float64(res.Stored) / (res.Seconds + res.DrainSeconds)
 	wcancel()
 	wwg.Wait()
 	res.Errors = errs.list
