@@ -313,9 +313,14 @@ type FleetRun struct {
 
 // Sustained reports whether the run kept up with its load without loss:
 // everything acknowledged stored, no upload failed, at least 95% of the
-// goal rate acknowledged, and stored at that pace (a backlog that takes
-// longer to store than the load took to make is not sustained).
+// goal rate acknowledged, and all of it stored within FleetDrainGrace of
+// the load's end (a store that falls behind builds a backlog: not
+// sustained, though nothing is lost yet).
 func (r FleetRun) Sustained() bool {
 	return r.Error == "" && r.Lost == 0 && r.Pending == 0 && r.ServerLost == 0 && r.UploadErrors == 0 &&
-		r.AckedPerSec >= 0.95*r.GoalPerSec && r.StoredPerSec >= 0.95*r.GoalPerSec*r.Seconds/(r.Seconds+r.DrainSeconds+1e-9)
+		r.AckedPerSec >= 0.95*r.GoalPerSec && r.DrainSeconds <= FleetDrainGrace
 }
+
+// FleetDrainGrace is how long after the load a sustained run may take to
+// store what it acknowledged.
+const FleetDrainGrace = 5.0
