@@ -43,8 +43,9 @@ type Postgres struct {
 }
 
 var (
-	_ Store     = (*Postgres)(nil)
-	_ EventSink = (*Postgres)(nil)
+	_ Store         = (*Postgres)(nil)
+	_ EventSink     = (*Postgres)(nil)
+	_ BatchAppender = (*Postgres)(nil)
 )
 
 // pgSchemaVersion is the newest schema; pgMigrations[i] takes the
@@ -528,76 +529,138 @@ type queuedAgg struct {
 }
 
 func (p *Postgres) Append(ctx context.Context, u Upload) (uint64, error) {
-	if u.ThroughID < u.AfterID {
-		return 0, fmt.Errorf("upload from %s: through id %d before after id %d", u.Host, u.ThroughID, u.AfterID)
+	lasts, err := p.AppendBatch(ctx, []Upload{u})
+	if err != nil {
+		return 0, err
 	}
-	var last uint64
-	err := p.tx(ctx, "upload from "+u.Host, func(tx pgx.Tx) error {
-		var lost uint64
-		// The host's row lock orders this host's uploads across replicas.
-		if err := tx.QueryRow(ctx, `SELECT last_event_id, events_lost FROM hosts WHERE id = $1 FOR UPDATE`, u.Host).Scan(&last, &lost); err != nil {
-			if errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("host %q: %w", u.Host, ErrNotFound)
-			}
+	return lasts[0], nil
+}
+
+// AppendBatch stores uploads as Append would one after the other, in one
+// transaction (the stream's consumer applies what it fetched at once: the
+// queue's hot rows are written once per batch, not once per upload). An
+// upload that cannot be stored fails the whole batch.
+func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error) {
+	type state struct{ last, lost uint64 }
+	var ids []string
+	for _, u := range us {
+		if u.ThroughID < u.AfterID {
+			return nil, fmt.Errorf("upload from %s: through id %d before after id %d", u.Host, u.ThroughID, u.AfterID)
+		}
+		ids = append(ids, u.Host)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	what := "upload from " + ids[0]
+	if len(ids) > 1 {
+		what = fmt.Sprintf("%d uploads from %d hosts", len(us), len(ids))
+	}
+	lasts := make([]uint64, len(us))
+	err := p.tx(ctx, what, func(tx pgx.Tx) error {
+		// The hosts' row locks order their uploads across replicas; taken
+		// in id order, so two batches cannot deadlock on them.
+		rows, err := tx.Query(ctx, `SELECT id, last_event_id, events_lost FROM hosts WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
+		if err != nil {
 			return err
 		}
-		if u.AfterID > last {
-			lost += u.AfterID - last
+		hosts := map[string]*state{}
+		for rows.Next() {
+			var (
+				id string
+				st state
+			)
+			if err := rows.Scan(&id, &st.last, &st.lost); err != nil {
+				rows.Close()
+				return err
+			}
+			hosts[id] = &st
 		}
-		rows := make([][]any, 0, len(u.Events))
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		var evRows [][]any
 		agg := map[string]*queuedAgg{}
-		for _, ev := range u.Events {
-			id := ev.GetId()
-			if id <= last || id <= u.AfterID || id > u.ThroughID {
-				continue
+		for i, u := range us {
+			st := hosts[u.Host]
+			if st == nil {
+				return fmt.Errorf("host %q: %w", u.Host, ErrNotFound)
 			}
-			blob, err := proto.Marshal(ev)
-			if err != nil {
-				return fmt.Errorf("event %d: %w", id, err)
+			if u.AfterID > st.last {
+				st.lost += u.AfterID - st.last // store ids never sent (pruned before upload)
 			}
-			t := ev.GetTime().AsTime()
-			var sha, verdict *string
-			if tr := ev.GetTrust(); tr != nil {
-				s, v := strings.ToLower(tr.GetSha256()), tr.GetVerdict()
-				sha, verdict = &s, &v
-			}
-			rows = append(rows, []any{u.Host, int64(id), t, ev.GetKind(), sha, verdict, ev.GetVerdict().GetRefused(), blob})
-			if d, ok := queued(ev); ok {
-				a := agg[d]
-				if a == nil {
-					a = &queuedAgg{first: t, last: t}
-					for i := range a.seen {
-						a.seen[i] = map[string]time.Time{}
-					}
-					agg[d] = a
+			for _, ev := range u.Events {
+				id := ev.GetId()
+				if id <= st.last || id <= u.AfterID || id > u.ThroughID {
+					continue // a duplicate of what arrived before, or outside what the batch covers
 				}
-				a.count++
-				if ev.GetVerdict().GetRefused() {
-					a.refused++
+				row, err := eventRow(u.Host, ev, agg)
+				if err != nil {
+					return err
 				}
-				a.first, a.last = minTime(a.first, t), maxTime(a.last, t)
-				proc := u.Host + " " + strconv.FormatUint(uint64(ev.GetProcess().GetPid()), 10) + " " + ev.GetProcess().GetExe()
-				for kind, what := range []string{u.Host, proc, eventPath(ev)} {
-					if what != "" {
-						a.seen[kind][what] = maxTime(a.seen[kind][what], t)
-					}
-				}
+				evRows = append(evRows, row)
 			}
+			st.last = max(st.last, u.ThroughID)
+			lasts[i] = st.last
 		}
-		if len(rows) > 0 {
+		if len(evRows) > 0 {
 			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"events"},
-				[]string{"host", "agent_id", "time", "kind", "sha256", "verdict", "refused", "event"}, pgx.CopyFromRows(rows)); err != nil {
+				[]string{"host", "agent_id", "time", "kind", "sha256", "verdict", "refused", "event"}, pgx.CopyFromRows(evRows)); err != nil {
 				return err
 			}
 		}
 		if err := pgEnqueue(ctx, tx, agg); err != nil {
 			return err
 		}
-		last = max(last, u.ThroughID)
-		_, err := tx.Exec(ctx, `UPDATE hosts SET last_event_id = $2, events_lost = $3 WHERE id = $1`, u.Host, last, lost)
+		var hid []string
+		var last, lost []int64
+		for _, id := range ids {
+			hid, last, lost = append(hid, id), append(last, int64(hosts[id].last)), append(lost, int64(hosts[id].lost))
+		}
+		_, err = tx.Exec(ctx, `UPDATE hosts h SET last_event_id = v.last, events_lost = v.lost
+			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v(id, last, lost) WHERE h.id = v.id`, hid, last, lost)
 		return err
 	})
-	return last, err
+	if err != nil {
+		return nil, err
+	}
+	return lasts, nil
+}
+
+// eventRow is ev's row of the events table; unknown code adds to agg.
+func eventRow(host string, ev *vigilv1.Event, agg map[string]*queuedAgg) ([]any, error) {
+	blob, err := proto.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("event %d: %w", ev.GetId(), err)
+	}
+	t := ev.GetTime().AsTime()
+	var sha, verdict *string
+	if tr := ev.GetTrust(); tr != nil {
+		s, v := strings.ToLower(tr.GetSha256()), tr.GetVerdict()
+		sha, verdict = &s, &v
+	}
+	if d, ok := queued(ev); ok {
+		a := agg[d]
+		if a == nil {
+			a = &queuedAgg{first: t, last: t}
+			for i := range a.seen {
+				a.seen[i] = map[string]time.Time{}
+			}
+			agg[d] = a
+		}
+		a.count++
+		if ev.GetVerdict().GetRefused() {
+			a.refused++
+		}
+		a.first, a.last = minTime(a.first, t), maxTime(a.last, t)
+		proc := host + " " + strconv.FormatUint(uint64(ev.GetProcess().GetPid()), 10) + " " + ev.GetProcess().GetExe()
+		for kind, what := range []string{host, proc, eventPath(ev)} {
+			if what != "" {
+				a.seen[kind][what] = maxTime(a.seen[kind][what], t)
+			}
+		}
+	}
+	return []any{host, int64(ev.GetId()), t, ev.GetKind(), sha, verdict, ev.GetVerdict().GetRefused(), blob}, nil
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -637,7 +700,15 @@ func pgEnqueue(ctx context.Context, tx pgx.Tx, agg map[string]*queuedAgg) error 
 			for w := range seen {
 				whats = append(whats, w)
 			}
-			slices.SortFunc(whats, func(x, y string) int { return cmp.Compare(x, y) })
+			// Only the most recent maxSeen can stay: write no more.
+			slices.SortFunc(whats, func(x, y string) int {
+				if c := seen[y].Compare(seen[x]); c != 0 {
+					return c
+				}
+				return cmp.Compare(x, y)
+			})
+			whats = whats[:min(len(whats), maxSeen)]
+			slices.Sort(whats) // lock order
 			for _, w := range whats {
 				b.Queue(`INSERT INTO queue_seen (sha, kind, what, last_seen) VALUES ($1, $2, $3, $4)
 					ON CONFLICT (sha, kind, what) DO UPDATE SET last_seen = greatest(queue_seen.last_seen, excluded.last_seen)`,

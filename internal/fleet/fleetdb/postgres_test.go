@@ -305,3 +305,49 @@ func TestPostgresQueueUnderConcurrentUploads(t *testing.T) {
 		t.Fatalf("queue after dequeue: %+v", q)
 	}
 }
+
+// TestPostgresAppendBatch: a batch is stored as its uploads one after the
+// other (the same host twice, a retry inside the batch, a gap counted
+// lost); a batch with an unknown host stores nothing.
+func TestPostgresAppendBatch(t *testing.T) {
+	a, _ := openPG(t)
+	ctx := context.Background()
+	sha := randHex(32)
+	for _, h := range []string{"x", "y"} {
+		if _, err := a.Enroll(ctx, fleetdb.Host{ID: h, CertSerial: "1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := func(host string, after, through uint64) fleetdb.Upload {
+		u := fleetdb.Upload{Host: host, AfterID: after, ThroughID: through}
+		for id := after + 1; id <= through; id++ {
+			u.Events = append(u.Events, upEvent(id, sha, 1, true))
+		}
+		return u
+	}
+	lasts, err := a.AppendBatch(ctx, []fleetdb.Upload{up("x", 0, 4), up("y", 0, 3), up("x", 4, 6), up("x", 0, 4), up("y", 5, 8)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(lasts, []uint64{4, 3, 6, 6, 8}) {
+		t.Fatalf("last ids %v", lasts)
+	}
+	x, _ := a.Host(ctx, "x")
+	y, _ := a.Host(ctx, "y")
+	if x.LastEventID != 6 || x.EventsLost != 0 || y.LastEventID != 8 || y.EventsLost != 2 {
+		t.Fatalf("x %d/%d, y %d/%d; want 6/0, 8/2", x.LastEventID, x.EventsLost, y.LastEventID, y.EventsLost)
+	}
+	q, _ := a.Queue(ctx)
+	if len(q) != 1 || q[0].Count != 6+3+3 || len(q[0].Hosts) != 2 {
+		t.Fatalf("queue %+v, want 12 events from 2 hosts", q)
+	}
+	if _, err := a.AppendBatch(ctx, []fleetdb.Upload{up("x", 6, 9), up("ghost", 0, 1)}); !errors.Is(err, fleetdb.ErrNotFound) {
+		t.Fatalf("batch with an unknown host: %v", err)
+	}
+	if x, _ = a.Host(ctx, "x"); x.LastEventID != 6 {
+		t.Fatalf("a refused batch moved x to %d", x.LastEventID)
+	}
+	if q, _ = a.Queue(ctx); q[0].Count != 12 {
+		t.Fatalf("a refused batch stored events: count %d", q[0].Count)
+	}
+}

@@ -215,7 +215,7 @@ func (c *Conn) Apply(ctx context.Context, cons jetstream.Consumer, store fleetdb
 		log = slog.New(slog.DiscardHandler)
 	}
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second), jetstream.FetchPriorityGroup(PriorityGroup))
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(250*time.Millisecond), jetstream.FetchPriorityGroup(PriorityGroup))
 		if err != nil {
 			if ctx.Err() == nil {
 				log.Debug("stream fetch", "err", err)
@@ -223,31 +223,103 @@ func (c *Conn) Apply(ctx context.Context, cons jetstream.Consumer, store fleetdb
 			}
 			continue
 		}
+		var msgs []jetstream.Msg
 		for m := range batch.Messages() {
-			c.applyOne(ctx, store, m, stats, log)
+			msgs = append(msgs, m)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
 			log.Debug("stream fetch", "err", err)
 		}
+		c.applyBatch(ctx, store, msgs, stats, log)
 	}
 }
 
-func (c *Conn) applyOne(ctx context.Context, store fleetdb.EventSink, m jetstream.Msg, stats *Stats, log *slog.Logger) {
+// applyBatch stores msgs in one transaction where the store can
+// (fleetdb.BatchAppender), and one by one where it cannot or where the
+// batch holds an upload that can never be stored.
+func (c *Conn) applyBatch(ctx context.Context, store fleetdb.EventSink, msgs []jetstream.Msg, stats *Stats, log *slog.Logger) {
+	ba, ok := store.(fleetdb.BatchAppender)
+	if !ok || len(msgs) < 2 {
+		for _, m := range msgs {
+			c.applyOne(ctx, store, m, stats, log)
+		}
+		return
+	}
+	var (
+		us   []fleetdb.Upload
+		good []jetstream.Msg
+	)
+	for _, m := range msgs {
+		u, err := decode(m)
+		if err != nil {
+			log.Error("stream: upload cannot be stored: dropped", "subject", m.Subject(), "err", err)
+			stats.Refused.Add(1)
+			m.Term()
+			continue
+		}
+		us, good = append(us, u), append(good, m)
+	}
+	for backoff := 100 * time.Millisecond; len(us) > 0; backoff = min(2*backoff, 5*time.Second) {
+		_, err := ba.AppendBatch(ctx, us)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, fleetdb.ErrNotFound) {
+			// Find and drop the one that can never be stored, in order.
+			for _, m := range good {
+				c.applyOne(ctx, store, m, stats, log)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return // not acknowledged: redelivered to whoever applies next
+		}
+		stats.Retries.Add(1)
+		log.Warn("stream: storing uploads failed, retrying", "uploads", len(us), "err", err)
+		for _, m := range good {
+			m.InProgress()
+		}
+		sleep(ctx, backoff)
+	}
+	for i, m := range good {
+		m.Ack()
+		stats.Applied.Add(1)
+		stats.Events.Add(uint64(len(us[i].Events)))
+	}
+	stats.LastDone.Store(time.Now().UnixNano())
+}
+
+// decode is the upload m carries.
+func decode(m jetstream.Msg) (fleetdb.Upload, error) {
 	host := m.Headers().Get(hostHeader)
 	var req fleetv1.UploadEventsRequest
-	if err := proto.Unmarshal(m.Data(), &req); err != nil || host == "" {
-		log.Error("stream: upload cannot be decoded: dropped", "subject", m.Subject(), "err", err)
+	if err := proto.Unmarshal(m.Data(), &req); err != nil {
+		return fleetdb.Upload{}, fmt.Errorf("decode: %w", err)
+	}
+	if host == "" {
+		return fleetdb.Upload{}, errors.New("no host header")
+	}
+	if req.GetThroughId() < req.GetAfterId() {
+		return fleetdb.Upload{}, fmt.Errorf("through id %d before after id %d", req.GetThroughId(), req.GetAfterId())
+	}
+	return fleetdb.Upload{Host: host, AfterID: req.GetAfterId(), ThroughID: req.GetThroughId(), Events: req.GetEvents()}, nil
+}
+
+func (c *Conn) applyOne(ctx context.Context, store fleetdb.EventSink, m jetstream.Msg, stats *Stats, log *slog.Logger) {
+	u, err := decode(m)
+	if err != nil {
+		log.Error("stream: upload cannot be stored: dropped", "subject", m.Subject(), "err", err)
 		stats.Refused.Add(1)
 		m.Term()
 		return
 	}
-	u := fleetdb.Upload{Host: host, AfterID: req.GetAfterId(), ThroughID: req.GetThroughId(), Events: req.GetEvents()}
+	host := u.Host
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		_, err := store.Append(ctx, u)
 		if err == nil {
 			break
 		}
-		if errors.Is(err, fleetdb.ErrNotFound) || u.ThroughID < u.AfterID {
+		if errors.Is(err, fleetdb.ErrNotFound) {
 			log.Error("stream: upload cannot be stored: dropped", "host", host, "after_id", u.AfterID, "through_id", u.ThroughID, "err", err)
 			stats.Refused.Add(1)
 			m.Term()
