@@ -416,9 +416,19 @@ func (s *Server) Watch(req *fleetv1.WatchRequest, stream fleetv1.Fleet_WatchServ
 
 func (s *Server) UploadEvents(ctx context.Context, req *fleetv1.UploadEventsRequest) (*fleetv1.UploadEventsResponse, error) {
 	host := hostOf(ctx)
+	if req.GetThroughId() < req.GetAfterId() {
+		return nil, status.Errorf(codes.InvalidArgument, "through id %d before after id %d", req.GetThroughId(), req.GetAfterId())
+	}
 	last, err := s.cfg.Sink.Append(ctx, fleetdb.Upload{Host: host, AfterID: req.GetAfterId(), ThroughID: req.GetThroughId(), Events: req.GetEvents()})
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		// The agent gave up (its deadline): say so rather than blame its input.
+		return nil, status.FromContextError(ctx.Err()).Err()
+	default:
+		// The store or the stream failed: the agent keeps its events and
+		// sends them again.
+		return nil, status.Errorf(codes.Unavailable, "upload not stored: %v", err)
 	}
 	return &fleetv1.UploadEventsResponse{LastEventId: last}, nil
 }
