@@ -305,9 +305,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	res.DrainSeconds = time.Since(t2).Seconds()
+	// More stored than acknowledged: uploads the server stored after the
+	// simulated host gave up waiting (sent again, skipped as duplicates).
 	if missing := int64(res.EventsAcked) - int64(res.Stored); missing > 0 && !stalled {
 		res.Pending = missing
-	} else {
+	} else if missing > 0 {
 		res.Lost = missing
 	}
 	res.StoredPerSec = float64(res.Stored) / (res.Seconds + res.DrainSeconds)
