@@ -177,6 +177,7 @@ type Stats struct {
 	Events   atomic.Uint64 // events in them
 	Refused  atomic.Uint64 // uploads that can never be stored (unknown host, bad range, undecodable): terminated, logged
 	Retries  atomic.Uint64 // store errors retried
+	Batches  atomic.Uint64 // transactions that stored more than one upload (fleetdb.BatchAppender)
 	LastDone atomic.Int64  // unix ns of the last upload stored
 }
 
@@ -262,6 +263,7 @@ func (c *Conn) applyBatch(ctx context.Context, store fleetdb.EventSink, msgs []j
 	for backoff := 100 * time.Millisecond; len(us) > 0; backoff = min(2*backoff, 5*time.Second) {
 		_, err := ba.AppendBatch(ctx, us)
 		if err == nil {
+			stats.Batches.Add(1)
 			break
 		}
 		if errors.Is(err, fleetdb.ErrNotFound) {

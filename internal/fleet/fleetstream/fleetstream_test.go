@@ -15,6 +15,7 @@ import (
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetstream"
+	"github.com/vigil-hips/vigil/internal/testutil/pgtest"
 )
 
 func event(id uint64, sha string) *vigilv1.Event {
@@ -39,7 +40,36 @@ func within(d time.Duration, f func() error) error {
 // time) exactly once and in order: retried publishes are stored once, the
 // loss count is exact, an upload of an unknown host is dropped and
 // counted, and change notices reach every replica.
+//
+// With PostgreSQL the consumer stores each fetched batch in one
+// transaction (AppendBatch), and a batch holding the unknown host's upload
+// is stored one by one.
 func TestStreamAppliesInOrderOnce(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) {
+		db, err := fleetdb.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), fleetdb.FileName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		streamApplies(t, db)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		pg := pgtest.Start(t)
+		db, err := fleetdb.OpenPostgres(context.Background(), pg.CreateDB(t, "vigil"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		streamApplies(t, db)
+	})
+}
+
+type storeSink interface {
+	fleetdb.Store
+	fleetdb.EventSink
+}
+
+func streamApplies(t *testing.T, db storeSink) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -48,11 +78,6 @@ func TestStreamAppliesInOrderOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ns.Shutdown()
-	db, err := fleetdb.OpenSQLite(ctx, filepath.Join(dir, fleetdb.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var (
 		conns [2]*fleetstream.Conn
@@ -129,10 +154,36 @@ func TestStreamAppliesInOrderOnce(t *testing.T) {
 	if _, err := sink.Append(ctx, fleetdb.Upload{Host: "h1", AfterID: 9, ThroughID: 2}); err == nil {
 		t.Fatal("a backwards range was published")
 	}
+	want := uint64(hosts*batches*per - 2)
+	if err := within(30*time.Second, func() error {
+		q, err := sink.Queue(ctx)
+		if err != nil {
+			return err
+		}
+		if len(q) != 1 || q[0].Count != want {
+			return fmt.Errorf("queue %+v, want one entry of count %d", q, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := db.(fleetdb.BatchAppender); ok && stats[0].Batches.Load()+stats[1].Batches.Load() == 0 {
+		t.Error("the store takes batches, but every upload was stored on its own")
+	}
+	// An unknown host's upload right after another's: with a batch store
+	// the two are fetched together, the batch fails, and they are stored
+	// one by one: the good one kept, the unknown one dropped and counted.
+	next := fleetdb.Upload{Host: "h1", AfterID: batches * per, ThroughID: batches*per + 3}
+	for id := next.AfterID + 1; id <= next.ThroughID; id++ {
+		next.Events = append(next.Events, event(id, sha))
+	}
+	if _, err := sink.Append(ctx, next); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := sink.Append(ctx, fleetdb.Upload{Host: "unknown", ThroughID: 1, Events: []*vigilv1.Event{event(1, sha)}}); err != nil {
 		t.Fatal(err)
 	}
-	want := uint64(hosts*batches*per - 2)
+	want += 3
 	if err := within(30*time.Second, func() error {
 		q, err := sink.Queue(ctx)
 		if err != nil {
@@ -150,16 +201,20 @@ func TestStreamAppliesInOrderOnce(t *testing.T) {
 	}
 	applied := stats[0].Applied.Load() + stats[1].Applied.Load()
 	t.Logf("applied by replica 0: %d, by replica 1: %d", stats[0].Applied.Load(), stats[1].Applied.Load())
-	if applied != hosts*batches {
-		t.Errorf("applied %d uploads, want %d (retries deduplicated in the stream)", applied, hosts*batches)
+	if applied != hosts*batches+1 {
+		t.Errorf("applied %d uploads, want %d (retries deduplicated in the stream)", applied, hosts*batches+1)
 	}
 	for h := range hosts {
 		host, _ := db.Host(ctx, fmt.Sprintf("h%d", h))
-		wantLost := map[int]uint64{0: 2}[h]
-		if host.LastEventID != batches*per || host.EventsLost != wantLost {
-			t.Errorf("h%d: last %d lost %d, want %d, %d", h, host.LastEventID, host.EventsLost, batches*per, wantLost)
+		wantLost, wantLast := map[int]uint64{0: 2}[h], map[int]uint64{1: batches*per + 3}[h]
+		if wantLast == 0 {
+			wantLast = batches * per
+		}
+		if host.LastEventID != wantLast || host.EventsLost != wantLost {
+			t.Errorf("h%d: last %d lost %d, want %d, %d", h, host.LastEventID, host.EventsLost, wantLast, wantLost)
 		}
 	}
+	t.Logf("batches of more than one upload: %d", stats[0].Batches.Load()+stats[1].Batches.Load())
 	if n, err := conns[1].Pending(ctx); err != nil || n != 0 {
 		t.Errorf("stream still holds %d uploads (%v), want 0", n, err)
 	}
