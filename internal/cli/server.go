@@ -50,7 +50,13 @@ the agents (--fleet-ca).
 
 With --signing-key (the administrator's ed25519 private key) bundles are
 signed here as soon as rules change. Without it they wait for
-` + "`vigil fleet sign-bundle`" + ` with the key held offline.`,
+` + "`vigil fleet sign-bundle`" + ` with the key held offline.
+
+Scale-out: replicas share a PostgreSQL database (--database postgres://...)
+and a NATS JetStream server (--stream nats://...) that carries the agents'
+uploads to the database and the replicas' change notices; every replica
+needs the same ca.pem and ca.key in its --state-dir. --stream embedded runs
+JetStream in this process for a single server.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := newLogger(cmd.ErrOrStderr(), logLevel, logFormat)
