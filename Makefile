@@ -8,7 +8,8 @@ BIN := $(CURDIR)/bin
 VIGIL := $(BIN)/vigil
 
 # Debian packages the build and tests need (installed when missing).
-BUILD_PKGS := clang llvm libbpf-dev protobuf-compiler libc6-dev
+# postgresql: the fleet scale-out tests run a private cluster (internal/testutil/pgtest).
+BUILD_PKGS := clang llvm libbpf-dev protobuf-compiler libc6-dev postgresql
 
 .PHONY: all build deps generate check-generated vet test test-host bench clean
 

@@ -126,6 +126,7 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	r.writeCost(&b)
 	r.writeDecision(&b)
 	r.writeAuth(&b)
+	r.writeFleet(&b)
 	r.writeWorkload(&b)
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -423,4 +424,43 @@ func (r *Report) writeAuth(b *strings.Builder) {
 		a.Place, fmt.Sprint(a.Samples), fmt.Sprintf("%.0f µs", a.P50us), fmt.Sprintf("%.0f µs", a.P99us),
 		fmt.Sprintf("%.0f µs", a.MaxUs), fmt.Sprint(a.Missed),
 	}})
+}
+
+func (r *Report) writeFleet(b *strings.Builder) {
+	f := r.Fleet
+	if f == nil {
+		return
+	}
+	b.WriteString("\n## Fleet server under load\n\n")
+	if f.Reason != "" {
+		fmt.Fprintf(b, "Did not run: %s\n", f.Reason)
+		return
+	}
+	b.WriteString("Simulated agents on loopback (in the bench's process, on the same cores as the server) enroll, keep a Watch " +
+		"stream open and upload their events once a second; a failed upload is sent again at the next tick. Loss is what the " +
+		"server acknowledged but did not store (the approval queue's counts) once the stored count stopped growing, plus what " +
+		"it counted lost; \"stored\" is the rate the store kept up over the load and the drain after it (a stream answers " +
+		"before it stores), \"pending\" what was still being stored when the drain's time was up; \"unsent\" is what was " +
+		"still waiting on the simulated hosts at the end. A fresh server per row.\n\n")
+	var rows [][]string
+	for _, x := range f.Runs {
+		if x.Error != "" {
+			rows = append(rows, []string{x.Deployment, fmt.Sprintf("%d × %d/s", x.Hosts, x.EventsPerHost), "error: " + x.Error,
+				"", "", "", "", "", "", "", ""})
+			continue
+		}
+		ok := "no"
+		if x.Sustained() {
+			ok = "yes"
+		}
+		rows = append(rows, []string{x.Deployment, fmt.Sprintf("%d × %d/s", x.Hosts, x.EventsPerHost),
+			fmt.Sprintf("%d in %.1f s (%.0f/s)", x.Enrolled, float64(x.Enrolled)/max(x.EnrollPerSec, 1e-9), x.EnrollPerSec),
+			fmt.Sprintf("%.0f of %.0f", x.AckedPerSec, x.GoalPerSec),
+			fmt.Sprintf("%.1f / %.1f ms", x.UploadP50ms, x.UploadP99ms),
+			fmt.Sprint(x.UploadErrors), fmt.Sprintf("%d (+%d counted by the server)", x.Lost, x.ServerLost),
+			fmt.Sprintf("%.0f/s; %.1f s, %d pending", x.StoredPerSec, x.DrainSeconds, x.Pending), fmt.Sprint(x.Unsent),
+			fmt.Sprintf("%.0f%%, %.0f MiB", x.ServerCPU, x.ServerHWMMiB), ok})
+	}
+	table(b, []string{"deployment", "hosts × events/s", "enrolled", "events/s acknowledged", "upload p50 / p99",
+		"upload errors", "lost", "stored; drain", "unsent", "server CPU, VmHWM", "sustained"}, rows)
 }

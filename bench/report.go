@@ -25,6 +25,7 @@ type Report struct {
 	Cost       []Cost       `json:"cost"`
 	Decision   []Decision   `json:"decision_latency"`
 	Auth       *Auth        `json:"auth_latency,omitempty"`
+	Fleet      *Fleet       `json:"fleet,omitempty"`
 	Workload   *Workload    `json:"workload,omitempty"`
 	Targets    []Target     `json:"targets"`
 
@@ -274,3 +275,52 @@ type Auth struct {
 	MaxUs    float64 `json:"max_us"`
 	Reason   string  `json:"reason,omitempty"` // why it did not run
 }
+
+// Fleet is the fleet server's load benchmark (issue 9): simulated agents
+// on loopback enroll and upload events against `vigil server`.
+type Fleet struct {
+	Runs   []FleetRun `json:"runs"`
+	Reason string     `json:"reason,omitempty"` // why it did not run
+}
+
+// FleetRun is one deployment at one load, on a fresh server.
+type FleetRun struct {
+	Deployment    string  `json:"deployment"` // "embedded", "embedded+stream", ...
+	Hosts         int     `json:"hosts"`
+	EventsPerHost int     `json:"events_per_host_per_sec"`
+	Seconds       float64 `json:"seconds"`
+	Enrolled      int     `json:"enrolled"`
+	EnrollPerSec  float64 `json:"enroll_per_sec"`
+	GoalPerSec    float64 `json:"goal_events_per_sec"`
+	AckedPerSec   float64 `json:"acked_events_per_sec"`
+	EventsSent    uint64  `json:"events_sent"`
+	EventsAcked   uint64  `json:"events_acked"`
+	Unsent        uint64  `json:"unsent"` // made, not acknowledged by the end (would be sent later)
+	UploadErrors  uint64  `json:"upload_errors"`
+	UploadP50ms   float64 `json:"upload_p50_ms"`
+	UploadP99ms   float64 `json:"upload_p99_ms"`
+	Stored        uint64  `json:"stored"`
+	Lost          int64   `json:"lost"`    // acknowledged, never stored (the stored count stopped growing)
+	Pending       int64   `json:"pending"` // acknowledged, still being stored when the drain's time was up
+	StoredPerSec  float64 `json:"stored_per_sec"`
+	ServerLost    uint64  `json:"server_lost"` // events_lost the server counted
+	DrainSeconds  float64 `json:"drain_seconds"`
+	WatchStreams  int     `json:"watch_streams"`
+	ServerCPU     float64 `json:"server_cpu_pct"` // % of one core over the upload phase
+	ServerHWMMiB  float64 `json:"server_hwm_mib"`
+	Error         string  `json:"error,omitempty"`
+}
+
+// Sustained reports whether the run kept up with its load without loss:
+// everything acknowledged stored, no upload failed, at least 95% of the
+// goal rate acknowledged, and all of it stored within FleetDrainGrace of
+// the load's end (a store that falls behind builds a backlog: not
+// sustained, though nothing is lost yet).
+func (r FleetRun) Sustained() bool {
+	return r.Error == "" && r.Lost == 0 && r.Pending == 0 && r.ServerLost == 0 && r.UploadErrors == 0 &&
+		r.AckedPerSec >= 0.95*r.GoalPerSec && r.DrainSeconds <= FleetDrainGrace
+}
+
+// FleetDrainGrace is how long after the load a sustained run may take to
+// store what it acknowledged.
+const FleetDrainGrace = 5.0

@@ -11,7 +11,8 @@
 #
 # BENCH_FLAGS passes more flags to `vigil-bench run`, e.g.
 # BENCH_FLAGS="-phases micro,cost -configs vigil,auditd" or "-keep". Phases:
-# micro, cost, throughput, workload, decision (execution control), vm.
+# micro, cost, throughput, workload, decision (execution control), auth,
+# fleet (the fleet server under simulated agents), vm.
 
 BENCH_OUT ?= out/bench
 BENCH_QUICK ?=

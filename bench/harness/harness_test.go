@@ -338,3 +338,50 @@ func TestHelpers(t *testing.T) {
 		t.Errorf("elfDeps = %v, %v", deps, err)
 	}
 }
+
+// TestFleetTarget: the fleet target is met only when every deployment at
+// 1,000 hosts × 10 events/s kept up without loss; the report shows each.
+func TestFleetTarget(t *testing.T) {
+	ok := bench.FleetRun{Deployment: "embedded", Hosts: 1000, EventsPerHost: 10, GoalPerSec: 10000, AckedPerSec: 9990,
+		Enrolled: 1000, EnrollPerSec: 200}
+	slow := ok
+	slow.Deployment, slow.AckedPerSec = "embedded+stream", 4000
+	lossy := ok
+	lossy.Deployment, lossy.Lost = "scale-out", 3
+	backlog := ok // acknowledged everything, stored at a third of the pace
+	backlog.Deployment, backlog.Seconds, backlog.DrainSeconds, backlog.StoredPerSec = "backlog", 10, 20, 3333
+	small := ok
+	small.Hosts, small.GoalPerSec, small.AckedPerSec, small.Lost = 250, 2500, 10, 99 // another load: not judged
+	target := func(runs ...bench.FleetRun) bench.Target {
+		for _, tg := range Targets(&bench.Report{Fleet: &bench.Fleet{Runs: runs}}) {
+			if strings.HasPrefix(tg.What, "fleet server") {
+				return tg
+			}
+		}
+		t.Fatal("no fleet target")
+		return bench.Target{}
+	}
+	if tg := target(ok, small); tg.Verdict != bench.Met || !strings.Contains(tg.Measured, "9990 of 10000") {
+		t.Errorf("sustained without loss: %+v", tg)
+	}
+	for _, bad := range []bench.FleetRun{slow, lossy, backlog} {
+		if tg := target(ok, bad); tg.Verdict != bench.NotMet || !strings.Contains(tg.Measured, bad.Deployment) {
+			t.Errorf("%s: %+v", bad.Deployment, tg)
+		}
+	}
+	if tg := target(small); tg.Verdict != bench.NotMeasured {
+		t.Errorf("no run at the target's load: %+v", tg)
+	}
+	var b strings.Builder
+	r := &bench.Report{Fleet: &bench.Fleet{Runs: []bench.FleetRun{ok, lossy, {Deployment: "broken", Hosts: 1000, EventsPerHost: 10, Error: "server did not come up"}}}}
+	if err := r.WriteMarkdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	for _, want := range []string{"## Fleet server under load", "| embedded | 1000 × 10/s | 1000 in 5.0 s (200/s) | 9990 of 10000 |",
+		"| 3 (+0 counted by the server) |", "error: server did not come up"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}

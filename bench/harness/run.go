@@ -36,7 +36,7 @@ type Options struct {
 	// Root is the repository, where policy files are looked for.
 	Root string
 	// Phases limits the run to some of: micro, cost, throughput,
-	// workload, decision, auth, vm (empty: all).
+	// workload, decision, auth, fleet, vm (empty: all).
 	Phases []string
 	// VMKernels overrides the kernels of the VM suite.
 	VMKernels []string
@@ -239,6 +239,9 @@ func Run(ctx context.Context, opts Options, p Params, log *slog.Logger) (rep *be
 			secs = 5
 		}
 		rep.Auth = e.runAuth(ctx, secs)
+	}
+	if opts.phase("fleet") && ctx.Err() == nil {
+		rep.Fleet = e.runFleet(ctx, p.Mode == "quick")
 	}
 	if opts.phase("vm") && ctx.Err() == nil {
 		for _, k := range e.P.VMKernels {

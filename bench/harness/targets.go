@@ -81,6 +81,35 @@ func Targets(r *bench.Report) []bench.Target {
 	overheadTarget("exec overhead, lockdown on the host (fanotify, approved file, cached path)", "exec", LockdownHost, 1.05)
 	overheadTarget("mmap (dlopen) overhead, enforce (cached path)", "dlopen", "vigil-enforce", 1.05)
 
+	fl := bench.Target{What: "fleet server: zero event loss at 1,000 simulated hosts × 10 events/s", Goal: "no loss, load sustained",
+		Verdict: bench.NotMeasured, Measured: "the fleet phase did not run"}
+	if f := r.Fleet; f != nil {
+		var parts []string
+		met, seen := true, false
+		for _, x := range f.Runs {
+			if x.Hosts != 1000 || x.EventsPerHost != 10 {
+				continue
+			}
+			seen = true
+			if x.Error != "" {
+				parts = append(parts, x.Deployment+": error")
+				met = false
+				continue
+			}
+			parts = append(parts, fmt.Sprintf("%s: %.0f of %.0f events/s acknowledged, %d lost, %d upload errors",
+				x.Deployment, x.AckedPerSec, x.GoalPerSec, x.Lost+int64(x.ServerLost), x.UploadErrors))
+			met = met && x.Sustained()
+		}
+		if seen {
+			fl.Measured = strings.Join(parts, "; ")
+			fl.Verdict = bench.NotMet
+			if met {
+				fl.Verdict = bench.Met
+			}
+		}
+	}
+	out = append(out, fl)
+
 	loss := bench.Target{What: "zero loss up to the machine's maximum exec rate", Goal: "no events lost", Verdict: bench.NotMeasured,
 		Measured: "the throughput phase did not run"}
 	if t := r.Throughput; t != nil {

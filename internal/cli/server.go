@@ -11,12 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/console"
-	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetsrv"
 	"github.com/vigil-hips/vigil/internal/server"
 	"github.com/vigil-hips/vigil/internal/sign"
@@ -38,6 +38,8 @@ func newServerCmd() *cobra.Command {
 		secretFile                    string
 		logLevel, logFormat           string
 		consoleListen, consolePwFile  string
+		database, stream, streamDir   string
+		recheck                       time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -50,7 +52,13 @@ the agents (--fleet-ca).
 
 With --signing-key (the administrator's ed25519 private key) bundles are
 signed here as soon as rules change. Without it they wait for
-` + "`vigil fleet sign-bundle`" + ` with the key held offline.`,
+` + "`vigil fleet sign-bundle`" + ` with the key held offline.
+
+Scale-out: replicas share a PostgreSQL database (--database postgres://...)
+and a NATS JetStream server (--stream nats://...) that carries the agents'
+uploads to the database and the replicas' change notices; every replica
+needs the same ca.pem and ca.key in its --state-dir. --stream embedded runs
+JetStream in this process for a single server.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := newLogger(cmd.ErrOrStderr(), logLevel, logFormat)
@@ -109,14 +117,21 @@ signed here as soon as rules change. Without it they wait for
 				}
 				cfg.AdminKey = ed25519.PublicKey(pub)
 			}
-			db, err := fleetdb.OpenSQLite(cmd.Context(), filepath.Join(stateDir, fleetdb.FileName))
+			be, err := openBackends(cmd.Context(), backendFlags{database: database, stream: stream,
+				streamDir: streamDir, stateDir: stateDir, recheck: recheck, recheckSet: cmd.Flags().Changed("watch-recheck")}, logger)
 			if err != nil {
 				return err
 			}
-			defer db.Close()
-			cfg.Store, cfg.Sink = db, db
+			defer be.close()
+			cfg.Store, cfg.Sink, cfg.Recheck = be.store, be.sink, be.recheck
+			if be.conn != nil {
+				cfg.Notices = be.conn
+			}
 			srv, err := fleetsrv.New(cfg)
 			if err != nil {
+				return err
+			}
+			if err := be.start(cmd.Context(), srv, logger); err != nil {
 				return err
 			}
 			if secretFile != "" {
@@ -156,7 +171,8 @@ signed here as soon as rules change. Without it they wait for
 				mode = "online signing (--signing-key)"
 			}
 			logger.Info("fleet server serving", "listen", ln.Addr().String(), "admin_socket", adminSocket, "state_dir", stateDir,
-				"ca", caPath, "ca_sha256", hex.EncodeToString(fp[:]), "bundles", mode)
+				"ca", caPath, "ca_sha256", hex.EncodeToString(fp[:]), "bundles", mode, "database", be.dbName, "stream", be.streamName,
+				"watch_recheck", be.recheck)
 			return srv.Serve(cmd.Context(), ln, aln)
 		},
 	}
@@ -172,6 +188,10 @@ signed here as soon as rules change. Without it they wait for
 	f.StringVar(&secretFile, "enroll-secret-file", "", "accept the enrollment secret in this file (besides those made by vigil fleet secret create)")
 	f.StringVar(&consoleListen, "console-listen", "127.0.0.1:8444", "address of the web console (HTTPS, the server's certificate; empty: no console)")
 	f.StringVar(&consolePwFile, "console-password-file", "", "the console administrator's password (default: "+console.PasswordFile+" in --state-dir, made at first start)")
+	f.StringVar(&database, "database", "", "where state lives: empty for the embedded SQLite file in --state-dir, or postgres://USER@HOST/DB?... (PostgreSQL, shared by replicas)")
+	f.StringVar(&stream, "stream", "", "event stream: empty for none (uploads go straight to the database), embedded (NATS JetStream in this process), or nats://HOST:PORT (shared by replicas)")
+	f.StringVar(&streamDir, "stream-dir", "", "JetStream storage of --stream embedded (default: STATE_DIR/stream)")
+	f.DurationVar(&recheck, "watch-recheck", 0, "re-read each watching host's bundle this often without a change notice (default: off with SQLite, 2s with PostgreSQL and no stream, 30s with a NATS stream)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd

@@ -78,7 +78,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs.StringVar(&o.VMTest, "vmtest", "bin/vmtest", "the tools/vmtest binary (empty: no VM suite)")
 	fs.StringVar(&o.Journal, "journal", harness.DefaultJournal, "the undo journal")
 	fs.StringVar(&o.Cache, "cache", "/var/cache/vigil-bench", "download cache (the workload's sources)")
-	phases := fs.String("phases", "", "run only these phases: micro,cost,throughput,workload,decision,vm")
+	phases := fs.String("phases", "", "run only these phases: micro,cost,throughput,workload,decision,auth,fleet,vm")
 	configs := fs.String("configs", "", "run only these host configurations (and the baseline), e.g. vigil,auditd")
 	kernels := fs.String("vm-kernels", "", "kernels of the VM suite, e.g. 6.12,6.1 (default: the mode's)")
 	fs.BoolVar(&o.NoInstall, "no-install", false, "never run apt-get")

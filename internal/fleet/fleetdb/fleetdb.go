@@ -154,3 +154,11 @@ type EventSink interface {
 	// Dequeue takes sha256 off the queue (it was approved or denied).
 	Dequeue(ctx context.Context, sha256 string) error
 }
+
+// BatchAppender is an EventSink that stores several uploads in one
+// transaction, as Append would one after the other; an upload that
+// cannot be stored fails the batch. The stream's consumer uses it when the
+// analytics store has it.
+type BatchAppender interface {
+	AppendBatch(ctx context.Context, us []Upload) ([]uint64, error)
+}

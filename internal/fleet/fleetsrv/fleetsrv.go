@@ -60,6 +60,22 @@ type Config struct {
 	// SigningKey's public key.
 	AdminKey ed25519.PublicKey
 	Logger   *slog.Logger
+	// Notices, when set, carries change notices between replicas
+	// sharing the Store (scale-out): every change this server makes is
+	// published, and the server gives it those of the others through
+	// Wake.
+	Notices Notifier
+	// Recheck, when positive, makes each Watch stream read its host's
+	// bundle this often even without a notice: how a replica learns of
+	// changes made by another when there are no notices, and a safety
+	// net when there are.
+	Recheck time.Duration
+}
+
+// Notifier tells the other replicas that a host's bundle or standing
+// changed.
+type Notifier interface {
+	Changed(host string) error
 }
 
 // Validate reports every problem with c.
@@ -249,7 +265,20 @@ func (s *Server) changedCh(host string) <-chan struct{} {
 	return ch
 }
 
+// notify wakes the host's Watch streams here and, through Notices, on the
+// other replicas.
 func (s *Server) notify(host string) {
+	s.Wake(host)
+	if s.cfg.Notices != nil {
+		if err := s.cfg.Notices.Changed(host); err != nil {
+			s.log.Warn("change notice not sent: other replicas learn of it at their next recheck", "host", host, "err", err)
+		}
+	}
+}
+
+// Wake wakes the host's Watch streams on this server (a change notice
+// from another replica).
+func (s *Server) Wake(host string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ch, ok := s.changed[host]; ok {
@@ -349,6 +378,12 @@ func (s *Server) Watch(req *fleetv1.WatchRequest, stream fleetv1.Fleet_WatchServ
 	ctx := stream.Context()
 	host := hostOf(ctx)
 	have := req.GetHaveVersion()
+	var recheck <-chan time.Time
+	if s.cfg.Recheck > 0 {
+		t := time.NewTicker(s.cfg.Recheck)
+		defer t.Stop()
+		recheck = t.C
+	}
 	for {
 		changed := s.changedCh(host)
 		h, err := s.cfg.Store.Host(ctx, host)
@@ -374,15 +409,26 @@ func (s *Server) Watch(req *fleetv1.WatchRequest, stream fleetv1.Fleet_WatchServ
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "server stopping")
 		case <-changed:
+		case <-recheck:
 		}
 	}
 }
 
 func (s *Server) UploadEvents(ctx context.Context, req *fleetv1.UploadEventsRequest) (*fleetv1.UploadEventsResponse, error) {
 	host := hostOf(ctx)
+	if req.GetThroughId() < req.GetAfterId() {
+		return nil, status.Errorf(codes.InvalidArgument, "through id %d before after id %d", req.GetThroughId(), req.GetAfterId())
+	}
 	last, err := s.cfg.Sink.Append(ctx, fleetdb.Upload{Host: host, AfterID: req.GetAfterId(), ThroughID: req.GetThroughId(), Events: req.GetEvents()})
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		// The agent gave up (its deadline): say so rather than blame its input.
+		return nil, status.FromContextError(ctx.Err()).Err()
+	default:
+		// The store or the stream failed: the agent keeps its events and
+		// sends them again.
+		return nil, status.Errorf(codes.Unavailable, "upload not stored: %v", err)
 	}
 	return &fleetv1.UploadEventsResponse{LastEventId: last}, nil
 }
@@ -446,7 +492,29 @@ func (s *Server) rebuild(ctx context.Context, hosts ...string) error {
 	return errors.Join(errs...)
 }
 
+// rebuildConflicts bounds how often a host's bundle is remade after
+// another replica made the same version first.
+const rebuildConflicts = 5
+
 func (s *Server) rebuildHost(ctx context.Context, h fleetdb.Host, rules []fleetdb.Rule) error {
+	var err error
+	for range rebuildConflicts {
+		if err = s.rebuildHostOnce(ctx, h, rules); !errors.Is(err, fleetdb.ErrConflict) {
+			return err
+		}
+		// Another replica stored this version: read again what it made
+		// (the same rules, most often: then there is nothing to do).
+		if rules, err = s.cfg.Store.Rules(ctx); err != nil {
+			return err
+		}
+		if h, err = s.cfg.Store.Host(ctx, h.ID); err != nil {
+			return err
+		}
+	}
+	return err
+}
+
+func (s *Server) rebuildHostOnce(ctx context.Context, h fleetdb.Host, rules []fleetdb.Rule) error {
 	cur, err := s.cfg.Store.Bundle(ctx, h.ID)
 	if err != nil {
 		return err
