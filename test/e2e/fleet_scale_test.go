@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,7 +127,7 @@ func TestFleetScaleOut(t *testing.T) {
 		os.WriteFile(filepath.Join(stateB, f), b, 0o600)
 	}
 	b := startFleetServer(t, filepath.Join(dir, "b"), flags...)
-	if !bytes.Contains(a.log.Bytes(), []byte("database=postgres")) || !bytes.Contains(b.log.Bytes(), []byte("stream=nats://")) {
+	if !strings.Contains(a.log.String(), "database=postgres") || !strings.Contains(b.log.String(), "stream=nats://") {
 		t.Fatalf("replicas not on PostgreSQL and NATS:\n%s\n%s", a.log, b.log)
 	}
 
