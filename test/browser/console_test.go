@@ -22,12 +22,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
-	"github.com/vigil-hips/vigil/internal/testutil"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
@@ -35,6 +36,7 @@ import (
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/console"
 	"github.com/vigil-hips/vigil/internal/sign"
+	"github.com/vigil-hips/vigil/internal/testutil"
 )
 
 // vigilBin is $VIGIL_BIN (make test-host sets it) or a binary built from
@@ -244,6 +246,68 @@ func digest(t *testing.T) string {
 // verified with the admin key, allows the digest within 10 s. Without the
 // session, nothing is shown or done; with the session but without the
 // CSRF token, a POST is refused and changes nothing.
+// realAgent starts a real `vigil agent` that enrolls with s: lockdown on a
+// tmpfs of this test only (the trust block acts on the marked filesystem,
+// nothing host-wide), so code new to it is refused there. It returns the
+// tmpfs and the agent's host id once the agent applied its first bundle.
+func realAgent(t *testing.T, s *server, dir, secretFile, adminPub string) (mnt, hostID string) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	mnt = filepath.Join(dir, "xc")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=64m"); err != nil {
+		t.Fatalf("mount tmpfs on %s: %v", mnt, err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	src, err := os.ReadFile("../../examples/policies/lockdown.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := filepath.Join(dir, "lockdown.yaml")
+	if err := os.WriteFile(pol, []byte(strings.Replace(string(src), "/etc/vigil/catalogs", filepath.Join(dir, "no-catalogs"), 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hostID = randHex(t, 16)
+	idFile := filepath.Join(dir, "machine-id")
+	if err := os.WriteFile(idFile, []byte(hostID+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state, sock := filepath.Join(dir, "agent-state"), filepath.Join(dir, "agent.sock")
+	cmd := exec.Command(vigilBin(t), "agent", "--backend", "tracepoint", "--fanotify-mark", mnt, "--policy", pol,
+		"--state-dir", state, "--socket", sock, "--admin-key", adminPub, "--protect=false", "--host-id-file", idFile,
+		"--fleet-server", s.addr, "--fleet-ca", s.ca, "--fleet-enroll-secret-file", secretFile, "--fleet-poll", "2s")
+	d := testutil.StartDaemon(t, "agent", cmd, 30*time.Second, nil)
+	if out, err := exec.Command(vigilBin(t), "status", "--socket", sock, "--wait", "150s").CombinedOutput(); err != nil {
+		t.Fatalf("agent did not come up: %v\n%s\nagent log:\n%s", err, out, d.Log)
+	}
+	if err := within(20*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(state, "fleet", fleet.BundleFile))
+		return err
+	}); err != nil {
+		t.Fatalf("the agent applied no bundle: %v\nagent log:\n%s", err, d.Log)
+	}
+	return mnt, hostID
+}
+
+// newCode writes a copy of /usr/bin/true with random bytes appended:
+// code no trust source knows. It returns its path and digest.
+func newCode(t *testing.T, dir string) (string, string) {
+	t.Helper()
+	b, err := os.ReadFile("/usr/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = append(b, []byte(randHex(t, 8))...)
+	p := filepath.Join(dir, "new-"+randHex(t, 4))
+	if err := os.WriteFile(p, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return p, hex.EncodeToString(sum[:])
+}
+
 func TestConsoleApproveReachesAgent(t *testing.T) {
 	chrome := chromium(t)
 	dir := t.TempDir()
@@ -269,18 +333,23 @@ func TestConsoleApproveReachesAgent(t *testing.T) {
 	}
 	password := strings.TrimSpace(string(pwBytes))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
+	// Two hosts: a real agent and a simulated one.
+	mnt, realID := realAgent(t, s, dir, secretFile, filepath.Join(dir, "admin.pub"))
 	ag := enroll(t, ctx, s, secretFile, adminPub)
 	select { // the first bundle (no rule yet)
 	case <-ag.got:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the simulated agent got no bundle after enrolling")
 	}
-	sha, path := digest(t), "/srv/tmp/unknown-"+randHex(t, 4)
-	ag.blocked(t, ctx, 1, sha, path)
+	// New code is refused on the real host and reported to the server.
+	path, sha := newCode(t, mnt)
+	if err := exec.Command(path).Run(); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("exec of new code on the real agent's tmpfs: %v, want EPERM", err)
+	}
 	other := digest(t) // for the refused POSTs
-	ag.blocked(t, ctx, 2, other, path+"-other")
+	ag.blocked(t, ctx, 1, other, "/srv/tmp/unknown-"+randHex(t, 4))
 
 	base := "https://" + s.console
 	hc := httpClient(t, s)
@@ -342,8 +411,8 @@ func TestConsoleApproveReachesAgent(t *testing.T) {
 		t.Fatalf("login: %v", err)
 	}
 	hosts, _ := chromedp.Run(bctx, chromedp.Text(chromedp.ID("hosts")))
-	if !strings.Contains(hosts, ag.id) || !strings.Contains(hosts, "lockdown") {
-		t.Fatalf("the overview does not show the enrolled host %s and its mode:\n%s", ag.id, hosts)
+	if !strings.Contains(hosts, ag.id) || !strings.Contains(hosts, realID) || !strings.Contains(hosts, "lockdown") {
+		t.Fatalf("the overview does not show the enrolled hosts %s, %s and their mode:\n%s", realID, ag.id, hosts)
 	}
 	cookies, err := chromedp.Call(bctx, network.GetCookies, network.GetCookiesParams{})
 	if err != nil {
@@ -360,15 +429,18 @@ func TestConsoleApproveReachesAgent(t *testing.T) {
 	}
 
 	// The queue, and the digest's row in it.
+	// The agent uploads what it refused within seconds: reload the
+	// queue until the row is there.
 	row := chromedp.CSS(`tr[data-sha256="` + sha + `"]`)
-	if err := chromedp.Do(bctx,
-		chromedp.Click(chromedp.ID("nav-queue")),
-		chromedp.WaitVisible(row),
-	); err != nil {
-		t.Fatalf("queue: %v", err)
+	if err := within(30*time.Second, func() error {
+		qctx, qcancel := context.WithTimeout(bctx, 3*time.Second)
+		defer qcancel()
+		return chromedp.Do(qctx, chromedp.Click(chromedp.ID("nav-queue")), chromedp.WaitVisible(row))
+	}); err != nil {
+		t.Fatalf("queue: the real agent's refused code is not listed: %v", err)
 	}
 	text, _ := chromedp.Run(bctx, chromedp.Text(row))
-	for _, want := range []string{ag.id, path, "31337 /usr/bin/bash"} {
+	for _, want := range []string{realID, path} {
 		if !strings.Contains(text, want) {
 			t.Errorf("queue row lacks %q:\n%s", want, text)
 		}
@@ -387,8 +459,8 @@ func TestConsoleApproveReachesAgent(t *testing.T) {
 		t.Fatalf("POST without the CSRF token: %d, want 403", resp.StatusCode)
 	}
 
-	// One click: approve for this host.
-	if err := chromedp.Do(bctx, chromedp.SetValue(chromedp.CSS(`tr[data-sha256="`+sha+`"] select[name="scope"]`), "host:"+ag.id)); err != nil {
+	// One click: approve for every host.
+	if err := chromedp.Do(bctx, chromedp.SetValue(chromedp.CSS(`tr[data-sha256="`+sha+`"] select[name="scope"]`), "global")); err != nil {
 		t.Fatal(err)
 	}
 	clicked := time.Now()
@@ -399,17 +471,23 @@ func TestConsoleApproveReachesAgent(t *testing.T) {
 		t.Fatalf("approve: %v", err)
 	}
 	flash, _ := chromedp.Run(bctx, chromedp.Text(chromedp.ID("flash")))
-	if !strings.Contains(flash, "approve "+sha+" for host:"+ag.id) {
+	if !strings.Contains(flash, "approve "+sha+" for global") {
 		t.Fatalf("after approving the page says %q", flash)
 	}
+	// It runs on the real host, and the simulated one has the signed
+	// rule, within 10 s of the click.
+	if err := within(10*time.Second-time.Since(clicked), func() error { return exec.Command(path).Run() }); err != nil {
+		t.Fatalf("approved code still refused on the real agent %v after the click: %v", time.Since(clicked), err)
+	}
+	t.Logf("approved in the console; it ran on the real agent %v after the click", time.Since(clicked).Round(time.Millisecond))
 	for ag.verdict(sha) != fleet.Allow {
 		select {
 		case <-ag.got:
 		case <-time.After(10*time.Second - time.Since(clicked)):
-			t.Fatalf("the agent's verified bundle does not allow %s within 10 s of the click", sha)
+			t.Fatalf("the simulated agent's verified bundle does not allow %s within 10 s of the click", sha)
 		}
 	}
-	t.Logf("approved in the console; the agent had the signed rule %v after the click", time.Since(clicked).Round(time.Millisecond))
+	t.Logf("the simulated agent had the signed rule %v after the click", time.Since(clicked).Round(time.Millisecond))
 	if v := ag.verdict(other); v != "" {
 		t.Fatalf("the refused POST changed the agent's bundle: %s is %q", other, v)
 	}
@@ -422,10 +500,10 @@ func TestConsoleApproveReachesAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	rules, _ := chromedp.Run(bctx, chromedp.Text(chromedp.ID("rules")))
-	if !strings.Contains(rules, sha) || !strings.Contains(rules, "host:"+ag.id) {
+	if !strings.Contains(rules, sha) || !strings.Contains(rules, "global") {
 		t.Fatalf("rules page:\n%s", rules)
 	}
-	if !strings.Contains(rules, "1/1 hosts") && !strings.Contains(rules, "0/1 hosts") {
+	if !strings.Contains(rules, "/2 hosts") {
 		t.Fatalf("rules page shows no rollout:\n%s", rules)
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
