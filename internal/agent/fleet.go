@@ -38,7 +38,8 @@ import (
 //     with the admin key BEFORE anything of it is used (fleet.Verifier:
 //     signature, this host, a version above the highest applied), keeps the
 //     last applied bundle and its version in StateDir/fleet, and merges its
-//     hash verdicts into execution control without a restart; a refused
+//     hash verdicts into execution control and its behavior policies into
+//     the policy in force (fleetpolicy.go) without a restart; a refused
 //     bundle leaves what was applied in force and is reported as a tamper
 //     event (method fleet_bundle);
 //   - uploads events from its store, after the last id the server holds:
@@ -131,7 +132,12 @@ func (a *agent) loadFleet(ctx context.Context) error {
 		} else {
 			f.bundle.Store(b)
 			f.applied = max(f.applied, b.Version)
-			a.log.Info("fleet: kept bundle applied", "version", b.Version, "hashes", len(b.Hashes))
+			fp, err := parseFleetPolicies(b)
+			if err != nil { // Verify parsed them
+				return fmt.Errorf("fleet: kept bundle: %w", err)
+			}
+			a.policy.fleet = fp // merged by startPolicy
+			a.log.Info("fleet: kept bundle applied", "version", b.Version, "hashes", len(b.Hashes), "policies", len(b.Policies))
 		}
 	}
 	a.fleet = f
@@ -298,29 +304,41 @@ func (a *agent) fleetApply(ctx context.Context, envelope []byte, via string) {
 	defer f.mu.Unlock()
 	b, err := f.verifier.Verify(ctx, envelope, f.applied)
 	if err != nil {
-		sum := sha256.Sum256(envelope)
-		d := hex.EncodeToString(sum[:])
-		if d == f.lastRefused {
-			return // reported already
-		}
-		f.lastRefused = d
-		reason := fleet.Reason(err)
-		a.log.Warn("fleet: bundle refused; the one applied stays in force", "reason", reason, "via", via, "err", err, "applied", f.applied)
-		a.emit(&vigilv1.Event{Time: timestamppb.Now(), Kind: "tamper", Backend: "agent", Hook: "fleet",
-			Process: &vigilv1.Process{Pid: uint32(os.Getpid()), Exe: selfExe()},
-			Detail: &vigilv1.Event_Tamper{Tamper: &vigilv1.Tamper{Method: "fleet_bundle",
-				Target: fmt.Sprintf("bundle from %s (%s, sha256 %s)", a.cfg.FleetServer, via, d[:16]),
-				Detail: reason + ": " + err.Error(), Refused: true}}})
+		a.fleetRefuse(envelope, via, fleet.Reason(err), err)
 		return
+	}
+	// The behavior policies first: if this host cannot put them in force
+	// (a rule id its local policy has too, too many rules, the kernel
+	// refuses them), nothing of the bundle is applied.
+	fp, err := parseFleetPolicies(b)
+	var (
+		prevFP  fleetPolicies
+		changed bool
+	)
+	if err == nil {
+		prevFP, changed, err = a.setFleetPolicies(fp)
+	}
+	if err != nil {
+		a.fleetRefuse(envelope, via, "policy", err)
+		return
+	}
+	restore := func() {
+		if changed {
+			if _, _, err := a.setFleetPolicies(prevFP); err != nil {
+				a.log.Error("fleet: previous fleet policies not restored", "err", err)
+			}
+		}
 	}
 	// Kept before it is used: a crash after this applies it at restart;
 	// the version is written last, so it never runs ahead of the bundle.
 	if err := fleet.WriteFileAtomic(filepath.Join(f.dir, fleet.BundleFile), envelope, 0o600); err != nil {
 		a.log.Error("fleet: bundle not kept, not applied", "err", err)
+		restore()
 		return
 	}
 	if err := fleet.WriteFileAtomic(filepath.Join(f.dir, fleet.VersionFile), []byte(strconv.FormatUint(b.Version, 10)+"\n"), 0o600); err != nil {
 		a.log.Error("fleet: bundle version not kept, not applied", "err", err)
+		restore()
 		return
 	}
 	f.applied = b.Version
@@ -328,13 +346,28 @@ func (a *agent) fleetApply(ctx context.Context, envelope []byte, via string) {
 	if err := a.fleetSigners(ctx, b); err != nil {
 		a.log.Error("fleet: signers of the bundle not applied", "err", err)
 	}
-	if len(b.Policies) > 0 {
-		a.log.Warn("fleet: the bundle carries behavior policies; this agent does not apply fleet policies yet", "policies", len(b.Policies))
-	}
 	if err := a.reloadExecControl(ctx); err != nil {
 		a.log.Error("fleet: execution control not reloaded", "err", err)
 	}
-	a.log.Info("fleet: bundle applied", "version", b.Version, "via", via, "hashes", len(b.Hashes), "signers", len(b.Signers))
+	a.log.Info("fleet: bundle applied", "version", b.Version, "via", via, "hashes", len(b.Hashes), "signers", len(b.Signers), "policies", len(b.Policies))
+}
+
+// fleetRefuse reports a refused bundle (once per distinct envelope): the
+// agent keeps what it applied.
+func (a *agent) fleetRefuse(envelope []byte, via, reason string, err error) {
+	f := a.fleet
+	sum := sha256.Sum256(envelope)
+	d := hex.EncodeToString(sum[:])
+	if d == f.lastRefused {
+		return // reported already
+	}
+	f.lastRefused = d
+	a.log.Warn("fleet: bundle refused; the one applied stays in force", "reason", reason, "via", via, "err", err, "applied", f.applied)
+	a.emit(&vigilv1.Event{Time: timestamppb.Now(), Kind: "tamper", Backend: "agent", Hook: "fleet",
+		Process: &vigilv1.Process{Pid: uint32(os.Getpid()), Exe: selfExe()},
+		Detail: &vigilv1.Event_Tamper{Tamper: &vigilv1.Tamper{Method: "fleet_bundle",
+			Target: fmt.Sprintf("bundle from %s (%s, sha256 %s)", a.cfg.FleetServer, via, d[:16]),
+			Detail: reason + ": " + err.Error(), Refused: true}}})
 }
 
 func selfExe() string {

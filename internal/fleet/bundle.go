@@ -71,8 +71,8 @@ type Bundle struct {
 	Hashes []HashRule `json:"hashes"`
 	// Signers are catalog signers the host approves (PEM public keys).
 	Signers []SignerRule `json:"signers,omitempty"`
-	// Policies are behavior policy YAML documents. Carried and verified;
-	// the agent does not apply them yet (docs/fleet.md).
+	// Policies are behavior policy YAML documents (no trust block). The
+	// agent merges them after its local policy (docs/fleet.md).
 	Policies []PolicyRule `json:"policies,omitempty"`
 }
 
@@ -97,6 +97,23 @@ type PolicyRule struct {
 	YAML  string `json:"yaml"`
 	Scope string `json:"scope"`
 	Rule  uint64 `json:"rule"`
+}
+
+// Parse parses and validates the policy document as a local policy file
+// is, and refuses a trust block: execution control on a host is the local
+// policy's, and the fleet's part of it comes as hash and signer rules.
+func (p PolicyRule) Parse() (*policy.Policy, error) {
+	if strings.TrimSpace(p.Name) == "" {
+		return nil, errors.New("a policy rule needs a name")
+	}
+	pol, err := policy.Parse(p.Name, []byte(p.YAML))
+	if err != nil {
+		return nil, err
+	}
+	if pol.Trust != nil {
+		return nil, fmt.Errorf("%s: a trust block in a fleet policy (execution control comes from the local policy; the fleet sends hash and signer rules)", p.Name)
+	}
+	return pol, nil
 }
 
 // Canonical orders the rules so that the same rules make the same payload.
@@ -164,8 +181,8 @@ func (b Bundle) Validate() error {
 		}
 	}
 	for i, p := range b.Policies {
-		if _, err := policy.Parse(p.Name, []byte(p.YAML)); err != nil {
-			errs = append(errs, fmt.Errorf("policy rule %d (%s): %w", i+1, p.Name, err))
+		if _, err := p.Parse(); err != nil {
+			errs = append(errs, fmt.Errorf("policy rule %d: %w", i+1, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -14,7 +14,6 @@ import (
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
-	"github.com/vigil-hips/vigil/internal/policy"
 	"github.com/vigil-hips/vigil/internal/sign"
 )
 
@@ -194,7 +193,7 @@ func checkRule(r *fleetv1.Rule) error {
 		if strings.TrimSpace(r.GetComment()) == "" {
 			return errors.New("a policy rule needs a name (comment)")
 		}
-		if _, err := policy.Parse(r.GetComment(), []byte(r.GetValue())); err != nil {
+		if _, err := (fleet.PolicyRule{Name: r.GetComment(), YAML: r.GetValue()}).Parse(); err != nil {
 			return err
 		}
 		r.Verdict = "apply"
