@@ -376,6 +376,7 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 		}
 		byKind.Inc()
 		a.notePending(ev)
+		a.fleetPreview(ev)
 		if w := a.integrity.Load(); w != nil {
 			w.observe(ev) // never blocks
 		}

@@ -75,6 +75,9 @@ type fleetState struct {
 	lastRefused string // digest of the last envelope refused, to report each once
 
 	bundle atomic.Pointer[fleet.Bundle] // applied; read by buildExecControl
+	// preview is the applied bundle's would-be denies (a rollout's
+	// preview), by lower-case digest.
+	preview atomic.Pointer[map[string]fleet.HashRule]
 	cursor atomic.Uint64                // the server's last event id from this host
 	synced atomic.Bool                  // cursor is known
 }
@@ -131,6 +134,7 @@ func (a *agent) loadFleet(ctx context.Context) error {
 			a.log.Error("fleet: the kept bundle does not verify; none applied until the server sends a new one", "err", err)
 		} else {
 			f.bundle.Store(b)
+			f.setPreview(b)
 			f.applied = max(f.applied, b.Version)
 			fp, err := parseFleetPolicies(b)
 			if err != nil { // Verify parsed them
@@ -156,6 +160,9 @@ func (a *agent) fleetMerge(t map[[32]byte]bool) {
 		return
 	}
 	for _, h := range b.Hashes {
+		if h.Mode == fleet.Monitor {
+			continue // a preview: recorded by fleetPreview, not enforced
+		}
 		sha, err := trust.ParseDigest(h.SHA256)
 		if err != nil {
 			continue // Verify checked them
@@ -343,6 +350,7 @@ func (a *agent) fleetApply(ctx context.Context, envelope []byte, via string) {
 	}
 	f.applied = b.Version
 	f.bundle.Store(b)
+	f.setPreview(b)
 	if err := a.fleetSigners(ctx, b); err != nil {
 		a.log.Error("fleet: signers of the bundle not applied", "err", err)
 	}
@@ -490,9 +498,42 @@ func (a *agent) fleetPending(h func(context.Context, *vigilv1.PendingRequest) (*
 		}
 		decided := map[string]bool{}
 		for _, r := range b.Hashes {
-			decided[strings.ToLower(r.SHA256)] = true
+			if r.Mode != fleet.Monitor {
+				decided[strings.ToLower(r.SHA256)] = true
+			}
 		}
 		resp.Items = slices.DeleteFunc(resp.Items, func(p *vigilv1.PendingCode) bool { return decided[strings.ToLower(p.GetSha256())] })
 		return resp, nil
 	}
+}
+
+func (f *fleetState) setPreview(b *fleet.Bundle) {
+	m := map[string]fleet.HashRule{}
+	for _, h := range b.Hashes {
+		if h.Mode == fleet.Monitor {
+			m[strings.ToLower(h.SHA256)] = h
+		}
+	}
+	f.preview.Store(&m)
+}
+
+// fleetPreview marks an execution control event about code a rollout's
+// preview would deny: the code ran (the deny is not enforced) and the
+// event says it would have been denied (verdict denied, mode monitor,
+// source the fleet rule), so it is uploaded and shows as would-block.
+func (a *agent) fleetPreview(ev *vigilv1.Event) {
+	if a.fleet == nil {
+		return
+	}
+	m := a.fleet.preview.Load()
+	t := ev.GetTrust()
+	if m == nil || len(*m) == 0 || t == nil || t.GetSha256() == "" || t.GetVerdict() == "denied" {
+		return
+	}
+	h, ok := (*m)[strings.ToLower(t.GetSha256())]
+	if !ok {
+		return
+	}
+	t.Verdict, t.Mode = "denied", "monitor"
+	t.Source = fmt.Sprintf("fleet:rule %d (%s, preview)", h.Rule, h.Scope)
 }

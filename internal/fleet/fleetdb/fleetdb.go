@@ -12,6 +12,7 @@ import (
 	"time"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/fleet"
 )
 
 // Errors (wrapped).
@@ -61,6 +62,8 @@ type Rule struct {
 	Scope   string
 	Comment string
 	Created time.Time
+	// Rollout is the rule's staged rollout (zero: every host in scope).
+	Rollout fleet.Rollout
 }
 
 // BundleState is a host's bundles: the newest made (Version, Payload) and
@@ -95,7 +98,12 @@ type Store interface {
 	// Seen records a Sync: the time and the agent's report.
 	Seen(ctx context.Context, id string, r Report, now time.Time) error
 
+	// AddRule adds r, or replaces the verdict, comment and rollout of the
+	// rule of the same kind, value and scope.
 	AddRule(ctx context.Context, r Rule) (Rule, error)
+	// SetRollout changes a rule's rollout (ErrNotFound if there is no
+	// rule id).
+	SetRollout(ctx context.Context, id uint64, ro fleet.Rollout) (Rule, error)
 	DeleteRule(ctx context.Context, id uint64) error
 	Rules(ctx context.Context) ([]Rule, error)
 

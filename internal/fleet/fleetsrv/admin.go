@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,8 +55,16 @@ func hostProto(h fleetdb.Host, b fleetdb.BundleState) *fleetv1.Host {
 }
 
 func ruleProto(r fleetdb.Rule) *fleetv1.Rule {
-	return &fleetv1.Rule{Id: r.ID, Kind: r.Kind, Value: r.Value, Verdict: r.Verdict, Scope: r.Scope, Comment: r.Comment,
+	p := &fleetv1.Rule{Id: r.ID, Kind: r.Kind, Value: r.Value, Verdict: r.Verdict, Scope: r.Scope, Comment: r.Comment,
 		Created: timestamppb.New(r.Created)}
+	if r.Rollout.Stage != fleet.StageFull {
+		p.Rollout = &fleetv1.Rollout{Stage: r.Rollout.Stage, Percent: r.Rollout.Percent, Tag: r.Rollout.Tag}
+	}
+	return p
+}
+
+func rolloutOf(p *fleetv1.Rollout) fleet.Rollout {
+	return fleet.Rollout{Stage: p.GetStage(), Percent: p.GetPercent(), Tag: p.GetTag()}
 }
 
 func (a *adminServer) host(ctx context.Context, h fleetdb.Host) (*fleetv1.Host, error) {
@@ -207,12 +216,16 @@ func (a *adminServer) AddRule(ctx context.Context, req *fleetv1.Rule) (*fleetv1.
 	if err := checkRule(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	ro := rolloutOf(req.GetRollout())
+	if err := ro.Validate(); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	r, err := a.s.cfg.Store.AddRule(ctx, fleetdb.Rule{Kind: req.GetKind(), Value: req.GetValue(), Verdict: req.GetVerdict(),
-		Scope: req.GetScope(), Comment: req.GetComment()})
+		Scope: req.GetScope(), Comment: req.GetComment(), Rollout: ro})
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	a.s.log.Info("rule added", "id", r.ID, "kind", r.Kind, "verdict", r.Verdict, "scope", r.Scope)
+	a.s.log.Info("rule added", "id", r.ID, "kind", r.Kind, "verdict", r.Verdict, "scope", r.Scope, "rollout", r.Rollout.String())
 	if err := a.s.rebuild(ctx); err != nil {
 		return nil, grpcErr(fmt.Errorf("rule %d stored, but bundles not remade: %w", r.ID, err))
 	}
@@ -234,11 +247,56 @@ func (a *adminServer) ListRules(ctx context.Context, _ *fleetv1.ListRulesRequest
 	if err != nil {
 		return nil, grpcErr(err)
 	}
+	hs, err := a.s.cfg.Store.Hosts(ctx)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
 	resp := &fleetv1.ListRulesResponse{}
 	for _, r := range rs {
-		resp.Rules = append(resp.Rules, ruleProto(r))
+		p := ruleProto(r)
+		for _, h := range hs {
+			if h.Revoked || !fleet.InScope(r.Scope, h.ID, h.Tags) {
+				continue
+			}
+			p.ScopeHosts++
+			if r.Rollout.Chosen(h.ID, h.Tags) {
+				p.RolloutHosts++
+			}
+		}
+		resp.Rules = append(resp.Rules, p)
 	}
 	return resp, nil
+}
+
+// UpdateRollout sets a rule's rollout or promotes it, and remakes the
+// bundles.
+func (a *adminServer) UpdateRollout(ctx context.Context, req *fleetv1.UpdateRolloutRequest) (*fleetv1.Rule, error) {
+	ro := rolloutOf(req.GetRollout())
+	if req.GetPromote() {
+		rs, err := a.s.cfg.Store.Rules(ctx)
+		if err != nil {
+			return nil, grpcErr(err)
+		}
+		i := slices.IndexFunc(rs, func(r fleetdb.Rule) bool { return r.ID == req.GetId() })
+		if i < 0 {
+			return nil, status.Errorf(codes.NotFound, "rule %d: not found", req.GetId())
+		}
+		if ro, err = rs[i].Rollout.Promote(); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "rule %d: %v", req.GetId(), err)
+		}
+	}
+	if err := ro.Validate(); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	r, err := a.s.cfg.Store.SetRollout(ctx, req.GetId(), ro)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	a.s.log.Info("rule rollout changed", "id", r.ID, "rollout", r.Rollout.String())
+	if err := a.s.rebuild(ctx); err != nil {
+		return nil, grpcErr(fmt.Errorf("rule %d changed, but bundles not remade: %w", r.ID, err))
+	}
+	return ruleProto(r), nil
 }
 
 func (a *adminServer) UnsignedBundles(ctx context.Context, _ *fleetv1.UnsignedBundlesRequest) (*fleetv1.UnsignedBundlesResponse, error) {

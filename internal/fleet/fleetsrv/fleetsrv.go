@@ -390,20 +390,32 @@ func (s *Server) UploadEvents(ctx context.Context, req *fleetv1.UploadEventsRequ
 // ---------------------------------------------------------------- bundles
 
 // BundleFor returns the bundle payload of host h from rules (version and
-// time left for the caller).
+// time left for the caller). A rule in a staged rollout goes only to the
+// hosts its rollout chooses; in preview, as a monitor-mode policy or a
+// would-be hash deny, and an allow not at all (fleet.Rollout).
 func BundleFor(h fleetdb.Host, rules []fleetdb.Rule) fleet.Bundle {
 	b := fleet.Bundle{Host: h.ID}
 	for _, r := range rules {
-		if !fleet.InScope(r.Scope, h.ID, h.Tags) {
+		if !fleet.InScope(r.Scope, h.ID, h.Tags) || !r.Rollout.Chosen(h.ID, h.Tags) {
 			continue
+		}
+		mode := ""
+		if r.Rollout.Stage == fleet.StagePreview {
+			mode = fleet.Monitor
 		}
 		switch r.Kind {
 		case fleet.KindSHA256:
-			b.Hashes = append(b.Hashes, fleet.HashRule{SHA256: r.Value, Verdict: r.Verdict, Scope: r.Scope, Rule: r.ID})
+			if mode == fleet.Monitor && r.Verdict != fleet.Deny {
+				continue // an allow has no preview
+			}
+			b.Hashes = append(b.Hashes, fleet.HashRule{SHA256: r.Value, Verdict: r.Verdict, Scope: r.Scope, Rule: r.ID, Mode: mode})
 		case fleet.KindSigner:
+			if mode == fleet.Monitor {
+				continue
+			}
 			b.Signers = append(b.Signers, fleet.SignerRule{PublicKey: r.Value, Scope: r.Scope, Rule: r.ID})
 		case fleet.KindPolicy:
-			b.Policies = append(b.Policies, fleet.PolicyRule{Name: r.Comment, YAML: r.Value, Scope: r.Scope, Rule: r.ID})
+			b.Policies = append(b.Policies, fleet.PolicyRule{Name: r.Comment, YAML: r.Value, Scope: r.Scope, Rule: r.ID, Mode: mode})
 		}
 	}
 	b.Canonical()
