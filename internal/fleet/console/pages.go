@@ -504,12 +504,14 @@ type ruleRow struct {
 	*fleetv1.Rule
 	InScope   int
 	Delivered int
+	Stage     string // the rollout: full, "preview 10% tag:canary"
 }
 
 func ruleRows(rs []*fleetv1.Rule, hosts []*fleetv1.Host) []ruleRow {
 	out := make([]ruleRow, len(rs))
 	for i, ru := range rs {
 		out[i].Rule = ru
+		out[i].Stage = fleet.Rollout{Stage: ru.GetRollout().GetStage(), Percent: ru.GetRollout().GetPercent(), Tag: ru.GetRollout().GetTag()}.String()
 		for _, h := range hosts {
 			if h.GetRevoked() || !fleet.InScope(ru.GetScope(), h.GetId(), h.GetTags()) {
 				continue
@@ -546,6 +548,14 @@ func (c *Console) addRule(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	f := r.PostForm
 	ru := &fleetv1.Rule{Kind: f.Get("kind"), Value: strings.TrimSpace(f.Get("value")), Verdict: f.Get("verdict"),
 		Scope: strings.TrimSpace(f.Get("scope")), Comment: strings.TrimSpace(f.Get("comment"))}
+	if stage := f.Get("stage"); stage != "" {
+		pct, err := strconv.ParseUint(strings.TrimSpace(f.Get("percent")), 10, 32)
+		if err != nil {
+			c.done(w, r, rc, "/rules", "add rule", status.Errorf(codes.InvalidArgument, "rollout percent %q", f.Get("percent")))
+			return
+		}
+		ru.Rollout = &fleetv1.Rollout{Stage: stage, Percent: uint32(pct), Tag: strings.TrimSpace(f.Get("rollout_tag"))}
+	}
 	ctx, cancel := c.ctx(r)
 	defer cancel()
 	got, err := c.admin.AddRule(ctx, ru)
@@ -553,6 +563,23 @@ func (c *Console) addRule(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	msg := "add " + ru.GetKind() + " rule"
 	if err == nil {
 		msg = fmt.Sprintf("rule %d added (%s %s, %s)", got.GetId(), got.GetKind(), got.GetVerdict(), got.GetScope())
+	}
+	c.done(w, r, rc, "/rules", msg, err)
+}
+
+func (c *Console) promoteRule(w http.ResponseWriter, r *http.Request, rc reqCtx) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		c.done(w, r, rc, "/rules", "promote rule", status.Errorf(codes.InvalidArgument, "rule id %q", r.PathValue("id")))
+		return
+	}
+	ctx, cancel := c.ctx(r)
+	defer cancel()
+	got, err := c.admin.UpdateRollout(ctx, &fleetv1.UpdateRolloutRequest{Id: id, Promote: true})
+	c.log.Info("console: promote rule", "rule", id, "err", err)
+	msg := fmt.Sprintf("promote rule %d", id)
+	if err == nil {
+		msg = fmt.Sprintf("rule %d promoted: %s", id, fleet.Rollout{Stage: got.GetRollout().GetStage(), Percent: got.GetRollout().GetPercent(), Tag: got.GetRollout().GetTag()})
 	}
 	c.done(w, r, rc, "/rules", msg, err)
 }
