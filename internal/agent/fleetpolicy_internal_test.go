@@ -164,3 +164,52 @@ func TestFleetPolicies(t *testing.T) {
 	}
 }
 
+
+// TestFleetPreview: a rollout's preview arrives in monitor mode: a
+// previewed hash deny is not enforced (the code stays trusted) and its
+// events are marked as would-be denied by the fleet rule; a previewed
+// policy's rules record only, though the document says enforce.
+func TestFleetPreview(t *testing.T) {
+	ctx := context.Background()
+	pub, priv, _ := sign.GenerateKey()
+	a := fleetAgent(t, pub)
+	s := &enforcerSensor{}
+	var sn sensor.Sensor = s
+	a.sensor.Store(&sn)
+	a.xc.db.Approve(ctx, sum("tool"), "")
+	env, err := fleet.SignBundle(ctx, priv, fleet.Bundle{Host: "me", Version: 1, Issued: time.Now(),
+		Hashes: []fleet.HashRule{{SHA256: hexSum("tool"), Verdict: fleet.Deny, Scope: "tag:canary", Rule: 4, Mode: fleet.Monitor}},
+		Policies: []fleet.PolicyRule{{Name: "p", Scope: "global", Rule: 5, Mode: fleet.Monitor,
+			YAML: "version: 1\nname: p\nmode: enforce\nrules:\n- id: r1\n  on: [file_modify]\n  action: deny\n  mode: enforce\n  match: {target: {path_prefix: /srv}}\n"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.fleetApply(ctx, env, "test")
+	if r := a.refusals(); len(r) != 0 || a.fleetApplied() != 1 {
+		t.Fatalf("refusals %v, version %d", r, a.fleetApplied())
+	}
+	xc, _, err := a.buildExecControl(ctx, &policy.Trust{Mode: "lockdown", Sources: []string{"database"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := xc.Trust[sum("tool")]; !ok || !v {
+		t.Fatalf("a previewed deny was enforced: trusted %v (known %v)", v, ok)
+	}
+	ev := &vigilv1.Event{Kind: "exec", Trust: &vigilv1.Trust{Sha256: hexSum("tool"), Verdict: "trusted", Source: "database", Mode: "lockdown"}}
+	a.fleetPreview(ev)
+	if tr := ev.GetTrust(); tr.GetVerdict() != "denied" || tr.GetMode() != "monitor" || !strings.Contains(tr.GetSource(), "rule 4") {
+		t.Fatalf("previewed event: %v, want a would-be deny by fleet rule 4", tr)
+	}
+	other := &vigilv1.Event{Kind: "exec", Trust: &vigilv1.Trust{Sha256: hexSum("other"), Verdict: "trusted"}}
+	a.fleetPreview(other)
+	if other.GetTrust().GetVerdict() != "trusted" {
+		t.Fatalf("an event of other code was marked: %v", other.GetTrust())
+	}
+	if !a.fleetWanted(ev) {
+		t.Fatal("a would-be denied event is not uploaded")
+	}
+	got := s.inForce.Evaluate(fileWrite("/srv/x"), nil)
+	if got.Rule != "r1" || got.Mode != policy.Monitor || got.Enforced {
+		t.Fatalf("previewed policy decides %+v, want r1 in monitor mode", got)
+	}
+}

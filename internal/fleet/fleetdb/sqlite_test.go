@@ -2,12 +2,14 @@ package fleetdb_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 )
 
@@ -124,5 +126,64 @@ func TestRules(t *testing.T) {
 	}
 	if err := db.DeleteRule(ctx, r3.ID); !errors.Is(err, fleetdb.ErrNotFound) {
 		t.Fatalf("deleting twice: %v", err)
+	}
+}
+
+// TestRollout: a rule's rollout is stored with it, changed by SetRollout
+// (a bad one refused, nothing changed), and survives a reopen; a database
+// made before rollouts existed gains the columns when opened.
+func TestRollout(t *testing.T) {
+	ctx := context.Background()
+	db, path := open(t)
+	r, err := db.AddRule(ctx, fleetdb.Rule{Kind: "sha256", Value: "aa", Verdict: "deny", Scope: "global",
+		Rollout: fleet.Rollout{Stage: fleet.StagePreview, Percent: 10, Tag: "canary"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.AddRule(ctx, fleetdb.Rule{Kind: "sha256", Value: "bb", Verdict: "deny", Scope: "global",
+		Rollout: fleet.Rollout{Stage: "soon"}}); err == nil {
+		t.Fatal("a bad rollout was stored")
+	}
+	if _, err := db.SetRollout(ctx, r.ID, fleet.Rollout{Stage: fleet.StageStaged, Percent: 200}); err == nil {
+		t.Fatal("SetRollout took 200%")
+	}
+	if _, err := db.SetRollout(ctx, 999, fleet.Rollout{}); !errors.Is(err, fleetdb.ErrNotFound) {
+		t.Fatalf("SetRollout of no rule: %v", err)
+	}
+	got, err := db.SetRollout(ctx, r.ID, fleet.Rollout{Stage: fleet.StageStaged, Percent: 50, Tag: "canary"})
+	if err != nil || got.Rollout != (fleet.Rollout{Stage: fleet.StageStaged, Percent: 50, Tag: "canary"}) {
+		t.Fatalf("SetRollout: %+v %v", got, err)
+	}
+	db.Close()
+	db2, err := fleetdb.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	rs, _ := db2.Rules(ctx)
+	if len(rs) != 1 || rs[0].Rollout.Stage != fleet.StageStaged || rs[0].Rollout.Percent != 50 {
+		t.Fatalf("after reopen: %+v", rs)
+	}
+
+	// An old database: the rules table without the rollout columns.
+	old := filepath.Join(t.TempDir(), "old.db")
+	raw, err := sql.Open("sqlite", old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`CREATE TABLE rules (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, value TEXT NOT NULL,
+		verdict TEXT NOT NULL, scope TEXT NOT NULL, comment TEXT NOT NULL, created_ns INTEGER NOT NULL, UNIQUE (kind, value, scope));
+		INSERT INTO rules (kind, value, verdict, scope, comment, created_ns) VALUES ('sha256', 'cc', 'allow', 'global', 'kept', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	db3, err := fleetdb.OpenSQLite(ctx, old)
+	if err != nil {
+		t.Fatalf("open an old database: %v", err)
+	}
+	defer db3.Close()
+	rs, err = db3.Rules(ctx)
+	if err != nil || len(rs) != 1 || rs[0].Comment != "kept" || rs[0].Rollout != (fleet.Rollout{}) {
+		t.Fatalf("old database's rules: %+v %v", rs, err)
 	}
 }
