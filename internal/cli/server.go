@@ -11,13 +11,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/console"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetsrv"
+	"github.com/vigil-hips/vigil/internal/ocsf"
 	"github.com/vigil-hips/vigil/internal/server"
 	"github.com/vigil-hips/vigil/internal/sign"
 )
@@ -29,7 +32,7 @@ const (
 	defaultAdminSocket  = "/run/vigil-server/admin.sock"
 )
 
-func newServerCmd() *cobra.Command {
+func newServerCmd(opts Options) *cobra.Command {
 	var (
 		listen, stateDir, adminSocket string
 		tlsCert, tlsKey               string
@@ -38,6 +41,7 @@ func newServerCmd() *cobra.Command {
 		secretFile                    string
 		logLevel, logFormat           string
 		consoleListen, consolePwFile  string
+		ocsfFile, ocsfWebhook         string
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -109,6 +113,19 @@ signed here as soon as rules change. Without it they wait for
 				}
 				cfg.AdminKey = ed25519.PublicKey(pub)
 			}
+			if ocsfFile != "" || ocsfWebhook != "" {
+				exp, err := ocsf.New(ocsf.Config{File: ocsfFile, Webhook: ocsfWebhook, Product: ocsf.Product{Name: "Vigil server", Version: opts.Version}}, logger)
+				if err != nil {
+					return err
+				}
+				defer exp.Close(10 * time.Second)
+				cfg.Export = func(h fleetdb.Host, evs []*vigilv1.Event) {
+					if _, err := exp.Export(ocsf.Host{ID: h.ID, Hostname: h.Hostname}, evs); err != nil {
+						logger.Error("ocsf export", "host", h.ID, "err", err)
+					}
+				}
+				logger.Info("ocsf export on", "file", ocsfFile, "webhook", ocsfWebhook)
+			}
 			db, err := fleetdb.OpenSQLite(cmd.Context(), filepath.Join(stateDir, fleetdb.FileName))
 			if err != nil {
 				return err
@@ -172,6 +189,8 @@ signed here as soon as rules change. Without it they wait for
 	f.StringVar(&secretFile, "enroll-secret-file", "", "accept the enrollment secret in this file (besides those made by vigil fleet secret create)")
 	f.StringVar(&consoleListen, "console-listen", "127.0.0.1:8444", "address of the web console (HTTPS, the server's certificate; empty: no console)")
 	f.StringVar(&consolePwFile, "console-password-file", "", "the console administrator's password (default: "+console.PasswordFile+" in --state-dir, made at first start)")
+	f.StringVar(&ocsfFile, "ocsf-file", "", "export uploaded events as OCSF, one JSON object a line, appended to this file")
+	f.StringVar(&ocsfWebhook, "ocsf-webhook", "", "export uploaded events as OCSF: POST JSON arrays (batched, retried) to this http(s) URL")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd

@@ -38,6 +38,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 	"github.com/vigil-hips/vigil/internal/sign"
@@ -60,6 +61,9 @@ type Config struct {
 	// SigningKey's public key.
 	AdminKey ed25519.PublicKey
 	Logger   *slog.Logger
+	// Export, when set, is given each upload's new events (not those of a
+	// retried batch) once they are stored: the OCSF export.
+	Export func(h fleetdb.Host, evs []*vigilv1.Event)
 }
 
 // Validate reports every problem with c.
@@ -380,9 +384,29 @@ func (s *Server) Watch(req *fleetv1.WatchRequest, stream fleetv1.Fleet_WatchServ
 
 func (s *Server) UploadEvents(ctx context.Context, req *fleetv1.UploadEventsRequest) (*fleetv1.UploadEventsResponse, error) {
 	host := hostOf(ctx)
+	var (
+		h   fleetdb.Host
+		err error
+	)
+	if s.cfg.Export != nil {
+		if h, err = s.cfg.Store.Host(ctx, host); err != nil {
+			return nil, grpcErr(err)
+		}
+	}
 	last, err := s.cfg.Sink.Append(ctx, fleetdb.Upload{Host: host, AfterID: req.GetAfterId(), ThroughID: req.GetThroughId(), Events: req.GetEvents()})
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if s.cfg.Export != nil {
+		var fresh []*vigilv1.Event
+		for _, ev := range req.GetEvents() {
+			if ev.GetId() > h.LastEventID && ev.GetId() <= last {
+				fresh = append(fresh, ev)
+			}
+		}
+		if len(fresh) > 0 {
+			s.cfg.Export(h, fresh)
+		}
 	}
 	return &fleetv1.UploadEventsResponse{LastEventId: last}, nil
 }
