@@ -585,6 +585,7 @@ func (a *agent) status(context.Context) *vigilv1.StatusResponse {
 	if w := a.integrity.Load(); w != nil {
 		r.Integrity = w.status()
 	}
+	r.Fleet = a.fleetStatus()
 	return r
 }
 

@@ -79,6 +79,10 @@ type fleetState struct {
 	// preview), by lower-case digest.
 	preview atomic.Pointer[map[string]fleet.HashRule]
 	cursor atomic.Uint64                // the server's last event id from this host
+	// For status: the last answered Sync (unix ns), the last failure.
+	lastContact atomic.Int64
+	lastErr     atomic.Pointer[string]
+	enrolled    atomic.Bool
 	synced atomic.Bool                  // cursor is known
 }
 
@@ -186,12 +190,15 @@ func (a *agent) runFleet(ctx context.Context) {
 		c, enrolled, err := fleet.LoadOrEnroll(ctx, f.dir, f.enroll)
 		if err == nil {
 			cred = c
+			f.enrolled.Store(true)
 			if enrolled {
 				a.log.Info("fleet: enrolled", "server", f.enroll.Server, "host", c.HostID)
 			}
 			break
 		}
 		a.log.Warn("fleet: not enrolled, retrying", "server", f.enroll.Server, "err", err, "retry_in", backoff)
+		msg := "enroll: " + err.Error()
+		f.lastErr.Store(&msg)
 		if !sleepCtx(ctx, backoff) {
 			return
 		}
@@ -291,8 +298,12 @@ func (a *agent) fleetSync(ctx context.Context, c fleetv1.FleetClient) error {
 	defer cancel()
 	resp, err := c.Sync(cctx, req)
 	if err != nil {
+		msg := "sync: " + err.Error()
+		a.fleet.lastErr.Store(&msg)
 		return err
 	}
+	a.fleet.lastContact.Store(time.Now().UnixNano())
+	a.fleet.lastErr.Store(nil)
 	if !a.fleet.synced.Load() {
 		a.fleet.cursor.Store(resp.GetLastEventId())
 		a.fleet.synced.Store(true)
@@ -536,4 +547,30 @@ func (a *agent) fleetPreview(ev *vigilv1.Event) {
 	}
 	t.Verdict, t.Mode = "denied", "monitor"
 	t.Source = fmt.Sprintf("fleet:rule %d (%s, preview)", h.Rule, h.Scope)
+}
+
+// fleetStatus is the fleet part of the agent's status.
+func (a *agent) fleetStatus() *vigilv1.FleetStatus {
+	f := a.fleet
+	if f == nil {
+		return nil
+	}
+	st := &vigilv1.FleetStatus{Server: a.cfg.FleetServer, HostId: f.verifier.Host, Enrolled: f.enrolled.Load(),
+		AppliedVersion: a.fleetApplied()}
+	if !st.Enrolled {
+		if _, err := os.Stat(filepath.Join(f.dir, fleet.CertFile)); err == nil {
+			st.Enrolled = true // enrolled before this start
+		}
+	}
+	if b := f.bundle.Load(); b != nil {
+		st.BundleIssued = timestamppb.New(b.Issued)
+		st.Hashes, st.Signers, st.Policies = uint32(len(b.Hashes)), uint32(len(b.Signers)), uint32(len(b.Policies))
+	}
+	if ns := f.lastContact.Load(); ns != 0 {
+		st.LastContact = timestamppb.New(time.Unix(0, ns))
+	}
+	if e := f.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
+	return st
 }

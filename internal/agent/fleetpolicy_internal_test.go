@@ -213,3 +213,29 @@ func TestFleetPreview(t *testing.T) {
 		t.Fatalf("previewed policy decides %+v, want r1 in monitor mode", got)
 	}
 }
+
+// TestFleetStatus: the status reports the bundle in force and its rules,
+// the last contact and the last error.
+func TestFleetStatus(t *testing.T) {
+	ctx := context.Background()
+	pub, priv, _ := sign.GenerateKey()
+	a := fleetAgent(t, pub)
+	if st := a.fleetStatus(); st.GetAppliedVersion() != 0 || st.GetEnrolled() || st.GetLastContact() != nil || st.GetHostId() != "me" {
+		t.Fatalf("before anything: %v", st)
+	}
+	env, _ := fleet.SignBundle(ctx, priv, fleet.Bundle{Host: "me", Version: 3, Issued: time.Now(),
+		Hashes: []fleet.HashRule{{SHA256: hexSum("a"), Verdict: fleet.Allow, Scope: "global"}, {SHA256: hexSum("b"), Verdict: fleet.Deny, Scope: "global"}}})
+	a.fleetApply(ctx, env, "test")
+	msg := "sync: unavailable"
+	a.fleet.lastErr.Store(&msg)
+	a.fleet.lastContact.Store(time.Now().UnixNano())
+	st := a.fleetStatus()
+	if st.GetAppliedVersion() != 3 || st.GetHashes() != 2 || st.GetPolicies() != 0 || st.GetLastContact() == nil ||
+		st.GetLastError() != msg || st.GetBundleIssued() == nil || st.GetServer() != "127.0.0.1:1" {
+		t.Fatalf("after a bundle: %v", st)
+	}
+	var none agent
+	if none.fleetStatus() != nil {
+		t.Fatal("a host outside a fleet has a fleet status")
+	}
+}

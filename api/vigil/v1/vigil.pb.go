@@ -1778,6 +1778,7 @@ type StatusResponse struct {
 	Counters        *Counters              `protobuf:"bytes,10,opt,name=counters,proto3" json:"counters,omitempty"`
 	Policy          *PolicyStatus          `protobuf:"bytes,11,opt,name=policy,proto3" json:"policy,omitempty"`       // unset: no policy
 	Integrity       *IntegrityStatus       `protobuf:"bytes,12,opt,name=integrity,proto3" json:"integrity,omitempty"` // unset: the integrity watch is off
+	Fleet           *FleetStatus           `protobuf:"bytes,13,opt,name=fleet,proto3" json:"fleet,omitempty"`         // unset: not a fleet member
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1896,6 +1897,130 @@ func (x *StatusResponse) GetIntegrity() *IntegrityStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetFleet() *FleetStatus {
+	if x != nil {
+		return x.Fleet
+	}
+	return nil
+}
+
+// FleetStatus is the agent's fleet membership (docs/fleet.md).
+type FleetStatus struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Server         string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	HostId         string                 `protobuf:"bytes,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Enrolled       bool                   `protobuf:"varint,3,opt,name=enrolled,proto3" json:"enrolled,omitempty"`
+	AppliedVersion uint64                 `protobuf:"varint,4,opt,name=applied_version,json=appliedVersion,proto3" json:"applied_version,omitempty"` // the bundle in force; 0: none
+	BundleIssued   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=bundle_issued,json=bundleIssued,proto3" json:"bundle_issued,omitempty"`
+	Hashes         uint32                 `protobuf:"varint,6,opt,name=hashes,proto3" json:"hashes,omitempty"` // rules of the bundle in force
+	Signers        uint32                 `protobuf:"varint,7,opt,name=signers,proto3" json:"signers,omitempty"`
+	Policies       uint32                 `protobuf:"varint,8,opt,name=policies,proto3" json:"policies,omitempty"`
+	LastContact    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"` // the last Sync the server answered
+	LastError      string                 `protobuf:"bytes,10,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`      // of the last Sync or enrollment that failed, if after last_contact
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FleetStatus) Reset() {
+	*x = FleetStatus{}
+	mi := &file_vigil_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetStatus) ProtoMessage() {}
+
+func (x *FleetStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetStatus.ProtoReflect.Descriptor instead.
+func (*FleetStatus) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *FleetStatus) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *FleetStatus) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *FleetStatus) GetEnrolled() bool {
+	if x != nil {
+		return x.Enrolled
+	}
+	return false
+}
+
+func (x *FleetStatus) GetAppliedVersion() uint64 {
+	if x != nil {
+		return x.AppliedVersion
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetBundleIssued() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BundleIssued
+	}
+	return nil
+}
+
+func (x *FleetStatus) GetHashes() uint32 {
+	if x != nil {
+		return x.Hashes
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetSigners() uint32 {
+	if x != nil {
+		return x.Signers
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetPolicies() uint32 {
+	if x != nil {
+		return x.Policies
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetLastContact() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastContact
+	}
+	return nil
+}
+
+func (x *FleetStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 // IntegrityStatus is the agent's continuous kernel integrity watch.
 type IntegrityStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1912,7 +2037,7 @@ type IntegrityStatus struct {
 
 func (x *IntegrityStatus) Reset() {
 	*x = IntegrityStatus{}
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2049,7 @@ func (x *IntegrityStatus) String() string {
 func (*IntegrityStatus) ProtoMessage() {}
 
 func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[21]
+	mi := &file_vigil_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2062,7 @@ func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntegrityStatus.ProtoReflect.Descriptor instead.
 func (*IntegrityStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{21}
+	return file_vigil_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *IntegrityStatus) GetInterval() *durationpb.Duration {
@@ -2004,7 +2129,7 @@ type PolicyStatus struct {
 
 func (x *PolicyStatus) Reset() {
 	*x = PolicyStatus{}
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2141,7 @@ func (x *PolicyStatus) String() string {
 func (*PolicyStatus) ProtoMessage() {}
 
 func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2154,7 @@ func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{22}
+	return file_vigil_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PolicyStatus) GetName() string {
@@ -2093,7 +2218,7 @@ type RuleHits struct {
 
 func (x *RuleHits) Reset() {
 	*x = RuleHits{}
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2230,7 @@ func (x *RuleHits) String() string {
 func (*RuleHits) ProtoMessage() {}
 
 func (x *RuleHits) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2243,7 @@ func (x *RuleHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
 func (*RuleHits) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{23}
+	return file_vigil_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RuleHits) GetRule() string {
@@ -2160,7 +2285,7 @@ type Feature struct {
 
 func (x *Feature) Reset() {
 	*x = Feature{}
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2297,7 @@ func (x *Feature) String() string {
 func (*Feature) ProtoMessage() {}
 
 func (x *Feature) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2310,7 @@ func (x *Feature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Feature.ProtoReflect.Descriptor instead.
 func (*Feature) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{24}
+	return file_vigil_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Feature) GetName() string {
@@ -2222,7 +2347,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2234,7 +2359,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2247,7 +2372,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{25}
+	return file_vigil_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Counters) GetEventsReceived() uint64 {
@@ -2303,7 +2428,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +2440,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +2453,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{26}
+	return file_vigil_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EventsRequest) GetKinds() []string {
@@ -2398,7 +2523,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2410,7 +2535,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2423,7 +2548,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{27}
+	return file_vigil_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ApplyPolicyRequest) GetName() string {
@@ -2456,7 +2581,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2593,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2606,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{28}
+	return file_vigil_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ApplyPolicyResponse) GetPolicy() *PolicyStatus {
@@ -2500,7 +2625,7 @@ type PendingRequest struct {
 
 func (x *PendingRequest) Reset() {
 	*x = PendingRequest{}
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2637,7 @@ func (x *PendingRequest) String() string {
 func (*PendingRequest) ProtoMessage() {}
 
 func (x *PendingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2650,7 @@ func (x *PendingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingRequest.ProtoReflect.Descriptor instead.
 func (*PendingRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{29}
+	return file_vigil_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PendingRequest) GetLimit() uint32 {
@@ -2544,7 +2669,7 @@ type PendingResponse struct {
 
 func (x *PendingResponse) Reset() {
 	*x = PendingResponse{}
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2681,7 @@ func (x *PendingResponse) String() string {
 func (*PendingResponse) ProtoMessage() {}
 
 func (x *PendingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2694,7 @@ func (x *PendingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingResponse.ProtoReflect.Descriptor instead.
 func (*PendingResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{30}
+	return file_vigil_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PendingResponse) GetItems() []*PendingCode {
@@ -2595,7 +2720,7 @@ type PendingCode struct {
 
 func (x *PendingCode) Reset() {
 	*x = PendingCode{}
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2607,7 +2732,7 @@ func (x *PendingCode) String() string {
 func (*PendingCode) ProtoMessage() {}
 
 func (x *PendingCode) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2620,7 +2745,7 @@ func (x *PendingCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingCode.ProtoReflect.Descriptor instead.
 func (*PendingCode) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{31}
+	return file_vigil_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PendingCode) GetSha256() string {
@@ -2685,7 +2810,7 @@ type ApproveRequest struct {
 
 func (x *ApproveRequest) Reset() {
 	*x = ApproveRequest{}
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2697,7 +2822,7 @@ func (x *ApproveRequest) String() string {
 func (*ApproveRequest) ProtoMessage() {}
 
 func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2710,7 +2835,7 @@ func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
 func (*ApproveRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{32}
+	return file_vigil_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ApproveRequest) GetSha256() string {
@@ -2757,7 +2882,7 @@ type ApproveResponse struct {
 
 func (x *ApproveResponse) Reset() {
 	*x = ApproveResponse{}
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2894,7 @@ func (x *ApproveResponse) String() string {
 func (*ApproveResponse) ProtoMessage() {}
 
 func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2907,7 @@ func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
 func (*ApproveResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{33}
+	return file_vigil_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ApproveResponse) GetDetail() string {
@@ -2801,7 +2926,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2813,7 +2938,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2826,7 +2951,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{34}
+	return file_vigil_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StopRequest) GetToken() []byte {
@@ -2844,7 +2969,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2856,7 +2981,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2869,7 +2994,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{35}
+	return file_vigil_proto_rawDescGZIP(), []int{36}
 }
 
 // DoctorResponse is `vigil doctor -o json`: what this kernel offers and the
@@ -2885,7 +3010,7 @@ type DoctorResponse struct {
 
 func (x *DoctorResponse) Reset() {
 	*x = DoctorResponse{}
-	mi := &file_vigil_proto_msgTypes[36]
+	mi := &file_vigil_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2897,7 +3022,7 @@ func (x *DoctorResponse) String() string {
 func (*DoctorResponse) ProtoMessage() {}
 
 func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[36]
+	mi := &file_vigil_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2910,7 +3035,7 @@ func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
 func (*DoctorResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{36}
+	return file_vigil_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DoctorResponse) GetKernelRelease() string {
@@ -2946,7 +3071,7 @@ type Guarantee struct {
 
 func (x *Guarantee) Reset() {
 	*x = Guarantee{}
-	mi := &file_vigil_proto_msgTypes[37]
+	mi := &file_vigil_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2958,7 +3083,7 @@ func (x *Guarantee) String() string {
 func (*Guarantee) ProtoMessage() {}
 
 func (x *Guarantee) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[37]
+	mi := &file_vigil_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2971,7 +3096,7 @@ func (x *Guarantee) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Guarantee.ProtoReflect.Descriptor instead.
 func (*Guarantee) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{37}
+	return file_vigil_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Guarantee) GetControl() string {
@@ -3139,7 +3264,7 @@ const file_vigil_proto_rawDesc = "" +
 	"\n" +
 	"latency_us\x18\x04 \x01(\x04R\tlatencyUs\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x0f\n" +
-	"\rStatusRequest\"\xf1\x03\n" +
+	"\rStatusRequest\"\x9e\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1b\n" +
 	"\tagent_pid\x18\x02 \x01(\rR\bagentPid\x129\n" +
@@ -3154,7 +3279,21 @@ const file_vigil_proto_rawDesc = "" +
 	"\bcounters\x18\n" +
 	" \x01(\v2\x12.vigil.v1.CountersR\bcounters\x12.\n" +
 	"\x06policy\x18\v \x01(\v2\x16.vigil.v1.PolicyStatusR\x06policy\x127\n" +
-	"\tintegrity\x18\f \x01(\v2\x19.vigil.v1.IntegrityStatusR\tintegrity\"\x84\x03\n" +
+	"\tintegrity\x18\f \x01(\v2\x19.vigil.v1.IntegrityStatusR\tintegrity\x12+\n" +
+	"\x05fleet\x18\r \x01(\v2\x15.vigil.v1.FleetStatusR\x05fleet\"\xf0\x02\n" +
+	"\vFleetStatus\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x1a\n" +
+	"\benrolled\x18\x03 \x01(\bR\benrolled\x12'\n" +
+	"\x0fapplied_version\x18\x04 \x01(\x04R\x0eappliedVersion\x12?\n" +
+	"\rbundle_issued\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fbundleIssued\x12\x16\n" +
+	"\x06hashes\x18\x06 \x01(\rR\x06hashes\x12\x18\n" +
+	"\asigners\x18\a \x01(\rR\asigners\x12\x1a\n" +
+	"\bpolicies\x18\b \x01(\rR\bpolicies\x12=\n" +
+	"\flast_contact\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vlastContact\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\n" +
+	" \x01(\tR\tlastError\"\x84\x03\n" +
 	"\x0fIntegrityStatus\x125\n" +
 	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12\x1a\n" +
 	"\bbaseline\x18\x02 \x01(\tR\bbaseline\x12\x1e\n" +
@@ -3269,7 +3408,7 @@ func file_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_proto_rawDescData
 }
 
-var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_vigil_proto_goTypes = []any{
 	(*Event)(nil),                 // 0: vigil.v1.Event
 	(*Process)(nil),               // 1: vigil.v1.Process
@@ -3292,30 +3431,31 @@ var file_vigil_proto_goTypes = []any{
 	(*ClientVerdict)(nil),         // 18: vigil.v1.ClientVerdict
 	(*StatusRequest)(nil),         // 19: vigil.v1.StatusRequest
 	(*StatusResponse)(nil),        // 20: vigil.v1.StatusResponse
-	(*IntegrityStatus)(nil),       // 21: vigil.v1.IntegrityStatus
-	(*PolicyStatus)(nil),          // 22: vigil.v1.PolicyStatus
-	(*RuleHits)(nil),              // 23: vigil.v1.RuleHits
-	(*Feature)(nil),               // 24: vigil.v1.Feature
-	(*Counters)(nil),              // 25: vigil.v1.Counters
-	(*EventsRequest)(nil),         // 26: vigil.v1.EventsRequest
-	(*ApplyPolicyRequest)(nil),    // 27: vigil.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),   // 28: vigil.v1.ApplyPolicyResponse
-	(*PendingRequest)(nil),        // 29: vigil.v1.PendingRequest
-	(*PendingResponse)(nil),       // 30: vigil.v1.PendingResponse
-	(*PendingCode)(nil),           // 31: vigil.v1.PendingCode
-	(*ApproveRequest)(nil),        // 32: vigil.v1.ApproveRequest
-	(*ApproveResponse)(nil),       // 33: vigil.v1.ApproveResponse
-	(*StopRequest)(nil),           // 34: vigil.v1.StopRequest
-	(*StopResponse)(nil),          // 35: vigil.v1.StopResponse
-	(*DoctorResponse)(nil),        // 36: vigil.v1.DoctorResponse
-	(*Guarantee)(nil),             // 37: vigil.v1.Guarantee
-	nil,                           // 38: vigil.v1.IntegrityStatus.UnreadableEntry
-	nil,                           // 39: vigil.v1.Counters.ByKindEntry
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
+	(*FleetStatus)(nil),           // 21: vigil.v1.FleetStatus
+	(*IntegrityStatus)(nil),       // 22: vigil.v1.IntegrityStatus
+	(*PolicyStatus)(nil),          // 23: vigil.v1.PolicyStatus
+	(*RuleHits)(nil),              // 24: vigil.v1.RuleHits
+	(*Feature)(nil),               // 25: vigil.v1.Feature
+	(*Counters)(nil),              // 26: vigil.v1.Counters
+	(*EventsRequest)(nil),         // 27: vigil.v1.EventsRequest
+	(*ApplyPolicyRequest)(nil),    // 28: vigil.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),   // 29: vigil.v1.ApplyPolicyResponse
+	(*PendingRequest)(nil),        // 30: vigil.v1.PendingRequest
+	(*PendingResponse)(nil),       // 31: vigil.v1.PendingResponse
+	(*PendingCode)(nil),           // 32: vigil.v1.PendingCode
+	(*ApproveRequest)(nil),        // 33: vigil.v1.ApproveRequest
+	(*ApproveResponse)(nil),       // 34: vigil.v1.ApproveResponse
+	(*StopRequest)(nil),           // 35: vigil.v1.StopRequest
+	(*StopResponse)(nil),          // 36: vigil.v1.StopResponse
+	(*DoctorResponse)(nil),        // 37: vigil.v1.DoctorResponse
+	(*Guarantee)(nil),             // 38: vigil.v1.Guarantee
+	nil,                           // 39: vigil.v1.IntegrityStatus.UnreadableEntry
+	nil,                           // 40: vigil.v1.Counters.ByKindEntry
+	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
 }
 var file_vigil_proto_depIdxs = []int32{
-	40, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	41, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: vigil.v1.Event.process:type_name -> vigil.v1.Process
 	4,  // 2: vigil.v1.Event.exec:type_name -> vigil.v1.Exec
 	5,  // 3: vigil.v1.Event.fork:type_name -> vigil.v1.Fork
@@ -3338,41 +3478,44 @@ var file_vigil_proto_depIdxs = []int32{
 	3,  // 20: vigil.v1.KernelOp.file:type_name -> vigil.v1.File
 	3,  // 21: vigil.v1.FileModify.file:type_name -> vigil.v1.File
 	18, // 22: vigil.v1.Verdict.clients:type_name -> vigil.v1.ClientVerdict
-	40, // 23: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	24, // 24: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
-	25, // 25: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
-	22, // 26: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
-	21, // 27: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
-	41, // 28: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
-	40, // 29: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
-	38, // 30: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
-	40, // 31: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
-	23, // 32: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
-	39, // 33: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
-	40, // 34: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
-	22, // 35: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
-	31, // 36: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
-	40, // 37: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
-	40, // 38: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
-	24, // 39: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
-	37, // 40: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
-	19, // 41: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
-	26, // 42: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
-	27, // 43: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
-	29, // 44: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
-	32, // 45: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
-	34, // 46: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
-	20, // 47: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
-	0,  // 48: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
-	28, // 49: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
-	30, // 50: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
-	33, // 51: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
-	35, // 52: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
-	47, // [47:53] is the sub-list for method output_type
-	41, // [41:47] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	41, // 23: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	25, // 24: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
+	26, // 25: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
+	23, // 26: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
+	22, // 27: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
+	21, // 28: vigil.v1.StatusResponse.fleet:type_name -> vigil.v1.FleetStatus
+	41, // 29: vigil.v1.FleetStatus.bundle_issued:type_name -> google.protobuf.Timestamp
+	41, // 30: vigil.v1.FleetStatus.last_contact:type_name -> google.protobuf.Timestamp
+	42, // 31: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
+	41, // 32: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
+	39, // 33: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
+	41, // 34: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
+	24, // 35: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
+	40, // 36: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
+	41, // 37: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
+	23, // 38: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
+	32, // 39: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
+	41, // 40: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
+	41, // 41: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
+	25, // 42: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
+	38, // 43: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
+	19, // 44: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
+	27, // 45: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
+	28, // 46: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
+	30, // 47: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
+	33, // 48: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
+	35, // 49: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
+	20, // 50: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
+	0,  // 51: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
+	29, // 52: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
+	31, // 53: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
+	34, // 54: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
+	36, // 55: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
+	50, // [50:56] is the sub-list for method output_type
+	44, // [44:50] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_vigil_proto_init() }
@@ -3400,7 +3543,7 @@ func file_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_proto_rawDesc), len(file_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
