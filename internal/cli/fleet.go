@@ -451,6 +451,9 @@ func fleetEventsCmd(o *fleetOpts) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&req.HostId, "host", "", "only this host")
+	cmd.Flags().StringVar(&req.Kind, "kind", "", "only events of this kind")
+	cmd.Flags().StringVar(&req.Verdict, "verdict", "", "only events with this verdict: refused, would-block, deny, kill, alert, allow, trusted, unknown, denied")
+	cmd.Flags().Uint32Var(&req.Offset, "offset", 0, "skip this many of the newest matching events")
 	cmd.Flags().Uint32Var(&req.Limit, "limit", 100, "at most this many, the newest")
 	return cmd
 }

@@ -19,10 +19,9 @@ import (
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
+	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 )
 
-// eventWindow is how many of the newest events the events page filters.
-const eventWindow = 5000
 
 var pageNames = []string{"login", "overview", "host", "events", "queue", "rules", "error"}
 
@@ -332,7 +331,7 @@ func eventRows(evs []*fleetv1.ServerEvent) []eventRow {
 // Event kinds and verdicts the filters offer.
 var (
 	eventKinds    = []string{"exec", "fork", "exit", "image_load", "mem_exec", "inject", "kernel", "file_modify", "gap", "integrity", "tamper", "filter_session"}
-	eventVerdicts = []string{"refused", "would-block", "deny", "kill", "alert", "allow", "unknown", "trusted", "denied"}
+	eventVerdicts = fleetdb.Verdicts
 )
 
 // eventFilter is the events page's filters.
@@ -372,42 +371,10 @@ func parseFilter(r *http.Request) (eventFilter, error) {
 	return f, nil
 }
 
-func (f eventFilter) match(e eventRow) bool {
-	if f.Kind != "" && e.Kind != f.Kind {
-		return false
-	}
-	switch f.Verdict {
-	case "":
-	case "refused":
-		if !e.Refused {
-			return false
-		}
-	case "would-block":
-		if e.Refused || (e.Action != "deny" && e.Action != "kill") {
-			return false
-		}
-	case "deny", "kill", "alert", "allow":
-		if e.Action != f.Verdict {
-			return false
-		}
-	default: // trust verdicts
-		if e.Trust != f.Verdict {
-			return false
-		}
-	}
-	t := e.Time.AsTime()
-	if !f.since.IsZero() && t.Before(f.since) {
-		return false
-	}
-	if !f.until.IsZero() && !t.Before(f.until) {
-		return false
-	}
-	return true
-}
 
 func (c *Console) eventsPage(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	f, err := parseFilter(r)
-	data := map[string]any{"Filter": f, "Kinds": eventKinds, "Verdicts": eventVerdicts, "Window": eventWindow}
+	data := map[string]any{"Filter": f, "Kinds": eventKinds, "Verdicts": eventVerdicts}
 	if err != nil {
 		data["FilterError"] = err.Error()
 		c.page(w, rc, "events", data)
@@ -415,21 +382,36 @@ func (c *Console) eventsPage(w http.ResponseWriter, r *http.Request, rc reqCtx) 
 	}
 	ctx, cancel := c.ctx(r)
 	defer cancel()
-	resp, err := c.admin.ListEvents(ctx, &fleetv1.ListEventsRequest{HostId: f.Host, Limit: eventWindow})
+	// The server filters and pages: first the total, then the page.
+	req := &fleetv1.ListEventsRequest{HostId: f.Host, Kind: f.Kind, Verdict: f.Verdict, Limit: pageSize}
+	if !f.since.IsZero() {
+		req.Since = timestamppb.New(f.since)
+	}
+	if !f.until.IsZero() {
+		req.Until = timestamppb.New(f.until)
+	}
+	page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+	req.Offset = uint32(max(page-1, 0) * pageSize)
+	resp, err := c.admin.ListEvents(ctx, req)
 	if err != nil {
 		c.fail(w, rc, "list events", err)
 		return
 	}
-	all := eventRows(resp.GetEvents())
-	var rows []eventRow
-	for i := len(all) - 1; i >= 0; i-- { // newest first
-		if f.match(all[i]) {
-			rows = append(rows, all[i])
+	total := int(resp.GetTotal())
+	lo, _, p := paginate(r, total)
+	if uint32(lo) != req.Offset { // the page asked for is past the end: the last one
+		req.Offset = uint32(lo)
+		if resp, err = c.admin.ListEvents(ctx, req); err != nil {
+			c.fail(w, rc, "list events", err)
+			return
 		}
 	}
-	lo, hi, p := paginate(r, len(rows))
-	data["Events"], data["Pager"], data["Searched"] = rows[lo:hi], p, len(all)
-	data["Truncated"] = len(all) >= eventWindow
+	got := eventRows(resp.GetEvents())
+	rows := make([]eventRow, 0, len(got))
+	for i := len(got) - 1; i >= 0; i-- { // newest first
+		rows = append(rows, got[i])
+	}
+	data["Events"], data["Pager"], data["Searched"] = rows, p, total
 	c.page(w, rc, "events", data)
 }
 

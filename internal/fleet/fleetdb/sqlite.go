@@ -641,6 +641,66 @@ func (s *SQLite) Events(ctx context.Context, host string, limit int) ([]HostEven
 	return out, rows.Err()
 }
 
+func (s *SQLite) QueryEvents(ctx context.Context, f EventFilter) ([]HostEvent, int, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	if f.Verdict != "" && !slices.Contains(Verdicts, f.Verdict) {
+		return nil, 0, fmt.Errorf("events: verdict %q: want one of %s", f.Verdict, strings.Join(Verdicts, ", "))
+	}
+	// Host, kind and time in SQL; the verdict, inside the event, here.
+	q := `SELECT host, agent_id, event FROM events WHERE 1`
+	var args []any
+	if f.Host != "" {
+		q += ` AND host = ?`
+		args = append(args, f.Host)
+	}
+	if f.Kind != "" {
+		q += ` AND kind = ?`
+		args = append(args, f.Kind)
+	}
+	if !f.Since.IsZero() {
+		q += ` AND time_ns >= ?`
+		args = append(args, ns(f.Since))
+	}
+	if !f.Until.IsZero() {
+		q += ` AND time_ns < ?`
+		args = append(args, ns(f.Until))
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id DESC`, args...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("events: %w", err)
+	}
+	defer rows.Close()
+	var (
+		out   []HostEvent
+		total int
+	)
+	for rows.Next() {
+		var (
+			he   HostEvent
+			id   uint64
+			blob []byte
+		)
+		if err := rows.Scan(&he.Host, &id, &blob); err != nil {
+			return nil, 0, fmt.Errorf("events: %w", err)
+		}
+		he.Event = new(vigilv1.Event)
+		if err := proto.Unmarshal(blob, he.Event); err != nil {
+			return nil, 0, fmt.Errorf("events: decode: %w", err)
+		}
+		if !MatchVerdict(he.Event, f.Verdict) {
+			continue
+		}
+		total++
+		if total > f.Offset && len(out) < f.Limit {
+			he.Event.Id = id
+			out = append(out, he)
+		}
+	}
+	return out, total, rows.Err()
+}
+
 func (s *SQLite) Queue(ctx context.Context) ([]QueueEntry, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT sha, count, refused, first_ns, last_ns FROM queue ORDER BY last_ns DESC, sha`)
 	if err != nil {

@@ -323,13 +323,24 @@ func (a *adminServer) PutBundle(ctx context.Context, req *fleetv1.PutBundleReque
 }
 
 func (a *adminServer) ListEvents(ctx context.Context, req *fleetv1.ListEventsRequest) (*fleetv1.ListEventsResponse, error) {
-	evs, err := a.s.cfg.Sink.Events(ctx, req.GetHostId(), int(req.GetLimit()))
+	f := fleetdb.EventFilter{Host: req.GetHostId(), Kind: req.GetKind(), Verdict: req.GetVerdict(),
+		Offset: int(req.GetOffset()), Limit: int(req.GetLimit())}
+	if req.GetSince() != nil {
+		f.Since = req.GetSince().AsTime()
+	}
+	if req.GetUntil() != nil {
+		f.Until = req.GetUntil().AsTime()
+	}
+	if f.Verdict != "" && !slices.Contains(fleetdb.Verdicts, f.Verdict) {
+		return nil, status.Errorf(codes.InvalidArgument, "verdict %q: want one of %s", f.Verdict, strings.Join(fleetdb.Verdicts, ", "))
+	}
+	evs, total, err := a.s.cfg.Sink.QueryEvents(ctx, f)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	resp := &fleetv1.ListEventsResponse{}
-	for _, e := range evs {
-		resp.Events = append(resp.Events, &fleetv1.ServerEvent{HostId: e.Host, Event: e.Event})
+	resp := &fleetv1.ListEventsResponse{Total: uint64(total)}
+	for i := len(evs) - 1; i >= 0; i-- { // oldest first, as before
+		resp.Events = append(resp.Events, &fleetv1.ServerEvent{HostId: evs[i].Host, Event: evs[i].Event})
 	}
 	return resp, nil
 }

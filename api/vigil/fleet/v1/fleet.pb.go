@@ -1818,9 +1818,17 @@ func (x *PutBundleResponse) GetVersion() uint64 {
 }
 
 type ListEventsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"` // empty: every host
-	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`                // the newest, at most; 0: 100
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"` // empty: every host
+	Limit  uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`                // the newest, at most; 0: 100
+	// Filters (empty: any). verdict: refused | would-block | a policy action
+	// (deny, kill, alert, allow) | an execution control verdict (trusted,
+	// unknown, denied).
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Verdict       string                 `protobuf:"bytes,4,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`    // events at or after
+	Until         *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=until,proto3" json:"until,omitempty"`    // events before
+	Offset        uint32                 `protobuf:"varint,7,opt,name=offset,proto3" json:"offset,omitempty"` // skip this many of the newest matching events (paging)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1865,6 +1873,41 @@ func (x *ListEventsRequest) GetHostId() string {
 func (x *ListEventsRequest) GetLimit() uint32 {
 	if x != nil {
 		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListEventsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
 	}
 	return 0
 }
@@ -1921,9 +1964,12 @@ func (x *ServerEvent) GetEvent() *v1.Event {
 	return nil
 }
 
+// events: oldest first within the window returned; total: how many events
+// match the filters in all.
 type ListEventsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Events        []*ServerEvent         `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	Total         uint64                 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1963,6 +2009,13 @@ func (x *ListEventsResponse) GetEvents() []*ServerEvent {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *ListEventsResponse) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
 }
 
 var File_fleet_proto protoreflect.FileDescriptor
@@ -2093,15 +2146,21 @@ const file_fleet_proto_rawDesc = "" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\"F\n" +
 	"\x11PutBundleResponse\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion\"B\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"\xec\x01\n" +
 	"\x11ListEventsRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"M\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x18\n" +
+	"\averdict\x18\x04 \x01(\tR\averdict\x120\n" +
+	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x16\n" +
+	"\x06offset\x18\a \x01(\rR\x06offset\"M\n" +
 	"\vServerEvent\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12%\n" +
-	"\x05event\x18\x02 \x01(\v2\x0f.vigil.v1.EventR\x05event\"I\n" +
+	"\x05event\x18\x02 \x01(\v2\x0f.vigil.v1.EventR\x05event\"_\n" +
 	"\x12ListEventsResponse\x123\n" +
-	"\x06events\x18\x01 \x03(\v2\x1b.vigil.fleet.v1.ServerEventR\x06events2\xaf\x02\n" +
+	"\x06events\x18\x01 \x03(\v2\x1b.vigil.fleet.v1.ServerEventR\x06events\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total2\xaf\x02\n" +
 	"\x05Fleet\x12G\n" +
 	"\x06Enroll\x12\x1d.vigil.fleet.v1.EnrollRequest\x1a\x1e.vigil.fleet.v1.EnrollResponse\x12A\n" +
 	"\x04Sync\x12\x1b.vigil.fleet.v1.SyncRequest\x1a\x1c.vigil.fleet.v1.SyncResponse\x12?\n" +
@@ -2193,47 +2252,49 @@ var file_fleet_proto_depIdxs = []int32{
 	20, // 12: vigil.fleet.v1.UpdateRolloutRequest.rollout:type_name -> vigil.fleet.v1.Rollout
 	19, // 13: vigil.fleet.v1.ListRulesResponse.rules:type_name -> vigil.fleet.v1.Rule
 	27, // 14: vigil.fleet.v1.UnsignedBundlesResponse.bundles:type_name -> vigil.fleet.v1.UnsignedBundle
-	35, // 15: vigil.fleet.v1.ServerEvent.event:type_name -> vigil.v1.Event
-	32, // 16: vigil.fleet.v1.ListEventsResponse.events:type_name -> vigil.fleet.v1.ServerEvent
-	0,  // 17: vigil.fleet.v1.Fleet.Enroll:input_type -> vigil.fleet.v1.EnrollRequest
-	2,  // 18: vigil.fleet.v1.Fleet.Sync:input_type -> vigil.fleet.v1.SyncRequest
-	4,  // 19: vigil.fleet.v1.Fleet.Watch:input_type -> vigil.fleet.v1.WatchRequest
-	6,  // 20: vigil.fleet.v1.Fleet.UploadEvents:input_type -> vigil.fleet.v1.UploadEventsRequest
-	8,  // 21: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:input_type -> vigil.fleet.v1.CreateEnrollSecretRequest
-	11, // 22: vigil.fleet.v1.FleetAdmin.ListHosts:input_type -> vigil.fleet.v1.ListHostsRequest
-	13, // 23: vigil.fleet.v1.FleetAdmin.TagHost:input_type -> vigil.fleet.v1.TagHostRequest
-	14, // 24: vigil.fleet.v1.FleetAdmin.RevokeHost:input_type -> vigil.fleet.v1.RevokeHostRequest
-	16, // 25: vigil.fleet.v1.FleetAdmin.ListQueue:input_type -> vigil.fleet.v1.ListQueueRequest
-	18, // 26: vigil.fleet.v1.FleetAdmin.Approve:input_type -> vigil.fleet.v1.ApproveRequest
-	19, // 27: vigil.fleet.v1.FleetAdmin.AddRule:input_type -> vigil.fleet.v1.Rule
-	22, // 28: vigil.fleet.v1.FleetAdmin.DeleteRule:input_type -> vigil.fleet.v1.DeleteRuleRequest
-	24, // 29: vigil.fleet.v1.FleetAdmin.ListRules:input_type -> vigil.fleet.v1.ListRulesRequest
-	21, // 30: vigil.fleet.v1.FleetAdmin.UpdateRollout:input_type -> vigil.fleet.v1.UpdateRolloutRequest
-	26, // 31: vigil.fleet.v1.FleetAdmin.UnsignedBundles:input_type -> vigil.fleet.v1.UnsignedBundlesRequest
-	29, // 32: vigil.fleet.v1.FleetAdmin.PutBundle:input_type -> vigil.fleet.v1.PutBundleRequest
-	31, // 33: vigil.fleet.v1.FleetAdmin.ListEvents:input_type -> vigil.fleet.v1.ListEventsRequest
-	1,  // 34: vigil.fleet.v1.Fleet.Enroll:output_type -> vigil.fleet.v1.EnrollResponse
-	3,  // 35: vigil.fleet.v1.Fleet.Sync:output_type -> vigil.fleet.v1.SyncResponse
-	5,  // 36: vigil.fleet.v1.Fleet.Watch:output_type -> vigil.fleet.v1.Bundle
-	7,  // 37: vigil.fleet.v1.Fleet.UploadEvents:output_type -> vigil.fleet.v1.UploadEventsResponse
-	9,  // 38: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:output_type -> vigil.fleet.v1.CreateEnrollSecretResponse
-	12, // 39: vigil.fleet.v1.FleetAdmin.ListHosts:output_type -> vigil.fleet.v1.ListHostsResponse
-	10, // 40: vigil.fleet.v1.FleetAdmin.TagHost:output_type -> vigil.fleet.v1.Host
-	10, // 41: vigil.fleet.v1.FleetAdmin.RevokeHost:output_type -> vigil.fleet.v1.Host
-	17, // 42: vigil.fleet.v1.FleetAdmin.ListQueue:output_type -> vigil.fleet.v1.ListQueueResponse
-	19, // 43: vigil.fleet.v1.FleetAdmin.Approve:output_type -> vigil.fleet.v1.Rule
-	19, // 44: vigil.fleet.v1.FleetAdmin.AddRule:output_type -> vigil.fleet.v1.Rule
-	23, // 45: vigil.fleet.v1.FleetAdmin.DeleteRule:output_type -> vigil.fleet.v1.DeleteRuleResponse
-	25, // 46: vigil.fleet.v1.FleetAdmin.ListRules:output_type -> vigil.fleet.v1.ListRulesResponse
-	19, // 47: vigil.fleet.v1.FleetAdmin.UpdateRollout:output_type -> vigil.fleet.v1.Rule
-	28, // 48: vigil.fleet.v1.FleetAdmin.UnsignedBundles:output_type -> vigil.fleet.v1.UnsignedBundlesResponse
-	30, // 49: vigil.fleet.v1.FleetAdmin.PutBundle:output_type -> vigil.fleet.v1.PutBundleResponse
-	33, // 50: vigil.fleet.v1.FleetAdmin.ListEvents:output_type -> vigil.fleet.v1.ListEventsResponse
-	34, // [34:51] is the sub-list for method output_type
-	17, // [17:34] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	34, // 15: vigil.fleet.v1.ListEventsRequest.since:type_name -> google.protobuf.Timestamp
+	34, // 16: vigil.fleet.v1.ListEventsRequest.until:type_name -> google.protobuf.Timestamp
+	35, // 17: vigil.fleet.v1.ServerEvent.event:type_name -> vigil.v1.Event
+	32, // 18: vigil.fleet.v1.ListEventsResponse.events:type_name -> vigil.fleet.v1.ServerEvent
+	0,  // 19: vigil.fleet.v1.Fleet.Enroll:input_type -> vigil.fleet.v1.EnrollRequest
+	2,  // 20: vigil.fleet.v1.Fleet.Sync:input_type -> vigil.fleet.v1.SyncRequest
+	4,  // 21: vigil.fleet.v1.Fleet.Watch:input_type -> vigil.fleet.v1.WatchRequest
+	6,  // 22: vigil.fleet.v1.Fleet.UploadEvents:input_type -> vigil.fleet.v1.UploadEventsRequest
+	8,  // 23: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:input_type -> vigil.fleet.v1.CreateEnrollSecretRequest
+	11, // 24: vigil.fleet.v1.FleetAdmin.ListHosts:input_type -> vigil.fleet.v1.ListHostsRequest
+	13, // 25: vigil.fleet.v1.FleetAdmin.TagHost:input_type -> vigil.fleet.v1.TagHostRequest
+	14, // 26: vigil.fleet.v1.FleetAdmin.RevokeHost:input_type -> vigil.fleet.v1.RevokeHostRequest
+	16, // 27: vigil.fleet.v1.FleetAdmin.ListQueue:input_type -> vigil.fleet.v1.ListQueueRequest
+	18, // 28: vigil.fleet.v1.FleetAdmin.Approve:input_type -> vigil.fleet.v1.ApproveRequest
+	19, // 29: vigil.fleet.v1.FleetAdmin.AddRule:input_type -> vigil.fleet.v1.Rule
+	22, // 30: vigil.fleet.v1.FleetAdmin.DeleteRule:input_type -> vigil.fleet.v1.DeleteRuleRequest
+	24, // 31: vigil.fleet.v1.FleetAdmin.ListRules:input_type -> vigil.fleet.v1.ListRulesRequest
+	21, // 32: vigil.fleet.v1.FleetAdmin.UpdateRollout:input_type -> vigil.fleet.v1.UpdateRolloutRequest
+	26, // 33: vigil.fleet.v1.FleetAdmin.UnsignedBundles:input_type -> vigil.fleet.v1.UnsignedBundlesRequest
+	29, // 34: vigil.fleet.v1.FleetAdmin.PutBundle:input_type -> vigil.fleet.v1.PutBundleRequest
+	31, // 35: vigil.fleet.v1.FleetAdmin.ListEvents:input_type -> vigil.fleet.v1.ListEventsRequest
+	1,  // 36: vigil.fleet.v1.Fleet.Enroll:output_type -> vigil.fleet.v1.EnrollResponse
+	3,  // 37: vigil.fleet.v1.Fleet.Sync:output_type -> vigil.fleet.v1.SyncResponse
+	5,  // 38: vigil.fleet.v1.Fleet.Watch:output_type -> vigil.fleet.v1.Bundle
+	7,  // 39: vigil.fleet.v1.Fleet.UploadEvents:output_type -> vigil.fleet.v1.UploadEventsResponse
+	9,  // 40: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:output_type -> vigil.fleet.v1.CreateEnrollSecretResponse
+	12, // 41: vigil.fleet.v1.FleetAdmin.ListHosts:output_type -> vigil.fleet.v1.ListHostsResponse
+	10, // 42: vigil.fleet.v1.FleetAdmin.TagHost:output_type -> vigil.fleet.v1.Host
+	10, // 43: vigil.fleet.v1.FleetAdmin.RevokeHost:output_type -> vigil.fleet.v1.Host
+	17, // 44: vigil.fleet.v1.FleetAdmin.ListQueue:output_type -> vigil.fleet.v1.ListQueueResponse
+	19, // 45: vigil.fleet.v1.FleetAdmin.Approve:output_type -> vigil.fleet.v1.Rule
+	19, // 46: vigil.fleet.v1.FleetAdmin.AddRule:output_type -> vigil.fleet.v1.Rule
+	23, // 47: vigil.fleet.v1.FleetAdmin.DeleteRule:output_type -> vigil.fleet.v1.DeleteRuleResponse
+	25, // 48: vigil.fleet.v1.FleetAdmin.ListRules:output_type -> vigil.fleet.v1.ListRulesResponse
+	19, // 49: vigil.fleet.v1.FleetAdmin.UpdateRollout:output_type -> vigil.fleet.v1.Rule
+	28, // 50: vigil.fleet.v1.FleetAdmin.UnsignedBundles:output_type -> vigil.fleet.v1.UnsignedBundlesResponse
+	30, // 51: vigil.fleet.v1.FleetAdmin.PutBundle:output_type -> vigil.fleet.v1.PutBundleResponse
+	33, // 52: vigil.fleet.v1.FleetAdmin.ListEvents:output_type -> vigil.fleet.v1.ListEventsResponse
+	36, // [36:53] is the sub-list for method output_type
+	19, // [19:36] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_fleet_proto_init() }
