@@ -78,12 +78,12 @@ type fleetState struct {
 	// preview is the applied bundle's would-be denies (a rollout's
 	// preview), by lower-case digest.
 	preview atomic.Pointer[map[string]fleet.HashRule]
-	cursor atomic.Uint64                // the server's last event id from this host
+	cursor  atomic.Uint64 // the server's last event id from this host
 	// For status: the last answered Sync (unix ns), the last failure.
 	lastContact atomic.Int64
 	lastErr     atomic.Pointer[string]
 	enrolled    atomic.Bool
-	synced atomic.Bool                  // cursor is known
+	synced      atomic.Bool // cursor is known
 }
 
 // fleetOn reports whether the agent is a fleet member.

@@ -164,7 +164,6 @@ func TestFleetPolicies(t *testing.T) {
 	}
 }
 
-
 // TestFleetPreview: a rollout's preview arrives in monitor mode: a
 // previewed hash deny is not enforced (the code stays trusted) and its
 // events are marked as would-be denied by the fleet rule; a previewed

@@ -22,7 +22,6 @@ import (
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 )
 
-
 var pageNames = []string{"login", "overview", "host", "events", "queue", "rules", "error"}
 
 var funcs = template.FuncMap{
@@ -370,7 +369,6 @@ func parseFilter(r *http.Request) (eventFilter, error) {
 	}
 	return f, nil
 }
-
 
 func (c *Console) eventsPage(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	f, err := parseFilter(r)
