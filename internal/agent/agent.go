@@ -26,9 +26,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/admin"
 	"github.com/vigil-hips/vigil/internal/filter"
 	"github.com/vigil-hips/vigil/internal/integrity"
 	"github.com/vigil-hips/vigil/internal/metrics"
+	"github.com/vigil-hips/vigil/internal/ocsf"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/server"
 	"github.com/vigil-hips/vigil/internal/store"
@@ -131,6 +133,15 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 			return err
 		}
 		cleanups = append(cleanups, a.jsonl.close)
+	}
+	if cfg.OCSFPath != "" {
+		a.ocsf, err = ocsf.New(ocsf.Config{File: cfg.OCSFPath, Product: ocsf.Product{Name: "Vigil agent", Version: deps.Version}}, log)
+		if err != nil {
+			return err
+		}
+		a.ocsfHost.Hostname, _ = os.Hostname()
+		a.ocsfHost.ID, _ = admin.HostID(cfg.HostIDFile)
+		cleanups = append(cleanups, func() error { return a.ocsf.Close(time.Second) })
 	}
 
 	// Background services (API, metrics, pruning) stop when svcCtx is
@@ -297,10 +308,12 @@ type agent struct {
 	started time.Time
 	kernel  Kernel
 
-	store   *store.Store
-	jsonl   *jsonlWriter
-	metrics *metrics.Metrics
-	broker  *server.Broker
+	store    *store.Store
+	jsonl    *jsonlWriter
+	ocsf     *ocsf.Exporter // nil: no OCSF file
+	ocsfHost ocsf.Host
+	metrics  *metrics.Metrics
+	broker   *server.Broker
 
 	sensor    atomic.Pointer[sensor.Sensor]
 	policy    policyState
@@ -319,6 +332,7 @@ type agent struct {
 	lastLost  uint64 // pipeline goroutine only
 	storeBad  bool   // pipeline goroutine only: the last append failed
 	jsonlBad  bool   // pipeline goroutine only: the last write failed
+	ocsfBad   bool   // pipeline goroutine only: the last OCSF write failed
 
 	// Tamper protection and administration (tamper.go).
 	prot           atomic.Pointer[protection]
@@ -376,6 +390,7 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 		}
 		byKind.Inc()
 		a.notePending(ev)
+		a.fleetPreview(ev)
 		if w := a.integrity.Load(); w != nil {
 			w.observe(ev) // never blocks
 		}
@@ -488,6 +503,15 @@ func (a *agent) flush(s sensor.Sensor, batch []*vigilv1.Event) {
 		}
 		a.jsonlBad = err != nil
 	}
+	if a.ocsf != nil {
+		_, err := a.ocsf.Export(a.ocsfHost, batch)
+		if err != nil && !a.ocsfBad {
+			a.log.Error("writing the OCSF output failed", "err", err, "path", a.cfg.OCSFPath)
+		} else if err == nil && a.ocsfBad {
+			a.log.Info("writing the OCSF output works again", "path", a.cfg.OCSFPath)
+		}
+		a.ocsfBad = err != nil
+	}
 	a.broker.Publish(batch)
 	if f := a.filter.Load(); f != nil {
 		f.Publish(batch)
@@ -561,6 +585,7 @@ func (a *agent) status(context.Context) *vigilv1.StatusResponse {
 	if w := a.integrity.Load(); w != nil {
 		r.Integrity = w.status()
 	}
+	r.Fleet = a.fleetStatus()
 	return r
 }
 

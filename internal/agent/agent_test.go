@@ -3,7 +3,9 @@ package agent_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -389,5 +391,52 @@ func TestRunNotifiesSystemd(t *testing.T) {
 	}
 	if got := read(); got != "STOPPING=1" {
 		t.Fatalf("notification at stop %q, want STOPPING=1", got)
+	}
+}
+
+// TestAgentOCSFFile: with --ocsf-file every event of a kind OCSF has a
+// class for is appended as one OCSF object a line, with the host's id;
+// kinds without a class are left out.
+func TestAgentOCSFFile(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.OCSFPath = filepath.Join(t.TempDir(), "ocsf.jsonl")
+	cfg.HostIDFile = filepath.Join(t.TempDir(), "machine-id")
+	marker := fmt.Sprintf("host-%d", time.Now().UnixNano())
+	os.WriteFile(cfg.HostIDFile, []byte(marker+"\n"), 0o644)
+	r := start(t, cfg)
+	const n = 50
+	for i := range n {
+		r.sensor.Emit(exec(uint64(2*i+1), 42, "true", marker))
+		r.sensor.Emit(&vigilv1.Event{Seq: uint64(2*i + 2), Kind: "fork", Time: timestamppb.Now(), Process: &vigilv1.Process{Pid: 42},
+			Detail: &vigilv1.Event_Fork{Fork: &vigilv1.Fork{}}})
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(cfg.OCSFPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != n {
+		t.Fatalf("%d OCSF lines, want %d (the forks left out)", len(lines), n)
+	}
+	for i, l := range lines {
+		var m struct {
+			ClassUID int `json:"class_uid"`
+			TypeUID  int `json:"type_uid"`
+			Device   struct {
+				UID string `json:"uid"`
+			} `json:"device"`
+			Process struct {
+				CmdLine string `json:"cmd_line"`
+			} `json:"process"`
+		}
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("line %d: %v", i+1, err)
+		}
+		if m.ClassUID != 1007 || m.TypeUID != 100701 || m.Device.UID != marker || m.Process.CmdLine != "true "+marker {
+			t.Fatalf("line %d: %s", i+1, l)
+		}
 	}
 }

@@ -47,6 +47,10 @@ type Config struct {
 	// JSONLPath, when set, is a file every event is appended to, as one
 	// JSON object a line (the same form as `vigil events -o json`).
 	JSONLPath string
+	// OCSFPath, when set, is a file every event of a kind OCSF has a
+	// class for is appended to, as one OCSF JSON object a line
+	// (internal/ocsf).
+	OCSFPath string
 	// MetricsAddr, when set, is the host:port Prometheus metrics are served
 	// on at /metrics.
 	MetricsAddr string
@@ -156,6 +160,9 @@ func (c Config) Validate() error {
 	}
 	if c.JSONLPath != "" && !filepath.IsAbs(c.JSONLPath) {
 		bad("jsonl path %q: must be an absolute path", c.JSONLPath)
+	}
+	if c.OCSFPath != "" && !filepath.IsAbs(c.OCSFPath) {
+		bad("ocsf path %q: must be an absolute path", c.OCSFPath)
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {

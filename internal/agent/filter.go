@@ -96,9 +96,12 @@ func (a *agent) authChanged(open bool) {
 }
 
 // effectiveLocked is the policy to enforce: the clients' kernel rules
-// (each id prefixed client-NAME-), then the base policy files. The caller
-// holds a.policy.mu.
-func (a *agent) effectiveLocked(names []string, ps []*policy.Policy, clients map[string]map[string][]byte) (*policy.Policy, error) {
+// (each id prefixed client-NAME-), then the base policy files, then the
+// fleet bundle's behavior policies (docs/fleet.md: local rules decide
+// first; first match wins). The caller holds a.policy.mu.
+func (a *agent) effectiveLocked(names []string, ps []*policy.Policy, clients map[string]map[string][]byte, fl fleetPolicies) (*policy.Policy, error) {
+	names = append(slices.Clone(names), fl.names...)
+	ps = append(slices.Clone(ps), fl.ps...)
 	var rules []*policy.Rule
 	for _, name := range slices.Sorted(maps.Keys(clients)) {
 		for _, id := range slices.Sorted(maps.Keys(clients[name])) {
@@ -147,7 +150,7 @@ func (a *agent) setClientRules(client string, rules map[string][]byte) error {
 	} else {
 		next[client] = rules
 	}
-	p, err := a.effectiveLocked(a.policy.baseNames, a.policy.base, next)
+	p, err := a.effectiveLocked(a.policy.baseNames, a.policy.base, next, a.policy.fleet)
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,8 @@ import (
 //     with the admin key BEFORE anything of it is used (fleet.Verifier:
 //     signature, this host, a version above the highest applied), keeps the
 //     last applied bundle and its version in StateDir/fleet, and merges its
-//     hash verdicts into execution control without a restart; a refused
+//     hash verdicts into execution control and its behavior policies into
+//     the policy in force (fleetpolicy.go) without a restart; a refused
 //     bundle leaves what was applied in force and is reported as a tamper
 //     event (method fleet_bundle);
 //   - uploads events from its store, after the last id the server holds:
@@ -74,8 +75,15 @@ type fleetState struct {
 	lastRefused string // digest of the last envelope refused, to report each once
 
 	bundle atomic.Pointer[fleet.Bundle] // applied; read by buildExecControl
-	cursor atomic.Uint64                // the server's last event id from this host
-	synced atomic.Bool                  // cursor is known
+	// preview is the applied bundle's would-be denies (a rollout's
+	// preview), by lower-case digest.
+	preview atomic.Pointer[map[string]fleet.HashRule]
+	cursor  atomic.Uint64 // the server's last event id from this host
+	// For status: the last answered Sync (unix ns), the last failure.
+	lastContact atomic.Int64
+	lastErr     atomic.Pointer[string]
+	enrolled    atomic.Bool
+	synced      atomic.Bool // cursor is known
 }
 
 // fleetOn reports whether the agent is a fleet member.
@@ -130,8 +138,14 @@ func (a *agent) loadFleet(ctx context.Context) error {
 			a.log.Error("fleet: the kept bundle does not verify; none applied until the server sends a new one", "err", err)
 		} else {
 			f.bundle.Store(b)
+			f.setPreview(b)
 			f.applied = max(f.applied, b.Version)
-			a.log.Info("fleet: kept bundle applied", "version", b.Version, "hashes", len(b.Hashes))
+			fp, err := parseFleetPolicies(b)
+			if err != nil { // Verify parsed them
+				return fmt.Errorf("fleet: kept bundle: %w", err)
+			}
+			a.policy.fleet = fp // merged by startPolicy
+			a.log.Info("fleet: kept bundle applied", "version", b.Version, "hashes", len(b.Hashes), "policies", len(b.Policies))
 		}
 	}
 	a.fleet = f
@@ -150,6 +164,9 @@ func (a *agent) fleetMerge(t map[[32]byte]bool) {
 		return
 	}
 	for _, h := range b.Hashes {
+		if h.Mode == fleet.Monitor {
+			continue // a preview: recorded by fleetPreview, not enforced
+		}
 		sha, err := trust.ParseDigest(h.SHA256)
 		if err != nil {
 			continue // Verify checked them
@@ -173,12 +190,15 @@ func (a *agent) runFleet(ctx context.Context) {
 		c, enrolled, err := fleet.LoadOrEnroll(ctx, f.dir, f.enroll)
 		if err == nil {
 			cred = c
+			f.enrolled.Store(true)
 			if enrolled {
 				a.log.Info("fleet: enrolled", "server", f.enroll.Server, "host", c.HostID)
 			}
 			break
 		}
 		a.log.Warn("fleet: not enrolled, retrying", "server", f.enroll.Server, "err", err, "retry_in", backoff)
+		msg := "enroll: " + err.Error()
+		f.lastErr.Store(&msg)
 		if !sleepCtx(ctx, backoff) {
 			return
 		}
@@ -278,8 +298,12 @@ func (a *agent) fleetSync(ctx context.Context, c fleetv1.FleetClient) error {
 	defer cancel()
 	resp, err := c.Sync(cctx, req)
 	if err != nil {
+		msg := "sync: " + err.Error()
+		a.fleet.lastErr.Store(&msg)
 		return err
 	}
+	a.fleet.lastContact.Store(time.Now().UnixNano())
+	a.fleet.lastErr.Store(nil)
 	if !a.fleet.synced.Load() {
 		a.fleet.cursor.Store(resp.GetLastEventId())
 		a.fleet.synced.Store(true)
@@ -298,43 +322,71 @@ func (a *agent) fleetApply(ctx context.Context, envelope []byte, via string) {
 	defer f.mu.Unlock()
 	b, err := f.verifier.Verify(ctx, envelope, f.applied)
 	if err != nil {
-		sum := sha256.Sum256(envelope)
-		d := hex.EncodeToString(sum[:])
-		if d == f.lastRefused {
-			return // reported already
-		}
-		f.lastRefused = d
-		reason := fleet.Reason(err)
-		a.log.Warn("fleet: bundle refused; the one applied stays in force", "reason", reason, "via", via, "err", err, "applied", f.applied)
-		a.emit(&vigilv1.Event{Time: timestamppb.Now(), Kind: "tamper", Backend: "agent", Hook: "fleet",
-			Process: &vigilv1.Process{Pid: uint32(os.Getpid()), Exe: selfExe()},
-			Detail: &vigilv1.Event_Tamper{Tamper: &vigilv1.Tamper{Method: "fleet_bundle",
-				Target: fmt.Sprintf("bundle from %s (%s, sha256 %s)", a.cfg.FleetServer, via, d[:16]),
-				Detail: reason + ": " + err.Error(), Refused: true}}})
+		a.fleetRefuse(envelope, via, fleet.Reason(err), err)
 		return
+	}
+	// The behavior policies first: if this host cannot put them in force
+	// (a rule id its local policy has too, too many rules, the kernel
+	// refuses them), nothing of the bundle is applied.
+	fp, err := parseFleetPolicies(b)
+	var (
+		prevFP  fleetPolicies
+		changed bool
+	)
+	if err == nil {
+		prevFP, changed, err = a.setFleetPolicies(fp)
+	}
+	if err != nil {
+		a.fleetRefuse(envelope, via, "policy", err)
+		return
+	}
+	restore := func() {
+		if changed {
+			if _, _, err := a.setFleetPolicies(prevFP); err != nil {
+				a.log.Error("fleet: previous fleet policies not restored", "err", err)
+			}
+		}
 	}
 	// Kept before it is used: a crash after this applies it at restart;
 	// the version is written last, so it never runs ahead of the bundle.
 	if err := fleet.WriteFileAtomic(filepath.Join(f.dir, fleet.BundleFile), envelope, 0o600); err != nil {
 		a.log.Error("fleet: bundle not kept, not applied", "err", err)
+		restore()
 		return
 	}
 	if err := fleet.WriteFileAtomic(filepath.Join(f.dir, fleet.VersionFile), []byte(strconv.FormatUint(b.Version, 10)+"\n"), 0o600); err != nil {
 		a.log.Error("fleet: bundle version not kept, not applied", "err", err)
+		restore()
 		return
 	}
 	f.applied = b.Version
 	f.bundle.Store(b)
+	f.setPreview(b)
 	if err := a.fleetSigners(ctx, b); err != nil {
 		a.log.Error("fleet: signers of the bundle not applied", "err", err)
-	}
-	if len(b.Policies) > 0 {
-		a.log.Warn("fleet: the bundle carries behavior policies; this agent does not apply fleet policies yet", "policies", len(b.Policies))
 	}
 	if err := a.reloadExecControl(ctx); err != nil {
 		a.log.Error("fleet: execution control not reloaded", "err", err)
 	}
-	a.log.Info("fleet: bundle applied", "version", b.Version, "via", via, "hashes", len(b.Hashes), "signers", len(b.Signers))
+	a.log.Info("fleet: bundle applied", "version", b.Version, "via", via, "hashes", len(b.Hashes), "signers", len(b.Signers), "policies", len(b.Policies))
+}
+
+// fleetRefuse reports a refused bundle (once per distinct envelope): the
+// agent keeps what it applied.
+func (a *agent) fleetRefuse(envelope []byte, via, reason string, err error) {
+	f := a.fleet
+	sum := sha256.Sum256(envelope)
+	d := hex.EncodeToString(sum[:])
+	if d == f.lastRefused {
+		return // reported already
+	}
+	f.lastRefused = d
+	a.log.Warn("fleet: bundle refused; the one applied stays in force", "reason", reason, "via", via, "err", err, "applied", f.applied)
+	a.emit(&vigilv1.Event{Time: timestamppb.Now(), Kind: "tamper", Backend: "agent", Hook: "fleet",
+		Process: &vigilv1.Process{Pid: uint32(os.Getpid()), Exe: selfExe()},
+		Detail: &vigilv1.Event_Tamper{Tamper: &vigilv1.Tamper{Method: "fleet_bundle",
+			Target: fmt.Sprintf("bundle from %s (%s, sha256 %s)", a.cfg.FleetServer, via, d[:16]),
+			Detail: reason + ": " + err.Error(), Refused: true}}})
 }
 
 func selfExe() string {
@@ -457,9 +509,68 @@ func (a *agent) fleetPending(h func(context.Context, *vigilv1.PendingRequest) (*
 		}
 		decided := map[string]bool{}
 		for _, r := range b.Hashes {
-			decided[strings.ToLower(r.SHA256)] = true
+			if r.Mode != fleet.Monitor {
+				decided[strings.ToLower(r.SHA256)] = true
+			}
 		}
 		resp.Items = slices.DeleteFunc(resp.Items, func(p *vigilv1.PendingCode) bool { return decided[strings.ToLower(p.GetSha256())] })
 		return resp, nil
 	}
+}
+
+func (f *fleetState) setPreview(b *fleet.Bundle) {
+	m := map[string]fleet.HashRule{}
+	for _, h := range b.Hashes {
+		if h.Mode == fleet.Monitor {
+			m[strings.ToLower(h.SHA256)] = h
+		}
+	}
+	f.preview.Store(&m)
+}
+
+// fleetPreview marks an execution control event about code a rollout's
+// preview would deny: the code ran (the deny is not enforced) and the
+// event says it would have been denied (verdict denied, mode monitor,
+// source the fleet rule), so it is uploaded and shows as would-block.
+func (a *agent) fleetPreview(ev *vigilv1.Event) {
+	if a.fleet == nil {
+		return
+	}
+	m := a.fleet.preview.Load()
+	t := ev.GetTrust()
+	if m == nil || len(*m) == 0 || t == nil || t.GetSha256() == "" || t.GetVerdict() == "denied" {
+		return
+	}
+	h, ok := (*m)[strings.ToLower(t.GetSha256())]
+	if !ok {
+		return
+	}
+	t.Verdict, t.Mode = "denied", "monitor"
+	t.Source = fmt.Sprintf("fleet:rule %d (%s, preview)", h.Rule, h.Scope)
+}
+
+// fleetStatus is the fleet part of the agent's status.
+func (a *agent) fleetStatus() *vigilv1.FleetStatus {
+	f := a.fleet
+	if f == nil {
+		return nil
+	}
+	st := &vigilv1.FleetStatus{Server: a.cfg.FleetServer, HostId: f.verifier.Host, Enrolled: f.enrolled.Load(),
+		AppliedVersion: a.fleetApplied()}
+	if !st.Enrolled {
+		if _, err := os.Stat(filepath.Join(f.dir, fleet.CertFile)); err == nil {
+			st.Enrolled = true // enrolled before this start
+		}
+	}
+	if b := f.bundle.Load(); b != nil {
+		st.BundleIssued = timestamppb.New(b.Issued)
+		st.Hashes, st.Signers, st.Policies = uint32(len(b.Hashes)), uint32(len(b.Signers)), uint32(len(b.Policies))
+	}
+	if ns := f.lastContact.Load(); ns != 0 {
+		st.LastContact = timestamppb.New(time.Unix(0, ns))
+	}
+	if e := f.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
+	return st
 }

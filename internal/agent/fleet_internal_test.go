@@ -110,6 +110,17 @@ func TestFleetApply(t *testing.T) {
 	// version floor.
 	b := fleetAgent(t, pub)
 	b.cfg.StateDir = a.cfg.StateDir
+	restartFleet(t, b, pub)
+	if b.fleet.applied != 5 || b.fleet.bundle.Load() == nil || b.fleet.bundle.Load().Hashes[0].Verdict != fleet.Deny {
+		t.Fatalf("restarted: version %d, bundle %+v", b.fleet.applied, b.fleet.bundle.Load())
+	}
+}
+
+// restartFleet loads b's fleet state as a restarted agent does (b's
+// StateDir is the one of the agent before).
+func restartFleet(t *testing.T, b *agent, pub []byte) {
+	t.Helper()
+	ctx := context.Background()
 	b.cfg.AdminKeyPath = filepath.Join(t.TempDir(), "admin.pub")
 	pemPub, _ := sign.MarshalPublicKey(pub)
 	os.WriteFile(b.cfg.AdminKeyPath, pemPub, 0o644)
@@ -120,13 +131,10 @@ func TestFleetApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.cfg.FleetCA = filepath.Join(filepath.Dir(b.cfg.FleetCA), "ca.pem")
-	os.WriteFile(filepath.Join(a.fleet.dir, fleet.CertFile), []byte("enrolled"), 0o600)
+	os.WriteFile(filepath.Join(b.cfg.StateDir, "fleet", fleet.CertFile), []byte("enrolled"), 0o600)
 	b.fleet = nil
 	if err := b.loadFleet(ctx); err != nil {
 		t.Fatal(err)
-	}
-	if b.fleet.applied != 5 || b.fleet.bundle.Load() == nil || b.fleet.bundle.Load().Hashes[0].Verdict != fleet.Deny {
-		t.Fatalf("restarted: version %d, bundle %+v", b.fleet.applied, b.fleet.bundle.Load())
 	}
 }
 

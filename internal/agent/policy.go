@@ -37,6 +37,9 @@ type policyState struct {
 	baseNames []string
 	base      []*policy.Policy
 	clients   map[string]map[string][]byte
+	// fleet is the behavior policies of the applied fleet bundle, merged
+	// after base (fleetpolicy.go).
+	fleet     fleetPolicies
 	source    string
 	appliedAt time.Time
 	warnings  []string
@@ -84,7 +87,7 @@ func (a *agent) applyPolicyParts(parts []policyPart) (*vigilv1.PolicyStatus, err
 	a.policy.mu.Lock()
 	defer a.policy.mu.Unlock()
 	// Filter API clients' kernel rules stay in force across policies.
-	p, err := a.effectiveLocked(names, ps, a.policy.clients)
+	p, err := a.effectiveLocked(names, ps, a.policy.clients, a.policy.fleet)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadPolicy, err)
 	}
@@ -196,7 +199,16 @@ func (a *agent) startPolicy() error {
 		}
 	}
 	if _, err := a.applyPolicyParts(parts); err != nil {
-		return err
+		if len(a.policy.fleet.ps) == 0 {
+			return err
+		}
+		// The local policy is what the host must enforce: start with it,
+		// without the kept bundle's policies, and say why.
+		a.log.Error("fleet: the kept bundle's policies cannot be merged with the local policy; not applied", "err", err)
+		a.policy.fleet = fleetPolicies{}
+		if _, err := a.applyPolicyParts(parts); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -212,8 +224,17 @@ func (a *agent) startWithoutPolicy() error {
 	a.policy.mu.Lock()
 	defer a.policy.mu.Unlock()
 	if enf, ok := (*ptr).(sensor.Enforcer); ok {
-		if _, err := enf.Enforce(nil); err != nil {
+		// The fleet's behavior policies, if the kept bundle has any.
+		p, err := a.effectiveLocked(nil, nil, a.policy.clients, a.policy.fleet)
+		if err != nil {
+			return fmt.Errorf("fleet policies: %w", err)
+		}
+		if _, err := enf.Enforce(p); err != nil {
 			return fmt.Errorf("clear the policy: %w", err)
+		}
+		a.policy.p = p
+		if p != nil {
+			a.policy.appliedAt = time.Now()
 		}
 	}
 	if _, err := a.setExecControlLocked(context.Background(), nil); err != nil {

@@ -58,6 +58,7 @@ and serve the API on the socket. Stops on SIGINT or SIGTERM.`,
 	f.Int64Var(&cfg.Retention.MaxRows, "retention-max-rows", cfg.Retention.MaxRows, "keep at most this many events (0: no limit)")
 	f.Var(pruneEvery, "prune-interval", "how often to prune the event store")
 	f.StringVar(&cfg.JSONLPath, "jsonl", "", "also append every event to this file, one JSON object a line")
+	f.StringVar(&cfg.OCSFPath, "ocsf-file", "", "also append events as OCSF (process, module, memory, kernel extension and file system activity) to this file, one JSON object a line")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
 	f.StringVar(&cfg.Backend, "backend", cfg.Backend, "sensor backend: auto, lsm or tracepoint")
 	f.IntVar(&cfg.RingBufBytes, "ringbuf-bytes", 0, "kernel ring buffer size in bytes, a power of two (0: the sensor's default)")

@@ -269,13 +269,14 @@ func fleetRulesCmd(o *fleetOpts) *cobra.Command {
 					return printJSON(cmd.OutOrStdout(), resp)
 				}
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tKIND\tVERDICT\tSCOPE\tVALUE\tCOMMENT")
+				fmt.Fprintln(tw, "ID\tKIND\tVERDICT\tSCOPE\tROLLOUT\tHOSTS\tVALUE\tCOMMENT")
 				for _, r := range resp.GetRules() {
 					v := r.GetValue()
 					if r.GetKind() != fleet.KindSHA256 {
 						v = fmt.Sprintf("(%d bytes)", len(v))
 					}
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.GetId(), r.GetKind(), r.GetVerdict(), r.GetScope(), v, r.GetComment())
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", r.GetId(), r.GetKind(), r.GetVerdict(), r.GetScope(),
+						RolloutString(r.GetRollout()), r.GetRolloutHosts(), r.GetScopeHosts(), v, r.GetComment())
 				}
 				return tw.Flush()
 			})
@@ -304,15 +305,26 @@ func fleetRuleCmd(o *fleetOpts) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if o.json() {
-					return printJSON(cmd.OutOrStdout(), out)
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "rule %d: %s %s for %s\n", out.GetId(), out.GetKind(), out.GetVerdict(), out.GetScope())
-				return nil
+				return printRule(cmd, o, out)
 			})
 		},
 	}
 	f := add.Flags()
+	ro := &fleetv1.Rollout{}
+	var preview bool
+	add.PreRunE = func(cmd *cobra.Command, _ []string) error {
+		if ro.Percent > 0 || ro.Tag != "" || preview {
+			ro.Stage = fleet.StageStaged
+			if preview {
+				ro.Stage = fleet.StagePreview
+			}
+			r.Rollout = ro
+		}
+		return nil
+	}
+	f.Uint32Var(&ro.Percent, "rollout-percent", 0, "staged rollout: only this percentage of the hosts in scope (chosen by host id)")
+	f.StringVar(&ro.Tag, "rollout-tag", "", "staged rollout: and the hosts with this tag")
+	f.BoolVar(&preview, "preview", false, "staged rollout in monitor mode: policies recorded, hash denies would-block")
 	f.StringVar(&r.Kind, "kind", fleet.KindSHA256, "sha256, signer or policy")
 	f.StringVar(&r.Value, "value", "", "the SHA-256 (kind sha256)")
 	f.StringVar(&file, "file", "", "the signer's public key or the policy YAML")
@@ -334,8 +346,84 @@ func fleetRuleCmd(o *fleetOpts) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(add, del)
+	cmd.AddCommand(add, del, fleetRolloutCmd(o), fleetPromoteCmd(o))
 	return cmd
+}
+
+// RolloutString is a rule's rollout state for people: full, or "preview
+// 10% tag:canary".
+func RolloutString(r *fleetv1.Rollout) string {
+	return fleet.Rollout{Stage: r.GetStage(), Percent: r.GetPercent(), Tag: r.GetTag()}.String()
+}
+
+func printRule(cmd *cobra.Command, o *fleetOpts, r *fleetv1.Rule) error {
+	if o.json() {
+		return printJSON(cmd.OutOrStdout(), r)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "rule %d: %s %s for %s, rollout %s\n", r.GetId(), r.GetKind(), r.GetVerdict(), r.GetScope(), RolloutString(r.GetRollout()))
+	return nil
+}
+
+func parseRuleID(s string) (uint64, error) {
+	id, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("rule id %q: %w", s, err)
+	}
+	return id, nil
+}
+
+func fleetRolloutCmd(o *fleetOpts) *cobra.Command {
+	ro := &fleetv1.Rollout{}
+	var full bool
+	cmd := &cobra.Command{
+		Use:   "rollout ID --stage preview|staged --percent N [--tag T] | --full",
+		Short: "Set a rule's staged rollout (docs/fleet.md)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseRuleID(args[0])
+			if err != nil {
+				return err
+			}
+			if full {
+				ro = &fleetv1.Rollout{}
+			} else if ro.GetStage() == "" {
+				return fmt.Errorf("give --stage preview|staged, or --full")
+			}
+			return o.call(cmd, func(ctx context.Context, c fleetv1.FleetAdminClient) error {
+				r, err := c.UpdateRollout(ctx, &fleetv1.UpdateRolloutRequest{Id: id, Rollout: ro})
+				if err != nil {
+					return err
+				}
+				return printRule(cmd, o, r)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&ro.Stage, "stage", "", "preview (monitor mode) or staged (as written)")
+	cmd.Flags().Uint32Var(&ro.Percent, "percent", 0, "percentage of the hosts in scope (chosen by host id)")
+	cmd.Flags().StringVar(&ro.Tag, "tag", "", "and the hosts with this tag")
+	cmd.Flags().BoolVar(&full, "full", false, "every host in the scope")
+	return cmd
+}
+
+func fleetPromoteCmd(o *fleetOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "promote ID",
+		Short: "Promote a rule's rollout: preview -> staged -> full",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseRuleID(args[0])
+			if err != nil {
+				return err
+			}
+			return o.call(cmd, func(ctx context.Context, c fleetv1.FleetAdminClient) error {
+				r, err := c.UpdateRollout(ctx, &fleetv1.UpdateRolloutRequest{Id: id, Promote: true})
+				if err != nil {
+					return err
+				}
+				return printRule(cmd, o, r)
+			})
+		},
+	}
 }
 
 func fleetEventsCmd(o *fleetOpts) *cobra.Command {
@@ -363,6 +451,9 @@ func fleetEventsCmd(o *fleetOpts) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&req.HostId, "host", "", "only this host")
+	cmd.Flags().StringVar(&req.Kind, "kind", "", "only events of this kind")
+	cmd.Flags().StringVar(&req.Verdict, "verdict", "", "only events with this verdict: refused, would-block, deny, kill, alert, allow, trusted, unknown, denied")
+	cmd.Flags().Uint32Var(&req.Offset, "offset", 0, "skip this many of the newest matching events")
 	cmd.Flags().Uint32Var(&req.Limit, "limit", 100, "at most this many, the newest")
 	return cmd
 }

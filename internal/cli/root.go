@@ -53,7 +53,7 @@ func New(opts Options) *cobra.Command {
 		newStopCmd(g),
 		newAdminCmd(),
 		newFilterCmd(),
-		newServerCmd(),
+		newServerCmd(opts),
 		newFleetCmd(),
 	)
 	return root

@@ -15,9 +15,12 @@ import (
 
 	"github.com/spf13/cobra"
 
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/console"
+	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetsrv"
+	"github.com/vigil-hips/vigil/internal/ocsf"
 	"github.com/vigil-hips/vigil/internal/server"
 	"github.com/vigil-hips/vigil/internal/sign"
 )
@@ -29,7 +32,7 @@ const (
 	defaultAdminSocket  = "/run/vigil-server/admin.sock"
 )
 
-func newServerCmd() *cobra.Command {
+func newServerCmd(opts Options) *cobra.Command {
 	var (
 		listen, stateDir, adminSocket string
 		tlsCert, tlsKey               string
@@ -40,6 +43,7 @@ func newServerCmd() *cobra.Command {
 		consoleListen, consolePwFile  string
 		database, stream, streamDir   string
 		recheck                       time.Duration
+		ocsfFile, ocsfWebhook         string
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -117,6 +121,19 @@ JetStream in this process for a single server.`,
 				}
 				cfg.AdminKey = ed25519.PublicKey(pub)
 			}
+			if ocsfFile != "" || ocsfWebhook != "" {
+				exp, err := ocsf.New(ocsf.Config{File: ocsfFile, Webhook: ocsfWebhook, Product: ocsf.Product{Name: "Vigil server", Version: opts.Version}}, logger)
+				if err != nil {
+					return err
+				}
+				defer exp.Close(10 * time.Second)
+				cfg.Export = func(h fleetdb.Host, evs []*vigilv1.Event) {
+					if _, err := exp.Export(ocsf.Host{ID: h.ID, Hostname: h.Hostname}, evs); err != nil {
+						logger.Error("ocsf export", "host", h.ID, "err", err)
+					}
+				}
+				logger.Info("ocsf export on", "file", ocsfFile, "webhook", ocsfWebhook)
+			}
 			be, err := openBackends(cmd.Context(), backendFlags{database: database, stream: stream,
 				streamDir: streamDir, stateDir: stateDir, recheck: recheck, recheckSet: cmd.Flags().Changed("watch-recheck")}, logger)
 			if err != nil {
@@ -192,6 +209,8 @@ JetStream in this process for a single server.`,
 	f.StringVar(&stream, "stream", "", "event stream: empty for none (uploads go straight to the database), embedded (NATS JetStream in this process), or nats://HOST:PORT (shared by replicas)")
 	f.StringVar(&streamDir, "stream-dir", "", "JetStream storage of --stream embedded (default: STATE_DIR/stream)")
 	f.DurationVar(&recheck, "watch-recheck", 0, "re-read each watching host's bundle this often without a change notice (default: off with SQLite, 2s with PostgreSQL and no stream, 30s with a NATS stream)")
+	f.StringVar(&ocsfFile, "ocsf-file", "", "export uploaded events as OCSF, one JSON object a line, appended to this file")
+	f.StringVar(&ocsfWebhook, "ocsf-webhook", "", "export uploaded events as OCSF: POST JSON arrays (batched, retried) to this http(s) URL")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd

@@ -176,6 +176,27 @@ func printStatus(w io.Writer, st *vigilv1.StatusResponse, socket string, now tim
 	} else {
 		row("Integrity:", "watch off")
 	}
+	if fl := st.GetFleet(); fl != nil {
+		contact := "never"
+		if fl.GetLastContact() != nil {
+			contact = fmt.Sprintf("%s ago", now.Sub(fl.GetLastContact().AsTime()).Round(time.Second))
+		}
+		bundle := "no bundle"
+		if fl.GetAppliedVersion() > 0 {
+			bundle = fmt.Sprintf("bundle v%d (%d hash, %d signer, %d policy rules)", fl.GetAppliedVersion(), fl.GetHashes(), fl.GetSigners(), fl.GetPolicies())
+			if fl.GetBundleIssued() != nil {
+				bundle += ", issued " + fl.GetBundleIssued().AsTime().UTC().Format(time.RFC3339)
+			}
+		}
+		enrolled := "enrolled"
+		if !fl.GetEnrolled() {
+			enrolled = "not enrolled"
+		}
+		row("Fleet:", "%s as %s (%s), %s, last contact %s", fl.GetServer(), fl.GetHostId(), enrolled, bundle, contact)
+		if fl.GetLastError() != "" {
+			row("", "last error: %s", fl.GetLastError())
+		}
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

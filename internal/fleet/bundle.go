@@ -71,8 +71,8 @@ type Bundle struct {
 	Hashes []HashRule `json:"hashes"`
 	// Signers are catalog signers the host approves (PEM public keys).
 	Signers []SignerRule `json:"signers,omitempty"`
-	// Policies are behavior policy YAML documents. Carried and verified;
-	// the agent does not apply them yet (docs/fleet.md).
+	// Policies are behavior policy YAML documents (no trust block). The
+	// agent merges them after its local policy (docs/fleet.md).
 	Policies []PolicyRule `json:"policies,omitempty"`
 }
 
@@ -82,6 +82,9 @@ type HashRule struct {
 	Verdict string `json:"verdict"` // allow | deny
 	Scope   string `json:"scope"`   // where it came from: global, tag:X, host:ID
 	Rule    uint64 `json:"rule"`    // the server's rule id
+	// Mode "monitor": a staged rollout's preview; the agent does not
+	// enforce it and marks the events of the digest as would-be denied.
+	Mode string `json:"mode,omitempty"`
 }
 
 // SignerRule approves a catalog signer.
@@ -97,12 +100,41 @@ type PolicyRule struct {
 	YAML  string `json:"yaml"`
 	Scope string `json:"scope"`
 	Rule  uint64 `json:"rule"`
+	// Mode "monitor": a staged rollout's preview; every rule of the
+	// policy is in monitor mode, whatever the document says.
+	Mode string `json:"mode,omitempty"`
+}
+
+// Monitor is the Mode of a rule delivered as a preview.
+const Monitor = "monitor"
+
+// Parse parses and validates the policy document as a local policy file
+// is, and refuses a trust block: execution control on a host is the local
+// policy's, and the fleet's part of it comes as hash and signer rules.
+func (p PolicyRule) Parse() (*policy.Policy, error) {
+	if strings.TrimSpace(p.Name) == "" {
+		return nil, errors.New("a policy rule needs a name")
+	}
+	if p.Mode != "" && p.Mode != Monitor {
+		return nil, fmt.Errorf("%s: mode %q, want monitor or none", p.Name, p.Mode)
+	}
+	pol, err := policy.Parse(p.Name, []byte(p.YAML))
+	if err != nil {
+		return nil, err
+	}
+	if pol.Trust != nil {
+		return nil, fmt.Errorf("%s: a trust block in a fleet policy (execution control comes from the local policy; the fleet sends hash and signer rules)", p.Name)
+	}
+	if p.Mode == Monitor {
+		pol = policy.AsMonitor(pol)
+	}
+	return pol, nil
 }
 
 // Canonical orders the rules so that the same rules make the same payload.
 func (b *Bundle) Canonical() {
 	slices.SortFunc(b.Hashes, func(x, y HashRule) int {
-		return strings.Compare(x.SHA256+x.Verdict+x.Scope, y.SHA256+y.Verdict+y.Scope)
+		return strings.Compare(x.SHA256+x.Verdict+x.Scope+x.Mode, y.SHA256+y.Verdict+y.Scope+y.Mode)
 	})
 	slices.SortFunc(b.Signers, func(x, y SignerRule) int { return strings.Compare(x.PublicKey+x.Scope, y.PublicKey+y.Scope) })
 	slices.SortFunc(b.Policies, func(x, y PolicyRule) int { return strings.Compare(x.Name+x.Scope, y.Name+y.Scope) })
@@ -157,6 +189,9 @@ func (b Bundle) Validate() error {
 		if h.Verdict != Allow && h.Verdict != Deny {
 			errs = append(errs, fmt.Errorf("hash rule %d: verdict %q, want allow or deny", i+1, h.Verdict))
 		}
+		if h.Mode != "" && (h.Mode != Monitor || h.Verdict != Deny) {
+			errs = append(errs, fmt.Errorf("hash rule %d: mode %q with verdict %s (a preview is a deny in monitor mode)", i+1, h.Mode, h.Verdict))
+		}
 	}
 	for i, s := range b.Signers {
 		if _, err := sign.ParsePublicKey([]byte(s.PublicKey)); err != nil {
@@ -164,8 +199,8 @@ func (b Bundle) Validate() error {
 		}
 	}
 	for i, p := range b.Policies {
-		if _, err := policy.Parse(p.Name, []byte(p.YAML)); err != nil {
-			errs = append(errs, fmt.Errorf("policy rule %d (%s): %w", i+1, p.Name, err))
+		if _, err := p.Parse(); err != nil {
+			errs = append(errs, fmt.Errorf("policy rule %d: %w", i+1, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -51,3 +51,19 @@ func Merge(names []string, parts []*Policy) (*Policy, error) {
 	m.digest = digest(m)
 	return m, nil
 }
+
+// AsMonitor returns a copy of p with every rule, and the default, in
+// monitor mode: what p would decide, recorded and not enforced (a fleet
+// rollout's preview).
+func AsMonitor(p *Policy) *Policy {
+	m := *p
+	m.Mode = Monitor
+	m.Rules = make([]*Rule, len(p.Rules))
+	for i, r := range p.Rules {
+		c := *r
+		c.Mode = Monitor
+		m.Rules[i] = &c
+	}
+	m.digest = digest(&m)
+	return &m
+}

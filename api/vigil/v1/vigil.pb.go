@@ -1840,6 +1840,7 @@ type StatusResponse struct {
 	Counters        *Counters              `protobuf:"bytes,10,opt,name=counters,proto3" json:"counters,omitempty"`
 	Policy          *PolicyStatus          `protobuf:"bytes,11,opt,name=policy,proto3" json:"policy,omitempty"`       // unset: no policy
 	Integrity       *IntegrityStatus       `protobuf:"bytes,12,opt,name=integrity,proto3" json:"integrity,omitempty"` // unset: the integrity watch is off
+	Fleet           *FleetStatus           `protobuf:"bytes,13,opt,name=fleet,proto3" json:"fleet,omitempty"`         // unset: not a fleet member
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1958,6 +1959,130 @@ func (x *StatusResponse) GetIntegrity() *IntegrityStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetFleet() *FleetStatus {
+	if x != nil {
+		return x.Fleet
+	}
+	return nil
+}
+
+// FleetStatus is the agent's fleet membership (docs/fleet.md).
+type FleetStatus struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Server         string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	HostId         string                 `protobuf:"bytes,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Enrolled       bool                   `protobuf:"varint,3,opt,name=enrolled,proto3" json:"enrolled,omitempty"`
+	AppliedVersion uint64                 `protobuf:"varint,4,opt,name=applied_version,json=appliedVersion,proto3" json:"applied_version,omitempty"` // the bundle in force; 0: none
+	BundleIssued   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=bundle_issued,json=bundleIssued,proto3" json:"bundle_issued,omitempty"`
+	Hashes         uint32                 `protobuf:"varint,6,opt,name=hashes,proto3" json:"hashes,omitempty"` // rules of the bundle in force
+	Signers        uint32                 `protobuf:"varint,7,opt,name=signers,proto3" json:"signers,omitempty"`
+	Policies       uint32                 `protobuf:"varint,8,opt,name=policies,proto3" json:"policies,omitempty"`
+	LastContact    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"` // the last Sync the server answered
+	LastError      string                 `protobuf:"bytes,10,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`      // of the last Sync or enrollment that failed, if after last_contact
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FleetStatus) Reset() {
+	*x = FleetStatus{}
+	mi := &file_vigil_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetStatus) ProtoMessage() {}
+
+func (x *FleetStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetStatus.ProtoReflect.Descriptor instead.
+func (*FleetStatus) Descriptor() ([]byte, []int) {
+	return file_vigil_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *FleetStatus) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *FleetStatus) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *FleetStatus) GetEnrolled() bool {
+	if x != nil {
+		return x.Enrolled
+	}
+	return false
+}
+
+func (x *FleetStatus) GetAppliedVersion() uint64 {
+	if x != nil {
+		return x.AppliedVersion
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetBundleIssued() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BundleIssued
+	}
+	return nil
+}
+
+func (x *FleetStatus) GetHashes() uint32 {
+	if x != nil {
+		return x.Hashes
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetSigners() uint32 {
+	if x != nil {
+		return x.Signers
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetPolicies() uint32 {
+	if x != nil {
+		return x.Policies
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetLastContact() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastContact
+	}
+	return nil
+}
+
+func (x *FleetStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 // IntegrityStatus is the agent's continuous kernel integrity watch.
 type IntegrityStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1974,7 +2099,7 @@ type IntegrityStatus struct {
 
 func (x *IntegrityStatus) Reset() {
 	*x = IntegrityStatus{}
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2111,7 @@ func (x *IntegrityStatus) String() string {
 func (*IntegrityStatus) ProtoMessage() {}
 
 func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[22]
+	mi := &file_vigil_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2124,7 @@ func (x *IntegrityStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntegrityStatus.ProtoReflect.Descriptor instead.
 func (*IntegrityStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{22}
+	return file_vigil_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *IntegrityStatus) GetInterval() *durationpb.Duration {
@@ -2066,7 +2191,7 @@ type PolicyStatus struct {
 
 func (x *PolicyStatus) Reset() {
 	*x = PolicyStatus{}
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2203,7 @@ func (x *PolicyStatus) String() string {
 func (*PolicyStatus) ProtoMessage() {}
 
 func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[23]
+	mi := &file_vigil_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2216,7 @@ func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{23}
+	return file_vigil_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PolicyStatus) GetName() string {
@@ -2155,7 +2280,7 @@ type RuleHits struct {
 
 func (x *RuleHits) Reset() {
 	*x = RuleHits{}
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2292,7 @@ func (x *RuleHits) String() string {
 func (*RuleHits) ProtoMessage() {}
 
 func (x *RuleHits) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[24]
+	mi := &file_vigil_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2305,7 @@ func (x *RuleHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
 func (*RuleHits) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{24}
+	return file_vigil_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RuleHits) GetRule() string {
@@ -2222,7 +2347,7 @@ type Feature struct {
 
 func (x *Feature) Reset() {
 	*x = Feature{}
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2234,7 +2359,7 @@ func (x *Feature) String() string {
 func (*Feature) ProtoMessage() {}
 
 func (x *Feature) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[25]
+	mi := &file_vigil_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2247,7 +2372,7 @@ func (x *Feature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Feature.ProtoReflect.Descriptor instead.
 func (*Feature) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{25}
+	return file_vigil_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Feature) GetName() string {
@@ -2284,7 +2409,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2421,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[26]
+	mi := &file_vigil_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2434,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{26}
+	return file_vigil_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Counters) GetEventsReceived() uint64 {
@@ -2365,7 +2490,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2377,7 +2502,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[27]
+	mi := &file_vigil_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2390,7 +2515,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{27}
+	return file_vigil_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EventsRequest) GetKinds() []string {
@@ -2460,7 +2585,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2472,7 +2597,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[28]
+	mi := &file_vigil_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2485,7 +2610,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{28}
+	return file_vigil_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ApplyPolicyRequest) GetName() string {
@@ -2518,7 +2643,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2530,7 +2655,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[29]
+	mi := &file_vigil_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2543,7 +2668,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{29}
+	return file_vigil_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ApplyPolicyResponse) GetPolicy() *PolicyStatus {
@@ -2562,7 +2687,7 @@ type PendingRequest struct {
 
 func (x *PendingRequest) Reset() {
 	*x = PendingRequest{}
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2574,7 +2699,7 @@ func (x *PendingRequest) String() string {
 func (*PendingRequest) ProtoMessage() {}
 
 func (x *PendingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[30]
+	mi := &file_vigil_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2587,7 +2712,7 @@ func (x *PendingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingRequest.ProtoReflect.Descriptor instead.
 func (*PendingRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{30}
+	return file_vigil_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PendingRequest) GetLimit() uint32 {
@@ -2606,7 +2731,7 @@ type PendingResponse struct {
 
 func (x *PendingResponse) Reset() {
 	*x = PendingResponse{}
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2618,7 +2743,7 @@ func (x *PendingResponse) String() string {
 func (*PendingResponse) ProtoMessage() {}
 
 func (x *PendingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[31]
+	mi := &file_vigil_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2631,7 +2756,7 @@ func (x *PendingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingResponse.ProtoReflect.Descriptor instead.
 func (*PendingResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{31}
+	return file_vigil_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PendingResponse) GetItems() []*PendingCode {
@@ -2657,7 +2782,7 @@ type PendingCode struct {
 
 func (x *PendingCode) Reset() {
 	*x = PendingCode{}
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +2794,7 @@ func (x *PendingCode) String() string {
 func (*PendingCode) ProtoMessage() {}
 
 func (x *PendingCode) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[32]
+	mi := &file_vigil_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +2807,7 @@ func (x *PendingCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingCode.ProtoReflect.Descriptor instead.
 func (*PendingCode) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{32}
+	return file_vigil_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PendingCode) GetSha256() string {
@@ -2747,7 +2872,7 @@ type ApproveRequest struct {
 
 func (x *ApproveRequest) Reset() {
 	*x = ApproveRequest{}
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2759,7 +2884,7 @@ func (x *ApproveRequest) String() string {
 func (*ApproveRequest) ProtoMessage() {}
 
 func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[33]
+	mi := &file_vigil_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2772,7 +2897,7 @@ func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
 func (*ApproveRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{33}
+	return file_vigil_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ApproveRequest) GetSha256() string {
@@ -2819,7 +2944,7 @@ type ApproveResponse struct {
 
 func (x *ApproveResponse) Reset() {
 	*x = ApproveResponse{}
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2831,7 +2956,7 @@ func (x *ApproveResponse) String() string {
 func (*ApproveResponse) ProtoMessage() {}
 
 func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[34]
+	mi := &file_vigil_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2844,7 +2969,7 @@ func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
 func (*ApproveResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{34}
+	return file_vigil_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ApproveResponse) GetDetail() string {
@@ -2863,7 +2988,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +3000,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[35]
+	mi := &file_vigil_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3013,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{35}
+	return file_vigil_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StopRequest) GetToken() []byte {
@@ -2906,7 +3031,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_vigil_proto_msgTypes[36]
+	mi := &file_vigil_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2918,7 +3043,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[36]
+	mi := &file_vigil_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2931,7 +3056,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{36}
+	return file_vigil_proto_rawDescGZIP(), []int{37}
 }
 
 // DoctorResponse is `vigil doctor -o json`: what this kernel offers and the
@@ -2947,7 +3072,7 @@ type DoctorResponse struct {
 
 func (x *DoctorResponse) Reset() {
 	*x = DoctorResponse{}
-	mi := &file_vigil_proto_msgTypes[37]
+	mi := &file_vigil_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2959,7 +3084,7 @@ func (x *DoctorResponse) String() string {
 func (*DoctorResponse) ProtoMessage() {}
 
 func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[37]
+	mi := &file_vigil_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2972,7 +3097,7 @@ func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
 func (*DoctorResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{37}
+	return file_vigil_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DoctorResponse) GetKernelRelease() string {
@@ -3008,7 +3133,7 @@ type Guarantee struct {
 
 func (x *Guarantee) Reset() {
 	*x = Guarantee{}
-	mi := &file_vigil_proto_msgTypes[38]
+	mi := &file_vigil_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3020,7 +3145,7 @@ func (x *Guarantee) String() string {
 func (*Guarantee) ProtoMessage() {}
 
 func (x *Guarantee) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_proto_msgTypes[38]
+	mi := &file_vigil_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3033,7 +3158,7 @@ func (x *Guarantee) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Guarantee.ProtoReflect.Descriptor instead.
 func (*Guarantee) Descriptor() ([]byte, []int) {
-	return file_vigil_proto_rawDescGZIP(), []int{38}
+	return file_vigil_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Guarantee) GetControl() string {
@@ -3204,7 +3329,7 @@ const file_vigil_proto_rawDesc = "" +
 	"\n" +
 	"latency_us\x18\x04 \x01(\x04R\tlatencyUs\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x0f\n" +
-	"\rStatusRequest\"\xf1\x03\n" +
+	"\rStatusRequest\"\x9e\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1b\n" +
 	"\tagent_pid\x18\x02 \x01(\rR\bagentPid\x129\n" +
@@ -3219,7 +3344,21 @@ const file_vigil_proto_rawDesc = "" +
 	"\bcounters\x18\n" +
 	" \x01(\v2\x12.vigil.v1.CountersR\bcounters\x12.\n" +
 	"\x06policy\x18\v \x01(\v2\x16.vigil.v1.PolicyStatusR\x06policy\x127\n" +
-	"\tintegrity\x18\f \x01(\v2\x19.vigil.v1.IntegrityStatusR\tintegrity\"\x84\x03\n" +
+	"\tintegrity\x18\f \x01(\v2\x19.vigil.v1.IntegrityStatusR\tintegrity\x12+\n" +
+	"\x05fleet\x18\r \x01(\v2\x15.vigil.v1.FleetStatusR\x05fleet\"\xf0\x02\n" +
+	"\vFleetStatus\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x1a\n" +
+	"\benrolled\x18\x03 \x01(\bR\benrolled\x12'\n" +
+	"\x0fapplied_version\x18\x04 \x01(\x04R\x0eappliedVersion\x12?\n" +
+	"\rbundle_issued\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fbundleIssued\x12\x16\n" +
+	"\x06hashes\x18\x06 \x01(\rR\x06hashes\x12\x18\n" +
+	"\asigners\x18\a \x01(\rR\asigners\x12\x1a\n" +
+	"\bpolicies\x18\b \x01(\rR\bpolicies\x12=\n" +
+	"\flast_contact\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vlastContact\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\n" +
+	" \x01(\tR\tlastError\"\x84\x03\n" +
 	"\x0fIntegrityStatus\x125\n" +
 	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12\x1a\n" +
 	"\bbaseline\x18\x02 \x01(\tR\bbaseline\x12\x1e\n" +
@@ -3334,7 +3473,7 @@ func file_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_proto_rawDescData
 }
 
-var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_vigil_proto_goTypes = []any{
 	(*Event)(nil),                 // 0: vigil.v1.Event
 	(*Process)(nil),               // 1: vigil.v1.Process
@@ -3358,30 +3497,31 @@ var file_vigil_proto_goTypes = []any{
 	(*ClientVerdict)(nil),         // 19: vigil.v1.ClientVerdict
 	(*StatusRequest)(nil),         // 20: vigil.v1.StatusRequest
 	(*StatusResponse)(nil),        // 21: vigil.v1.StatusResponse
-	(*IntegrityStatus)(nil),       // 22: vigil.v1.IntegrityStatus
-	(*PolicyStatus)(nil),          // 23: vigil.v1.PolicyStatus
-	(*RuleHits)(nil),              // 24: vigil.v1.RuleHits
-	(*Feature)(nil),               // 25: vigil.v1.Feature
-	(*Counters)(nil),              // 26: vigil.v1.Counters
-	(*EventsRequest)(nil),         // 27: vigil.v1.EventsRequest
-	(*ApplyPolicyRequest)(nil),    // 28: vigil.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),   // 29: vigil.v1.ApplyPolicyResponse
-	(*PendingRequest)(nil),        // 30: vigil.v1.PendingRequest
-	(*PendingResponse)(nil),       // 31: vigil.v1.PendingResponse
-	(*PendingCode)(nil),           // 32: vigil.v1.PendingCode
-	(*ApproveRequest)(nil),        // 33: vigil.v1.ApproveRequest
-	(*ApproveResponse)(nil),       // 34: vigil.v1.ApproveResponse
-	(*StopRequest)(nil),           // 35: vigil.v1.StopRequest
-	(*StopResponse)(nil),          // 36: vigil.v1.StopResponse
-	(*DoctorResponse)(nil),        // 37: vigil.v1.DoctorResponse
-	(*Guarantee)(nil),             // 38: vigil.v1.Guarantee
-	nil,                           // 39: vigil.v1.IntegrityStatus.UnreadableEntry
-	nil,                           // 40: vigil.v1.Counters.ByKindEntry
-	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
+	(*FleetStatus)(nil),           // 22: vigil.v1.FleetStatus
+	(*IntegrityStatus)(nil),       // 23: vigil.v1.IntegrityStatus
+	(*PolicyStatus)(nil),          // 24: vigil.v1.PolicyStatus
+	(*RuleHits)(nil),              // 25: vigil.v1.RuleHits
+	(*Feature)(nil),               // 26: vigil.v1.Feature
+	(*Counters)(nil),              // 27: vigil.v1.Counters
+	(*EventsRequest)(nil),         // 28: vigil.v1.EventsRequest
+	(*ApplyPolicyRequest)(nil),    // 29: vigil.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),   // 30: vigil.v1.ApplyPolicyResponse
+	(*PendingRequest)(nil),        // 31: vigil.v1.PendingRequest
+	(*PendingResponse)(nil),       // 32: vigil.v1.PendingResponse
+	(*PendingCode)(nil),           // 33: vigil.v1.PendingCode
+	(*ApproveRequest)(nil),        // 34: vigil.v1.ApproveRequest
+	(*ApproveResponse)(nil),       // 35: vigil.v1.ApproveResponse
+	(*StopRequest)(nil),           // 36: vigil.v1.StopRequest
+	(*StopResponse)(nil),          // 37: vigil.v1.StopResponse
+	(*DoctorResponse)(nil),        // 38: vigil.v1.DoctorResponse
+	(*Guarantee)(nil),             // 39: vigil.v1.Guarantee
+	nil,                           // 40: vigil.v1.IntegrityStatus.UnreadableEntry
+	nil,                           // 41: vigil.v1.Counters.ByKindEntry
+	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 43: google.protobuf.Duration
 }
 var file_vigil_proto_depIdxs = []int32{
-	41, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	42, // 0: vigil.v1.Event.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: vigil.v1.Event.process:type_name -> vigil.v1.Process
 	4,  // 2: vigil.v1.Event.exec:type_name -> vigil.v1.Exec
 	5,  // 3: vigil.v1.Event.fork:type_name -> vigil.v1.Fork
@@ -3406,41 +3546,44 @@ var file_vigil_proto_depIdxs = []int32{
 	3,  // 22: vigil.v1.FileModify.file:type_name -> vigil.v1.File
 	3,  // 23: vigil.v1.FileOpen.file:type_name -> vigil.v1.File
 	19, // 24: vigil.v1.Verdict.clients:type_name -> vigil.v1.ClientVerdict
-	41, // 25: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	25, // 26: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
-	26, // 27: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
-	23, // 28: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
-	22, // 29: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
-	42, // 30: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
-	41, // 31: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
-	39, // 32: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
-	41, // 33: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
-	24, // 34: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
-	40, // 35: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
-	41, // 36: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
-	23, // 37: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
-	32, // 38: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
-	41, // 39: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
-	41, // 40: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
-	25, // 41: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
-	38, // 42: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
-	20, // 43: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
-	27, // 44: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
-	28, // 45: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
-	30, // 46: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
-	33, // 47: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
-	35, // 48: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
-	21, // 49: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
-	0,  // 50: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
-	29, // 51: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
-	31, // 52: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
-	34, // 53: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
-	36, // 54: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
-	49, // [49:55] is the sub-list for method output_type
-	43, // [43:49] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	42, // 25: vigil.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	26, // 26: vigil.v1.StatusResponse.features:type_name -> vigil.v1.Feature
+	27, // 27: vigil.v1.StatusResponse.counters:type_name -> vigil.v1.Counters
+	24, // 28: vigil.v1.StatusResponse.policy:type_name -> vigil.v1.PolicyStatus
+	23, // 29: vigil.v1.StatusResponse.integrity:type_name -> vigil.v1.IntegrityStatus
+	22, // 30: vigil.v1.StatusResponse.fleet:type_name -> vigil.v1.FleetStatus
+	42, // 31: vigil.v1.FleetStatus.bundle_issued:type_name -> google.protobuf.Timestamp
+	42, // 32: vigil.v1.FleetStatus.last_contact:type_name -> google.protobuf.Timestamp
+	43, // 33: vigil.v1.IntegrityStatus.interval:type_name -> google.protobuf.Duration
+	42, // 34: vigil.v1.IntegrityStatus.last_check:type_name -> google.protobuf.Timestamp
+	40, // 35: vigil.v1.IntegrityStatus.unreadable:type_name -> vigil.v1.IntegrityStatus.UnreadableEntry
+	42, // 36: vigil.v1.PolicyStatus.applied_at:type_name -> google.protobuf.Timestamp
+	25, // 37: vigil.v1.PolicyStatus.rules:type_name -> vigil.v1.RuleHits
+	41, // 38: vigil.v1.Counters.by_kind:type_name -> vigil.v1.Counters.ByKindEntry
+	42, // 39: vigil.v1.EventsRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 40: vigil.v1.ApplyPolicyResponse.policy:type_name -> vigil.v1.PolicyStatus
+	33, // 41: vigil.v1.PendingResponse.items:type_name -> vigil.v1.PendingCode
+	42, // 42: vigil.v1.PendingCode.first_seen:type_name -> google.protobuf.Timestamp
+	42, // 43: vigil.v1.PendingCode.last_seen:type_name -> google.protobuf.Timestamp
+	26, // 44: vigil.v1.DoctorResponse.features:type_name -> vigil.v1.Feature
+	39, // 45: vigil.v1.DoctorResponse.guarantees:type_name -> vigil.v1.Guarantee
+	20, // 46: vigil.v1.Agent.Status:input_type -> vigil.v1.StatusRequest
+	28, // 47: vigil.v1.Agent.Events:input_type -> vigil.v1.EventsRequest
+	29, // 48: vigil.v1.Agent.ApplyPolicy:input_type -> vigil.v1.ApplyPolicyRequest
+	31, // 49: vigil.v1.Agent.Pending:input_type -> vigil.v1.PendingRequest
+	34, // 50: vigil.v1.Agent.Approve:input_type -> vigil.v1.ApproveRequest
+	36, // 51: vigil.v1.Agent.Stop:input_type -> vigil.v1.StopRequest
+	21, // 52: vigil.v1.Agent.Status:output_type -> vigil.v1.StatusResponse
+	0,  // 53: vigil.v1.Agent.Events:output_type -> vigil.v1.Event
+	30, // 54: vigil.v1.Agent.ApplyPolicy:output_type -> vigil.v1.ApplyPolicyResponse
+	32, // 55: vigil.v1.Agent.Pending:output_type -> vigil.v1.PendingResponse
+	35, // 56: vigil.v1.Agent.Approve:output_type -> vigil.v1.ApproveResponse
+	37, // 57: vigil.v1.Agent.Stop:output_type -> vigil.v1.StopResponse
+	52, // [52:58] is the sub-list for method output_type
+	46, // [46:52] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_vigil_proto_init() }
@@ -3469,7 +3612,7 @@ func file_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_proto_rawDesc), len(file_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

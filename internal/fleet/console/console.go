@@ -141,6 +141,7 @@ func New(cfg Config) (*Console, error) {
 	mux.HandleFunc("GET /rules", c.authed(c.rulesPage))
 	mux.HandleFunc("POST /rules", c.authed(c.addRule))
 	mux.HandleFunc("POST /rules/{id}/delete", c.authed(c.deleteRule))
+	mux.HandleFunc("POST /rules/{id}/promote", c.authed(c.promoteRule))
 	// Cross-origin POSTs are refused by the browser's own signals
 	// (Sec-Fetch-Site, Origin) before they reach the CSRF token check.
 	c.handler = securityHeaders(http.NewCrossOriginProtection().Handler(mux))

@@ -214,7 +214,7 @@ func TestNoAnonymousAccess(t *testing.T) {
 			t.Errorf("GET %s without a session shows fleet data: %s", p, body)
 		}
 	}
-	for _, p := range []string{"/queue/decide", "/rules", "/rules/1/delete", "/hosts/h1/tags", "/hosts/h1/revoke", "/logout"} {
+	for _, p := range []string{"/queue/decide", "/rules", "/rules/1/delete", "/rules/1/promote", "/hosts/h1/tags", "/hosts/h1/revoke", "/logout"} {
 		if code, _, _ := b.do("POST", p, url.Values{"csrf": {"x"}}); code != http.StatusUnauthorized {
 			t.Errorf("POST %s without a session: %d, want 401", p, code)
 		}
@@ -600,5 +600,73 @@ func TestPasswordFile(t *testing.T) {
 	}
 	if _, err := console.New(console.Config{Password: "x"}); err == nil {
 		t.Fatal("console with no API and a short password")
+	}
+}
+
+// TestRolloutFromConsole: a hash deny added as a preview for the canary
+// tag reaches only the canary host, as a would-be deny; the rules page
+// shows the stage and the chosen hosts; Promote makes it staged (a deny)
+// and then full (every host in scope).
+func TestRolloutFromConsole(t *testing.T) {
+	e := newEnv(t)
+	e.enroll("h1", "one", "canary")
+	e.enroll("h2", "two")
+	b := e.browser()
+	_, csrf := b.login(e.pw)
+	sum := sha256.Sum256([]byte(randHex(t, 16)))
+	sha := hex.EncodeToString(sum[:])
+	hashOf := func(host string) (fleet.HashRule, bool) {
+		t.Helper()
+		st, err := e.db.Bundle(context.Background(), host)
+		if err != nil || st.Envelope == nil {
+			t.Fatalf("%s: bundle: %v", host, err)
+		}
+		bu, err := fleet.Verifier{Key: e.pub, Host: host}.Verify(context.Background(), st.Envelope, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range bu.Hashes {
+			if h.SHA256 == sha {
+				return h, true
+			}
+		}
+		return fleet.HashRule{}, false
+	}
+	code, _, _ := b.do("POST", "/rules", url.Values{"csrf": {csrf}, "kind": {"sha256"}, "value": {sha}, "verdict": {"deny"}, "scope": {"global"},
+		"stage": {"preview"}, "percent": {"0"}, "rollout_tag": {"canary"}})
+	if code != http.StatusSeeOther {
+		t.Fatalf("add rule: %d", code)
+	}
+	if h, ok := hashOf("h1"); !ok || h.Mode != fleet.Monitor || h.Verdict != fleet.Deny {
+		t.Fatalf("canary host in preview: %+v %v, want a would-be deny", h, ok)
+	}
+	if h, ok := hashOf("h2"); ok {
+		t.Fatalf("host outside the preview got %+v", h)
+	}
+	_, _, page := b.do("GET", "/rules", nil)
+	if !strings.Contains(page, "preview tag:canary") || !strings.Contains(page, "1/2") || !strings.Contains(page, "/promote") {
+		t.Fatalf("rules page lacks the rollout state:\n%s", page)
+	}
+	rules, _ := e.admin.ListRules(context.Background(), &fleetv1.ListRulesRequest{})
+	id := rules.GetRules()[0].GetId()
+	if code, _, _ := b.do("POST", fmt.Sprintf("/rules/%d/promote", id), url.Values{"csrf": {csrf}}); code != http.StatusSeeOther {
+		t.Fatalf("promote: %d", code)
+	}
+	if h, ok := hashOf("h1"); !ok || h.Mode != "" {
+		t.Fatalf("canary host when staged: %+v %v, want the deny as written", h, ok)
+	}
+	if _, ok := hashOf("h2"); ok {
+		t.Fatal("host outside the rollout got the staged rule")
+	}
+	b.do("POST", fmt.Sprintf("/rules/%d/promote", id), url.Values{"csrf": {csrf}})
+	if h, ok := hashOf("h2"); !ok || h.Mode != "" || h.Verdict != fleet.Deny {
+		t.Fatalf("after promotion to full, h2: %+v %v", h, ok)
+	}
+	if _, _, page = b.do("GET", "/rules", nil); strings.Contains(page, "/promote") {
+		t.Fatal("a fully rolled out rule still offers Promote")
+	}
+	// Promote without a CSRF token: refused.
+	if code, _, _ := b.do("POST", fmt.Sprintf("/rules/%d/promote", id), url.Values{}); code == http.StatusSeeOther {
+		t.Fatal("promote without CSRF accepted")
 	}
 }

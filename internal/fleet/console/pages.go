@@ -19,10 +19,8 @@ import (
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
+	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 )
-
-// eventWindow is how many of the newest events the events page filters.
-const eventWindow = 5000
 
 var pageNames = []string{"login", "overview", "host", "events", "queue", "rules", "error"}
 
@@ -332,7 +330,7 @@ func eventRows(evs []*fleetv1.ServerEvent) []eventRow {
 // Event kinds and verdicts the filters offer.
 var (
 	eventKinds    = []string{"exec", "fork", "exit", "image_load", "mem_exec", "inject", "kernel", "file_modify", "gap", "integrity", "tamper", "filter_session"}
-	eventVerdicts = []string{"refused", "would-block", "deny", "kill", "alert", "allow", "unknown", "trusted", "denied"}
+	eventVerdicts = fleetdb.Verdicts
 )
 
 // eventFilter is the events page's filters.
@@ -372,42 +370,9 @@ func parseFilter(r *http.Request) (eventFilter, error) {
 	return f, nil
 }
 
-func (f eventFilter) match(e eventRow) bool {
-	if f.Kind != "" && e.Kind != f.Kind {
-		return false
-	}
-	switch f.Verdict {
-	case "":
-	case "refused":
-		if !e.Refused {
-			return false
-		}
-	case "would-block":
-		if e.Refused || (e.Action != "deny" && e.Action != "kill") {
-			return false
-		}
-	case "deny", "kill", "alert", "allow":
-		if e.Action != f.Verdict {
-			return false
-		}
-	default: // trust verdicts
-		if e.Trust != f.Verdict {
-			return false
-		}
-	}
-	t := e.Time.AsTime()
-	if !f.since.IsZero() && t.Before(f.since) {
-		return false
-	}
-	if !f.until.IsZero() && !t.Before(f.until) {
-		return false
-	}
-	return true
-}
-
 func (c *Console) eventsPage(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	f, err := parseFilter(r)
-	data := map[string]any{"Filter": f, "Kinds": eventKinds, "Verdicts": eventVerdicts, "Window": eventWindow}
+	data := map[string]any{"Filter": f, "Kinds": eventKinds, "Verdicts": eventVerdicts}
 	if err != nil {
 		data["FilterError"] = err.Error()
 		c.page(w, rc, "events", data)
@@ -415,21 +380,36 @@ func (c *Console) eventsPage(w http.ResponseWriter, r *http.Request, rc reqCtx) 
 	}
 	ctx, cancel := c.ctx(r)
 	defer cancel()
-	resp, err := c.admin.ListEvents(ctx, &fleetv1.ListEventsRequest{HostId: f.Host, Limit: eventWindow})
+	// The server filters and pages: first the total, then the page.
+	req := &fleetv1.ListEventsRequest{HostId: f.Host, Kind: f.Kind, Verdict: f.Verdict, Limit: pageSize}
+	if !f.since.IsZero() {
+		req.Since = timestamppb.New(f.since)
+	}
+	if !f.until.IsZero() {
+		req.Until = timestamppb.New(f.until)
+	}
+	page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+	req.Offset = uint32(max(page-1, 0) * pageSize)
+	resp, err := c.admin.ListEvents(ctx, req)
 	if err != nil {
 		c.fail(w, rc, "list events", err)
 		return
 	}
-	all := eventRows(resp.GetEvents())
-	var rows []eventRow
-	for i := len(all) - 1; i >= 0; i-- { // newest first
-		if f.match(all[i]) {
-			rows = append(rows, all[i])
+	total := int(resp.GetTotal())
+	lo, _, p := paginate(r, total)
+	if uint32(lo) != req.Offset { // the page asked for is past the end: the last one
+		req.Offset = uint32(lo)
+		if resp, err = c.admin.ListEvents(ctx, req); err != nil {
+			c.fail(w, rc, "list events", err)
+			return
 		}
 	}
-	lo, hi, p := paginate(r, len(rows))
-	data["Events"], data["Pager"], data["Searched"] = rows[lo:hi], p, len(all)
-	data["Truncated"] = len(all) >= eventWindow
+	got := eventRows(resp.GetEvents())
+	rows := make([]eventRow, 0, len(got))
+	for i := len(got) - 1; i >= 0; i-- { // newest first
+		rows = append(rows, got[i])
+	}
+	data["Events"], data["Pager"], data["Searched"] = rows, p, total
 	c.page(w, rc, "events", data)
 }
 
@@ -504,12 +484,14 @@ type ruleRow struct {
 	*fleetv1.Rule
 	InScope   int
 	Delivered int
+	Stage     string // the rollout: full, "preview 10% tag:canary"
 }
 
 func ruleRows(rs []*fleetv1.Rule, hosts []*fleetv1.Host) []ruleRow {
 	out := make([]ruleRow, len(rs))
 	for i, ru := range rs {
 		out[i].Rule = ru
+		out[i].Stage = fleet.Rollout{Stage: ru.GetRollout().GetStage(), Percent: ru.GetRollout().GetPercent(), Tag: ru.GetRollout().GetTag()}.String()
 		for _, h := range hosts {
 			if h.GetRevoked() || !fleet.InScope(ru.GetScope(), h.GetId(), h.GetTags()) {
 				continue
@@ -546,6 +528,14 @@ func (c *Console) addRule(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	f := r.PostForm
 	ru := &fleetv1.Rule{Kind: f.Get("kind"), Value: strings.TrimSpace(f.Get("value")), Verdict: f.Get("verdict"),
 		Scope: strings.TrimSpace(f.Get("scope")), Comment: strings.TrimSpace(f.Get("comment"))}
+	if stage := f.Get("stage"); stage != "" {
+		pct, err := strconv.ParseUint(strings.TrimSpace(f.Get("percent")), 10, 32)
+		if err != nil {
+			c.done(w, r, rc, "/rules", "add rule", status.Errorf(codes.InvalidArgument, "rollout percent %q", f.Get("percent")))
+			return
+		}
+		ru.Rollout = &fleetv1.Rollout{Stage: stage, Percent: uint32(pct), Tag: strings.TrimSpace(f.Get("rollout_tag"))}
+	}
 	ctx, cancel := c.ctx(r)
 	defer cancel()
 	got, err := c.admin.AddRule(ctx, ru)
@@ -553,6 +543,23 @@ func (c *Console) addRule(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	msg := "add " + ru.GetKind() + " rule"
 	if err == nil {
 		msg = fmt.Sprintf("rule %d added (%s %s, %s)", got.GetId(), got.GetKind(), got.GetVerdict(), got.GetScope())
+	}
+	c.done(w, r, rc, "/rules", msg, err)
+}
+
+func (c *Console) promoteRule(w http.ResponseWriter, r *http.Request, rc reqCtx) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		c.done(w, r, rc, "/rules", "promote rule", status.Errorf(codes.InvalidArgument, "rule id %q", r.PathValue("id")))
+		return
+	}
+	ctx, cancel := c.ctx(r)
+	defer cancel()
+	got, err := c.admin.UpdateRollout(ctx, &fleetv1.UpdateRolloutRequest{Id: id, Promote: true})
+	c.log.Info("console: promote rule", "rule", id, "err", err)
+	msg := fmt.Sprintf("promote rule %d", id)
+	if err == nil {
+		msg = fmt.Sprintf("rule %d promoted: %s", id, fleet.Rollout{Stage: got.GetRollout().GetStage(), Percent: got.GetRollout().GetPercent(), Tag: got.GetRollout().GetTag()})
 	}
 	c.done(w, r, rc, "/rules", msg, err)
 }

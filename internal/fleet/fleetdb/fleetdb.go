@@ -12,6 +12,7 @@ import (
 	"time"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/fleet"
 )
 
 // Errors (wrapped).
@@ -61,6 +62,8 @@ type Rule struct {
 	Scope   string
 	Comment string
 	Created time.Time
+	// Rollout is the rule's staged rollout (zero: every host in scope).
+	Rollout fleet.Rollout
 }
 
 // BundleState is a host's bundles: the newest made (Version, Payload) and
@@ -95,7 +98,12 @@ type Store interface {
 	// Seen records a Sync: the time and the agent's report.
 	Seen(ctx context.Context, id string, r Report, now time.Time) error
 
+	// AddRule adds r, or replaces the verdict, comment and rollout of the
+	// rule of the same kind, value and scope.
 	AddRule(ctx context.Context, r Rule) (Rule, error)
+	// SetRollout changes a rule's rollout (ErrNotFound if there is no
+	// rule id).
+	SetRollout(ctx context.Context, id uint64, ro fleet.Rollout) (Rule, error)
 	DeleteRule(ctx context.Context, id uint64) error
 	Rules(ctx context.Context) ([]Rule, error)
 
@@ -141,6 +149,38 @@ type Upload struct {
 	Events    []*vigilv1.Event
 }
 
+// EventFilter selects events (empty fields: any).
+type EventFilter struct {
+	Host    string
+	Kind    string
+	Verdict string    // MatchVerdict's words
+	Since   time.Time // at or after
+	Until   time.Time // before
+	Offset  int
+	Limit   int
+}
+
+// Verdicts MatchVerdict knows.
+var Verdicts = []string{"refused", "would-block", "deny", "kill", "alert", "allow", "unknown", "trusted", "denied"}
+
+// MatchVerdict reports whether ev has verdict v: refused (the operation
+// was refused), would-block (a deny or kill that was not carried out), a
+// policy action, or an execution control verdict.
+func MatchVerdict(ev *vigilv1.Event, v string) bool {
+	vd := ev.GetVerdict()
+	switch v {
+	case "":
+		return true
+	case "refused":
+		return vd.GetRefused()
+	case "would-block":
+		return !vd.GetRefused() && (vd.GetAction() == "deny" || vd.GetAction() == "kill")
+	case "deny", "kill", "alert", "allow":
+		return vd.GetAction() == v
+	}
+	return ev.GetTrust().GetVerdict() == v
+}
+
 // EventSink takes the agents' events, counts what never arrived and keeps
 // the approval queue.
 type EventSink interface {
@@ -150,6 +190,10 @@ type EventSink interface {
 	// are counted as lost.
 	Append(ctx context.Context, u Upload) (uint64, error)
 	Events(ctx context.Context, host string, limit int) ([]HostEvent, error)
+	// QueryEvents returns the events matching f, the newest first, after
+	// skipping f.Offset of them, at most f.Limit (0: 100); and how many
+	// match in all.
+	QueryEvents(ctx context.Context, f EventFilter) (evs []HostEvent, total int, err error)
 	Queue(ctx context.Context) ([]QueueEntry, error)
 	// Dequeue takes sha256 off the queue (it was approved or denied).
 	Dequeue(ctx context.Context, sha256 string) error

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/fleet"
 )
 
 // Postgres is the scale-out store: Store and EventSink on a PostgreSQL
@@ -50,7 +51,7 @@ var (
 
 // pgSchemaVersion is the newest schema; pgMigrations[i] takes the
 // database from version i to i+1.
-const pgSchemaVersion = 1
+const pgSchemaVersion = 2
 
 var pgMigrations = []string{`
 CREATE TABLE secrets (
@@ -120,6 +121,11 @@ CREATE TABLE queue_seen (
 	last_seen TIMESTAMPTZ NOT NULL,
 	PRIMARY KEY (sha, kind, what)
 );
+`, `
+ALTER TABLE rules ADD COLUMN rollout_stage   TEXT    NOT NULL DEFAULT '';
+ALTER TABLE rules ADD COLUMN rollout_percent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rules ADD COLUMN rollout_tag     TEXT    NOT NULL DEFAULT '';
+CREATE INDEX events_kind ON events (kind, id);
 `}
 
 // pgMigrateLock is the advisory lock key held while the schema is made.
@@ -386,12 +392,41 @@ func (p *Postgres) AddRule(ctx context.Context, r Rule) (Rule, error) {
 	if r.Created.IsZero() {
 		r.Created = time.Now()
 	}
-	err := p.pool.QueryRow(ctx, `INSERT INTO rules (kind, value, verdict, scope, comment, created) VALUES ($1, $2, $3, $4, $5, $6)
-		ON CONFLICT (kind, value, scope) DO UPDATE SET verdict = excluded.verdict, comment = excluded.comment, created = excluded.created
-		RETURNING id`, r.Kind, r.Value, r.Verdict, r.Scope, r.Comment, r.Created).Scan(&r.ID)
+	if err := r.Rollout.Validate(); err != nil {
+		return r, fmt.Errorf("add rule: %w", err)
+	}
+	// The same rule again (kind, value, scope) replaces the verdict and
+	// the rollout, as in SQLite.
+	err := p.pool.QueryRow(ctx, `INSERT INTO rules (kind, value, verdict, scope, comment, created, rollout_stage, rollout_percent, rollout_tag)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT (kind, value, scope) DO UPDATE SET verdict = excluded.verdict, comment = excluded.comment, created = excluded.created,
+			rollout_stage = excluded.rollout_stage, rollout_percent = excluded.rollout_percent, rollout_tag = excluded.rollout_tag
+		RETURNING id`, r.Kind, r.Value, r.Verdict, r.Scope, r.Comment, r.Created, r.Rollout.Stage, int64(r.Rollout.Percent), r.Rollout.Tag).Scan(&r.ID)
 	if err != nil {
 		return r, fmt.Errorf("add rule: %w", err)
 	}
+	return r, nil
+}
+
+func (p *Postgres) SetRollout(ctx context.Context, id uint64, ro fleet.Rollout) (Rule, error) {
+	if err := ro.Validate(); err != nil {
+		return Rule{}, fmt.Errorf("rule %d: %w", id, err)
+	}
+	var (
+		r       Rule
+		percent int64
+	)
+	err := p.pool.QueryRow(ctx, `UPDATE rules SET rollout_stage = $1, rollout_percent = $2, rollout_tag = $3 WHERE id = $4
+		RETURNING id, kind, value, verdict, scope, comment, created, rollout_stage, rollout_percent, rollout_tag`,
+		ro.Stage, int64(ro.Percent), ro.Tag, id).Scan(&r.ID, &r.Kind, &r.Value, &r.Verdict, &r.Scope, &r.Comment, &r.Created,
+		&r.Rollout.Stage, &percent, &r.Rollout.Tag)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Rule{}, fmt.Errorf("rule %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Rule{}, fmt.Errorf("rule %d: rollout: %w", id, err)
+	}
+	r.Created, r.Rollout.Percent = r.Created.UTC(), uint32(percent)
 	return r, nil
 }
 
@@ -407,18 +442,23 @@ func (p *Postgres) DeleteRule(ctx context.Context, id uint64) error {
 }
 
 func (p *Postgres) Rules(ctx context.Context) ([]Rule, error) {
-	rows, err := p.pool.Query(ctx, `SELECT id, kind, value, verdict, scope, comment, created FROM rules ORDER BY id`)
+	rows, err := p.pool.Query(ctx, `SELECT id, kind, value, verdict, scope, comment, created, rollout_stage, rollout_percent, rollout_tag
+		FROM rules ORDER BY id`)
 	if err != nil {
 		return nil, fmt.Errorf("rules: %w", err)
 	}
 	defer rows.Close()
 	var out []Rule
 	for rows.Next() {
-		var r Rule
-		if err := rows.Scan(&r.ID, &r.Kind, &r.Value, &r.Verdict, &r.Scope, &r.Comment, &r.Created); err != nil {
+		var (
+			r       Rule
+			percent int64
+		)
+		if err := rows.Scan(&r.ID, &r.Kind, &r.Value, &r.Verdict, &r.Scope, &r.Comment, &r.Created,
+			&r.Rollout.Stage, &percent, &r.Rollout.Tag); err != nil {
 			return nil, fmt.Errorf("rules: %w", err)
 		}
-		r.Created = r.Created.UTC()
+		r.Created, r.Rollout.Percent = r.Created.UTC(), uint32(percent)
 		out = append(out, r)
 	}
 	return out, rows.Err()
@@ -757,6 +797,67 @@ func (p *Postgres) Events(ctx context.Context, host string, limit int) ([]HostEv
 	}
 	slices.Reverse(out)
 	return out, rows.Err()
+}
+
+func (p *Postgres) QueryEvents(ctx context.Context, f EventFilter) ([]HostEvent, int, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	if f.Verdict != "" && !slices.Contains(Verdicts, f.Verdict) {
+		return nil, 0, fmt.Errorf("events: verdict %q: want one of %s", f.Verdict, strings.Join(Verdicts, ", "))
+	}
+	// Host, kind and time in SQL; the verdict, inside the event, here
+	// (MatchVerdict, the same as SQLite's).
+	q := `SELECT host, agent_id, event FROM events WHERE true`
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	if f.Host != "" {
+		q += ` AND host = ` + arg(f.Host)
+	}
+	if f.Kind != "" {
+		q += ` AND kind = ` + arg(f.Kind)
+	}
+	if !f.Since.IsZero() {
+		q += ` AND time >= ` + arg(f.Since)
+	}
+	if !f.Until.IsZero() {
+		q += ` AND time < ` + arg(f.Until)
+	}
+	rows, err := p.pool.Query(ctx, q+` ORDER BY id DESC`, args...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("events: %w", err)
+	}
+	defer rows.Close()
+	var (
+		out   []HostEvent
+		total int
+	)
+	for rows.Next() {
+		var (
+			he   HostEvent
+			id   uint64
+			blob []byte
+		)
+		if err := rows.Scan(&he.Host, &id, &blob); err != nil {
+			return nil, 0, fmt.Errorf("events: %w", err)
+		}
+		he.Event = new(vigilv1.Event)
+		if err := proto.Unmarshal(blob, he.Event); err != nil {
+			return nil, 0, fmt.Errorf("events: decode: %w", err)
+		}
+		if !MatchVerdict(he.Event, f.Verdict) {
+			continue
+		}
+		total++
+		if total > f.Offset && len(out) < f.Limit {
+			he.Event.Id = id
+			out = append(out, he)
+		}
+	}
+	return out, total, rows.Err()
 }
 
 func (p *Postgres) Queue(ctx context.Context) ([]QueueEntry, error) {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 	"github.com/vigil-hips/vigil/internal/testutil/pgtest"
 )
@@ -350,4 +351,16 @@ func TestPostgresAppendBatch(t *testing.T) {
 	if q, _ = a.Queue(ctx); q[0].Count != 12 {
 		t.Fatalf("a refused batch stored events: count %d", q[0].Count)
 	}
+}
+
+// TestPostgresRolloutAndQueryEvents: the same checks as SQLite's, on
+// PostgreSQL (the rollout columns come with schema version 2).
+func TestPostgresRolloutAndQueryEvents(t *testing.T) {
+	a, b := openPG(t)
+	checkRollout(t, a)
+	rs, err := b.Rules(context.Background())
+	if err != nil || len(rs) != 1 || rs[0].Rollout.Stage != fleet.StageStaged || rs[0].Rollout.Percent != 50 || rs[0].Rollout.Tag != "canary" {
+		t.Fatalf("the rollout from the other replica: %+v %v", rs, err)
+	}
+	checkQueryEvents(t, b)
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/fleet"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
@@ -56,6 +57,9 @@ CREATE TABLE IF NOT EXISTS rules (
 	scope      TEXT NOT NULL,
 	comment    TEXT NOT NULL,
 	created_ns INTEGER NOT NULL,
+	rollout_stage   TEXT NOT NULL DEFAULT '',
+	rollout_percent INTEGER NOT NULL DEFAULT 0,
+	rollout_tag     TEXT NOT NULL DEFAULT '',
 	UNIQUE (kind, value, scope)
 );
 CREATE TABLE IF NOT EXISTS bundles (
@@ -119,7 +123,34 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("open fleet database %s: create schema: %w", path, err)
 	}
+	if err := migrate(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open fleet database %s: %w", path, err)
+	}
 	return &SQLite{db: db}, nil
+}
+
+// migrations are columns added since the first schema, for databases made
+// before them: table, column, definition.
+var migrations = [][3]string{
+	{"rules", "rollout_stage", "TEXT NOT NULL DEFAULT ''"},
+	{"rules", "rollout_percent", "INTEGER NOT NULL DEFAULT 0"},
+	{"rules", "rollout_tag", "TEXT NOT NULL DEFAULT ''"},
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	for _, m := range migrations {
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info(?) WHERE name = ?`, m[0], m[1]).Scan(&n); err != nil {
+			return fmt.Errorf("migrate %s.%s: %w", m[0], m[1], err)
+		}
+		if n == 0 {
+			if _, err := db.ExecContext(ctx, fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", m[0], m[1], m[2])); err != nil {
+				return fmt.Errorf("migrate %s.%s: %w", m[0], m[1], err)
+			}
+		}
+	}
+	return nil
 }
 
 // Close closes the database.
@@ -328,13 +359,42 @@ func (s *SQLite) AddRule(ctx context.Context, r Rule) (Rule, error) {
 	}
 	// The same rule again (kind, value, scope) replaces the verdict: an
 	// approve after a deny is the approve.
-	err := s.db.QueryRowContext(ctx, `INSERT INTO rules (kind, value, verdict, scope, comment, created_ns) VALUES (?, ?, ?, ?, ?, ?)
-		ON CONFLICT (kind, value, scope) DO UPDATE SET verdict = excluded.verdict, comment = excluded.comment, created_ns = excluded.created_ns
-		RETURNING id`, r.Kind, r.Value, r.Verdict, r.Scope, r.Comment, ns(r.Created)).Scan(&r.ID)
+	if err := r.Rollout.Validate(); err != nil {
+		return r, fmt.Errorf("add rule: %w", err)
+	}
+	err := s.db.QueryRowContext(ctx, `INSERT INTO rules (kind, value, verdict, scope, comment, created_ns, rollout_stage, rollout_percent, rollout_tag)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (kind, value, scope) DO UPDATE SET verdict = excluded.verdict, comment = excluded.comment, created_ns = excluded.created_ns,
+			rollout_stage = excluded.rollout_stage, rollout_percent = excluded.rollout_percent, rollout_tag = excluded.rollout_tag
+		RETURNING id`, r.Kind, r.Value, r.Verdict, r.Scope, r.Comment, ns(r.Created), r.Rollout.Stage, r.Rollout.Percent, r.Rollout.Tag).Scan(&r.ID)
 	if err != nil {
 		return r, fmt.Errorf("add rule: %w", err)
 	}
 	return r, nil
+}
+
+func (s *SQLite) SetRollout(ctx context.Context, id uint64, ro fleet.Rollout) (Rule, error) {
+	if err := ro.Validate(); err != nil {
+		return Rule{}, fmt.Errorf("rule %d: %w", id, err)
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE rules SET rollout_stage = ?, rollout_percent = ?, rollout_tag = ? WHERE id = ?`,
+		ro.Stage, ro.Percent, ro.Tag, id)
+	if err != nil {
+		return Rule{}, fmt.Errorf("rule %d: rollout: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return Rule{}, fmt.Errorf("rule %d: %w", id, ErrNotFound)
+	}
+	rules, err := s.Rules(ctx)
+	if err != nil {
+		return Rule{}, err
+	}
+	for _, r := range rules {
+		if r.ID == id {
+			return r, nil
+		}
+	}
+	return Rule{}, fmt.Errorf("rule %d: %w", id, ErrNotFound)
 }
 
 func (s *SQLite) DeleteRule(ctx context.Context, id uint64) error {
@@ -349,7 +409,7 @@ func (s *SQLite) DeleteRule(ctx context.Context, id uint64) error {
 }
 
 func (s *SQLite) Rules(ctx context.Context) ([]Rule, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, kind, value, verdict, scope, comment, created_ns FROM rules ORDER BY id`)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, kind, value, verdict, scope, comment, created_ns, rollout_stage, rollout_percent, rollout_tag FROM rules ORDER BY id`)
 	if err != nil {
 		return nil, fmt.Errorf("rules: %w", err)
 	}
@@ -360,7 +420,8 @@ func (s *SQLite) Rules(ctx context.Context) ([]Rule, error) {
 			r       Rule
 			created int64
 		)
-		if err := rows.Scan(&r.ID, &r.Kind, &r.Value, &r.Verdict, &r.Scope, &r.Comment, &created); err != nil {
+		if err := rows.Scan(&r.ID, &r.Kind, &r.Value, &r.Verdict, &r.Scope, &r.Comment, &created,
+			&r.Rollout.Stage, &r.Rollout.Percent, &r.Rollout.Tag); err != nil {
 			return nil, fmt.Errorf("rules: %w", err)
 		}
 		r.Created = fromNS(created)
@@ -578,6 +639,66 @@ func (s *SQLite) Events(ctx context.Context, host string, limit int) ([]HostEven
 	}
 	slices.Reverse(out)
 	return out, rows.Err()
+}
+
+func (s *SQLite) QueryEvents(ctx context.Context, f EventFilter) ([]HostEvent, int, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	if f.Verdict != "" && !slices.Contains(Verdicts, f.Verdict) {
+		return nil, 0, fmt.Errorf("events: verdict %q: want one of %s", f.Verdict, strings.Join(Verdicts, ", "))
+	}
+	// Host, kind and time in SQL; the verdict, inside the event, here.
+	q := `SELECT host, agent_id, event FROM events WHERE 1`
+	var args []any
+	if f.Host != "" {
+		q += ` AND host = ?`
+		args = append(args, f.Host)
+	}
+	if f.Kind != "" {
+		q += ` AND kind = ?`
+		args = append(args, f.Kind)
+	}
+	if !f.Since.IsZero() {
+		q += ` AND time_ns >= ?`
+		args = append(args, ns(f.Since))
+	}
+	if !f.Until.IsZero() {
+		q += ` AND time_ns < ?`
+		args = append(args, ns(f.Until))
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id DESC`, args...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("events: %w", err)
+	}
+	defer rows.Close()
+	var (
+		out   []HostEvent
+		total int
+	)
+	for rows.Next() {
+		var (
+			he   HostEvent
+			id   uint64
+			blob []byte
+		)
+		if err := rows.Scan(&he.Host, &id, &blob); err != nil {
+			return nil, 0, fmt.Errorf("events: %w", err)
+		}
+		he.Event = new(vigilv1.Event)
+		if err := proto.Unmarshal(blob, he.Event); err != nil {
+			return nil, 0, fmt.Errorf("events: decode: %w", err)
+		}
+		if !MatchVerdict(he.Event, f.Verdict) {
+			continue
+		}
+		total++
+		if total > f.Offset && len(out) < f.Limit {
+			he.Event.Id = id
+			out = append(out, he)
+		}
+	}
+	return out, total, rows.Err()
 }
 
 func (s *SQLite) Queue(ctx context.Context) ([]QueueEntry, error) {

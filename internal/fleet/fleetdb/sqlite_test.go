@@ -2,12 +2,17 @@ package fleetdb_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 )
 
@@ -124,5 +129,160 @@ func TestRules(t *testing.T) {
 	}
 	if err := db.DeleteRule(ctx, r3.ID); !errors.Is(err, fleetdb.ErrNotFound) {
 		t.Fatalf("deleting twice: %v", err)
+	}
+}
+
+// TestRollout: a rule's rollout is stored with it, changed by SetRollout
+// (a bad one refused, nothing changed), and survives a reopen; a database
+// made before rollouts existed gains the columns when opened.
+func TestRollout(t *testing.T) {
+	ctx := context.Background()
+	db, path := open(t)
+	checkRollout(t, db)
+	db.Close()
+	db2, err := fleetdb.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	rs, _ := db2.Rules(ctx)
+	if len(rs) != 1 || rs[0].Rollout.Stage != fleet.StageStaged || rs[0].Rollout.Percent != 50 {
+		t.Fatalf("after reopen: %+v", rs)
+	}
+	checkRolloutMigration(t)
+}
+
+// checkRollout: a rollout is stored, validated and changed; it leaves one
+// rule, staged at 50% and tag canary.
+func checkRollout(t *testing.T, db fleetdb.Store) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := db.AddRule(ctx, fleetdb.Rule{Kind: "sha256", Value: "aa", Verdict: "deny", Scope: "global",
+		Rollout: fleet.Rollout{Stage: fleet.StagePreview, Percent: 10, Tag: "canary"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.AddRule(ctx, fleetdb.Rule{Kind: "sha256", Value: "bb", Verdict: "deny", Scope: "global",
+		Rollout: fleet.Rollout{Stage: "soon"}}); err == nil {
+		t.Fatal("a bad rollout was stored")
+	}
+	if _, err := db.SetRollout(ctx, r.ID, fleet.Rollout{Stage: fleet.StageStaged, Percent: 200}); err == nil {
+		t.Fatal("SetRollout took 200%")
+	}
+	if _, err := db.SetRollout(ctx, 999, fleet.Rollout{}); !errors.Is(err, fleetdb.ErrNotFound) {
+		t.Fatalf("SetRollout of no rule: %v", err)
+	}
+	got, err := db.SetRollout(ctx, r.ID, fleet.Rollout{Stage: fleet.StageStaged, Percent: 50, Tag: "canary"})
+	if err != nil || got.Rollout != (fleet.Rollout{Stage: fleet.StageStaged, Percent: 50, Tag: "canary"}) {
+		t.Fatalf("SetRollout: %+v %v", got, err)
+	}
+	rs, err := db.Rules(ctx)
+	if err != nil || len(rs) != 1 || rs[0].Rollout != got.Rollout {
+		t.Fatalf("rules after SetRollout: %+v %v", rs, err)
+	}
+}
+
+func checkRolloutMigration(t *testing.T) {
+	ctx := context.Background()
+	// An old database: the rules table without the rollout columns.
+	old := filepath.Join(t.TempDir(), "old.db")
+	raw, err := sql.Open("sqlite", old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`CREATE TABLE rules (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, value TEXT NOT NULL,
+		verdict TEXT NOT NULL, scope TEXT NOT NULL, comment TEXT NOT NULL, created_ns INTEGER NOT NULL, UNIQUE (kind, value, scope));
+		INSERT INTO rules (kind, value, verdict, scope, comment, created_ns) VALUES ('sha256', 'cc', 'allow', 'global', 'kept', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	db3, err := fleetdb.OpenSQLite(ctx, old)
+	if err != nil {
+		t.Fatalf("open an old database: %v", err)
+	}
+	defer db3.Close()
+	rs, err := db3.Rules(ctx)
+	if err != nil || len(rs) != 1 || rs[0].Comment != "kept" || rs[0].Rollout != (fleet.Rollout{}) {
+		t.Fatalf("old database's rules: %+v %v", rs, err)
+	}
+}
+
+// TestQueryEvents: events filtered by host, kind, verdict and time, the
+// newest first, paged by offset, with the number that match in all — over
+// every stored event, not a window of the newest.
+func TestQueryEvents(t *testing.T) {
+	db, _ := open(t)
+	checkQueryEvents(t, db)
+}
+
+// storeSink is a database that is both (SQLite, PostgreSQL).
+type storeSink interface {
+	fleetdb.Store
+	fleetdb.EventSink
+}
+
+func checkQueryEvents(t *testing.T, db storeSink) {
+	t.Helper()
+	ctx := context.Background()
+	base := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
+	var a, b []*vigilv1.Event
+	for i := 1; i <= 300; i++ {
+		ev := &vigilv1.Event{Id: uint64(i), Kind: "exec", Time: timestamppb.New(base.Add(time.Duration(i) * time.Minute))}
+		switch i % 3 {
+		case 0:
+			ev.Verdict = &vigilv1.Verdict{Action: "deny", Mode: "enforce", Refused: true}
+		case 1:
+			ev.Verdict = &vigilv1.Verdict{Action: "deny", Mode: "monitor"}
+		default:
+			ev.Kind = "file_modify"
+			ev.Trust = &vigilv1.Trust{Verdict: "unknown"}
+		}
+		a = append(a, ev)
+		if i <= 10 {
+			b = append(b, &vigilv1.Event{Id: uint64(i), Kind: "exec", Time: ev.Time, Verdict: &vigilv1.Verdict{Action: "deny", Refused: true}})
+		}
+	}
+	for _, h := range []string{"a", "b"} {
+		if _, err := db.Enroll(ctx, fleetdb.Host{ID: h, Hostname: h, CertSerial: h, Enrolled: base}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.Append(ctx, fleetdb.Upload{Host: "a", ThroughID: 300, Events: a}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Append(ctx, fleetdb.Upload{Host: "b", ThroughID: 10, Events: b}); err != nil {
+		t.Fatal(err)
+	}
+	q := func(f fleetdb.EventFilter) ([]fleetdb.HostEvent, int) {
+		t.Helper()
+		evs, n, err := db.QueryEvents(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return evs, n
+	}
+	if _, n := q(fleetdb.EventFilter{}); n != 310 {
+		t.Fatalf("all: %d", n)
+	}
+	evs, n := q(fleetdb.EventFilter{Host: "a", Verdict: "refused", Limit: 7})
+	if n != 100 || len(evs) != 7 || evs[0].Event.GetId() != 300 || evs[6].Event.GetId() != 282 {
+		t.Fatalf("refused on a: %d in all, page %d from %d", n, len(evs), evs[0].Event.GetId())
+	}
+	evs, n = q(fleetdb.EventFilter{Host: "a", Verdict: "refused", Limit: 7, Offset: 98})
+	if n != 100 || len(evs) != 2 || evs[1].Event.GetId() != 3 {
+		t.Fatalf("last page: %d, %v", n, evs)
+	}
+	if _, n = q(fleetdb.EventFilter{Host: "a", Verdict: "would-block"}); n != 100 {
+		t.Fatalf("would-block: %d", n)
+	}
+	if _, n = q(fleetdb.EventFilter{Kind: "file_modify", Verdict: "unknown"}); n != 100 {
+		t.Fatalf("file_modify unknown: %d", n)
+	}
+	// Minutes 10..19 of host a: 10 events; with b's minute 10.
+	if _, n = q(fleetdb.EventFilter{Since: base.Add(10 * time.Minute), Until: base.Add(20 * time.Minute)}); n != 11 {
+		t.Fatalf("time window: %d, want 11", n)
+	}
+	if _, _, err := db.QueryEvents(ctx, fleetdb.EventFilter{Verdict: "maybe"}); err == nil {
+		t.Fatal("an unknown verdict was accepted")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,7 +15,6 @@ import (
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
-	"github.com/vigil-hips/vigil/internal/policy"
 	"github.com/vigil-hips/vigil/internal/sign"
 )
 
@@ -55,8 +55,16 @@ func hostProto(h fleetdb.Host, b fleetdb.BundleState) *fleetv1.Host {
 }
 
 func ruleProto(r fleetdb.Rule) *fleetv1.Rule {
-	return &fleetv1.Rule{Id: r.ID, Kind: r.Kind, Value: r.Value, Verdict: r.Verdict, Scope: r.Scope, Comment: r.Comment,
+	p := &fleetv1.Rule{Id: r.ID, Kind: r.Kind, Value: r.Value, Verdict: r.Verdict, Scope: r.Scope, Comment: r.Comment,
 		Created: timestamppb.New(r.Created)}
+	if r.Rollout.Stage != fleet.StageFull {
+		p.Rollout = &fleetv1.Rollout{Stage: r.Rollout.Stage, Percent: r.Rollout.Percent, Tag: r.Rollout.Tag}
+	}
+	return p
+}
+
+func rolloutOf(p *fleetv1.Rollout) fleet.Rollout {
+	return fleet.Rollout{Stage: p.GetStage(), Percent: p.GetPercent(), Tag: p.GetTag()}
 }
 
 func (a *adminServer) host(ctx context.Context, h fleetdb.Host) (*fleetv1.Host, error) {
@@ -194,7 +202,7 @@ func checkRule(r *fleetv1.Rule) error {
 		if strings.TrimSpace(r.GetComment()) == "" {
 			return errors.New("a policy rule needs a name (comment)")
 		}
-		if _, err := policy.Parse(r.GetComment(), []byte(r.GetValue())); err != nil {
+		if _, err := (fleet.PolicyRule{Name: r.GetComment(), YAML: r.GetValue()}).Parse(); err != nil {
 			return err
 		}
 		r.Verdict = "apply"
@@ -208,12 +216,16 @@ func (a *adminServer) AddRule(ctx context.Context, req *fleetv1.Rule) (*fleetv1.
 	if err := checkRule(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	ro := rolloutOf(req.GetRollout())
+	if err := ro.Validate(); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	r, err := a.s.cfg.Store.AddRule(ctx, fleetdb.Rule{Kind: req.GetKind(), Value: req.GetValue(), Verdict: req.GetVerdict(),
-		Scope: req.GetScope(), Comment: req.GetComment()})
+		Scope: req.GetScope(), Comment: req.GetComment(), Rollout: ro})
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	a.s.log.Info("rule added", "id", r.ID, "kind", r.Kind, "verdict", r.Verdict, "scope", r.Scope)
+	a.s.log.Info("rule added", "id", r.ID, "kind", r.Kind, "verdict", r.Verdict, "scope", r.Scope, "rollout", r.Rollout.String())
 	if err := a.s.rebuild(ctx); err != nil {
 		return nil, grpcErr(fmt.Errorf("rule %d stored, but bundles not remade: %w", r.ID, err))
 	}
@@ -235,11 +247,56 @@ func (a *adminServer) ListRules(ctx context.Context, _ *fleetv1.ListRulesRequest
 	if err != nil {
 		return nil, grpcErr(err)
 	}
+	hs, err := a.s.cfg.Store.Hosts(ctx)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
 	resp := &fleetv1.ListRulesResponse{}
 	for _, r := range rs {
-		resp.Rules = append(resp.Rules, ruleProto(r))
+		p := ruleProto(r)
+		for _, h := range hs {
+			if h.Revoked || !fleet.InScope(r.Scope, h.ID, h.Tags) {
+				continue
+			}
+			p.ScopeHosts++
+			if r.Rollout.Chosen(h.ID, h.Tags) {
+				p.RolloutHosts++
+			}
+		}
+		resp.Rules = append(resp.Rules, p)
 	}
 	return resp, nil
+}
+
+// UpdateRollout sets a rule's rollout or promotes it, and remakes the
+// bundles.
+func (a *adminServer) UpdateRollout(ctx context.Context, req *fleetv1.UpdateRolloutRequest) (*fleetv1.Rule, error) {
+	ro := rolloutOf(req.GetRollout())
+	if req.GetPromote() {
+		rs, err := a.s.cfg.Store.Rules(ctx)
+		if err != nil {
+			return nil, grpcErr(err)
+		}
+		i := slices.IndexFunc(rs, func(r fleetdb.Rule) bool { return r.ID == req.GetId() })
+		if i < 0 {
+			return nil, status.Errorf(codes.NotFound, "rule %d: not found", req.GetId())
+		}
+		if ro, err = rs[i].Rollout.Promote(); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "rule %d: %v", req.GetId(), err)
+		}
+	}
+	if err := ro.Validate(); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	r, err := a.s.cfg.Store.SetRollout(ctx, req.GetId(), ro)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	a.s.log.Info("rule rollout changed", "id", r.ID, "rollout", r.Rollout.String())
+	if err := a.s.rebuild(ctx); err != nil {
+		return nil, grpcErr(fmt.Errorf("rule %d changed, but bundles not remade: %w", r.ID, err))
+	}
+	return ruleProto(r), nil
 }
 
 func (a *adminServer) UnsignedBundles(ctx context.Context, _ *fleetv1.UnsignedBundlesRequest) (*fleetv1.UnsignedBundlesResponse, error) {
@@ -266,13 +323,24 @@ func (a *adminServer) PutBundle(ctx context.Context, req *fleetv1.PutBundleReque
 }
 
 func (a *adminServer) ListEvents(ctx context.Context, req *fleetv1.ListEventsRequest) (*fleetv1.ListEventsResponse, error) {
-	evs, err := a.s.cfg.Sink.Events(ctx, req.GetHostId(), int(req.GetLimit()))
+	f := fleetdb.EventFilter{Host: req.GetHostId(), Kind: req.GetKind(), Verdict: req.GetVerdict(),
+		Offset: int(req.GetOffset()), Limit: int(req.GetLimit())}
+	if req.GetSince() != nil {
+		f.Since = req.GetSince().AsTime()
+	}
+	if req.GetUntil() != nil {
+		f.Until = req.GetUntil().AsTime()
+	}
+	if f.Verdict != "" && !slices.Contains(fleetdb.Verdicts, f.Verdict) {
+		return nil, status.Errorf(codes.InvalidArgument, "verdict %q: want one of %s", f.Verdict, strings.Join(fleetdb.Verdicts, ", "))
+	}
+	evs, total, err := a.s.cfg.Sink.QueryEvents(ctx, f)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	resp := &fleetv1.ListEventsResponse{}
-	for _, e := range evs {
-		resp.Events = append(resp.Events, &fleetv1.ServerEvent{HostId: e.Host, Event: e.Event})
+	resp := &fleetv1.ListEventsResponse{Total: uint64(total)}
+	for i := len(evs) - 1; i >= 0; i-- { // oldest first, as before
+		resp.Events = append(resp.Events, &fleetv1.ServerEvent{HostId: evs[i].Host, Event: evs[i].Event})
 	}
 	return resp, nil
 }

@@ -38,6 +38,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
+	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 	"github.com/vigil-hips/vigil/internal/sign"
@@ -60,6 +61,9 @@ type Config struct {
 	// SigningKey's public key.
 	AdminKey ed25519.PublicKey
 	Logger   *slog.Logger
+	// Export, when set, is given each upload's new events (not those of a
+	// retried batch) once they are stored: the OCSF export.
+	Export func(h fleetdb.Host, evs []*vigilv1.Event)
 	// Notices, when set, carries change notices between replicas
 	// sharing the Store (scale-out): every change this server makes is
 	// published, and the server gives it those of the others through
@@ -419,6 +423,15 @@ func (s *Server) UploadEvents(ctx context.Context, req *fleetv1.UploadEventsRequ
 	if req.GetThroughId() < req.GetAfterId() {
 		return nil, status.Errorf(codes.InvalidArgument, "through id %d before after id %d", req.GetThroughId(), req.GetAfterId())
 	}
+	var (
+		h   fleetdb.Host
+		err error
+	)
+	if s.cfg.Export != nil {
+		if h, err = s.cfg.Store.Host(ctx, host); err != nil {
+			return nil, grpcErr(err)
+		}
+	}
 	last, err := s.cfg.Sink.Append(ctx, fleetdb.Upload{Host: host, AfterID: req.GetAfterId(), ThroughID: req.GetThroughId(), Events: req.GetEvents()})
 	switch {
 	case err == nil:
@@ -430,26 +443,49 @@ func (s *Server) UploadEvents(ctx context.Context, req *fleetv1.UploadEventsRequ
 		// sends them again.
 		return nil, status.Errorf(codes.Unavailable, "upload not stored: %v", err)
 	}
+	if s.cfg.Export != nil {
+		var fresh []*vigilv1.Event
+		for _, ev := range req.GetEvents() {
+			if ev.GetId() > h.LastEventID && ev.GetId() <= last {
+				fresh = append(fresh, ev)
+			}
+		}
+		if len(fresh) > 0 {
+			s.cfg.Export(h, fresh)
+		}
+	}
 	return &fleetv1.UploadEventsResponse{LastEventId: last}, nil
 }
 
 // ---------------------------------------------------------------- bundles
 
 // BundleFor returns the bundle payload of host h from rules (version and
-// time left for the caller).
+// time left for the caller). A rule in a staged rollout goes only to the
+// hosts its rollout chooses; in preview, as a monitor-mode policy or a
+// would-be hash deny, and an allow not at all (fleet.Rollout).
 func BundleFor(h fleetdb.Host, rules []fleetdb.Rule) fleet.Bundle {
 	b := fleet.Bundle{Host: h.ID}
 	for _, r := range rules {
-		if !fleet.InScope(r.Scope, h.ID, h.Tags) {
+		if !fleet.InScope(r.Scope, h.ID, h.Tags) || !r.Rollout.Chosen(h.ID, h.Tags) {
 			continue
+		}
+		mode := ""
+		if r.Rollout.Stage == fleet.StagePreview {
+			mode = fleet.Monitor
 		}
 		switch r.Kind {
 		case fleet.KindSHA256:
-			b.Hashes = append(b.Hashes, fleet.HashRule{SHA256: r.Value, Verdict: r.Verdict, Scope: r.Scope, Rule: r.ID})
+			if mode == fleet.Monitor && r.Verdict != fleet.Deny {
+				continue // an allow has no preview
+			}
+			b.Hashes = append(b.Hashes, fleet.HashRule{SHA256: r.Value, Verdict: r.Verdict, Scope: r.Scope, Rule: r.ID, Mode: mode})
 		case fleet.KindSigner:
+			if mode == fleet.Monitor {
+				continue
+			}
 			b.Signers = append(b.Signers, fleet.SignerRule{PublicKey: r.Value, Scope: r.Scope, Rule: r.ID})
 		case fleet.KindPolicy:
-			b.Policies = append(b.Policies, fleet.PolicyRule{Name: r.Comment, YAML: r.Value, Scope: r.Scope, Rule: r.ID})
+			b.Policies = append(b.Policies, fleet.PolicyRule{Name: r.Comment, YAML: r.Value, Scope: r.Scope, Rule: r.ID, Mode: mode})
 		}
 	}
 	b.Canonical()

@@ -37,7 +37,7 @@ type env struct {
 }
 
 // start runs a server on loopback; online: it holds the signing key.
-func start(t *testing.T, online bool) *env {
+func start(t *testing.T, online bool, opts ...func(*fleetsrv.Config)) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -60,6 +60,9 @@ func start(t *testing.T, online bool) *env {
 	cfg := fleetsrv.Config{Store: db, Sink: db, CA: ca, Cert: cert, AdminKey: e.pub}
 	if online {
 		cfg.SigningKey = e.priv
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	srv, err := fleetsrv.New(cfg)
 	if err != nil {

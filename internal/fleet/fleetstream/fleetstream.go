@@ -167,6 +167,10 @@ func (s *Sink) Events(ctx context.Context, host string, limit int) ([]fleetdb.Ho
 	return s.Store.Events(ctx, host, limit)
 }
 
+func (s *Sink) QueryEvents(ctx context.Context, f fleetdb.EventFilter) ([]fleetdb.HostEvent, int, error) {
+	return s.Store.QueryEvents(ctx, f)
+}
+
 func (s *Sink) Queue(ctx context.Context) ([]fleetdb.QueueEntry, error) { return s.Store.Queue(ctx) }
 
 func (s *Sink) Dequeue(ctx context.Context, sha256 string) error { return s.Store.Dequeue(ctx, sha256) }

@@ -1177,14 +1177,20 @@ func (x *ApproveRequest) GetComment() string {
 // allow|deny), signer (value: PEM public key of a catalog signer, verdict
 // allow), policy (value: a behavior policy YAML document).
 type Rule struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Value         string                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
-	Verdict       string                 `protobuf:"bytes,4,opt,name=verdict,proto3" json:"verdict,omitempty"`
-	Scope         string                 `protobuf:"bytes,5,opt,name=scope,proto3" json:"scope,omitempty"`
-	Comment       string                 `protobuf:"bytes,6,opt,name=comment,proto3" json:"comment,omitempty"`
-	Created       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created,proto3" json:"created,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind    string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Value   string                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	Verdict string                 `protobuf:"bytes,4,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	Scope   string                 `protobuf:"bytes,5,opt,name=scope,proto3" json:"scope,omitempty"`
+	Comment string                 `protobuf:"bytes,6,opt,name=comment,proto3" json:"comment,omitempty"`
+	Created *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created,proto3" json:"created,omitempty"`
+	// rollout: unset, or stage empty, is every host in the scope.
+	Rollout *Rollout `protobuf:"bytes,8,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// rollout_hosts: hosts in the scope, and of them chosen by the rollout
+	// (ListRules only).
+	ScopeHosts    uint32 `protobuf:"varint,9,opt,name=scope_hosts,json=scopeHosts,proto3" json:"scope_hosts,omitempty"`
+	RolloutHosts  uint32 `protobuf:"varint,10,opt,name=rollout_hosts,json=rolloutHosts,proto3" json:"rollout_hosts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1268,6 +1274,153 @@ func (x *Rule) GetCreated() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Rule) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+func (x *Rule) GetScopeHosts() uint32 {
+	if x != nil {
+		return x.ScopeHosts
+	}
+	return 0
+}
+
+func (x *Rule) GetRolloutHosts() uint32 {
+	if x != nil {
+		return x.RolloutHosts
+	}
+	return 0
+}
+
+// Rollout is a rule's staged rollout (docs/fleet.md): stage preview (the
+// chosen hosts get it in monitor mode) or staged (they get it as written);
+// the chosen hosts are percent of the hosts in scope, by a hash of the host
+// id, and the hosts with tag.
+type Rollout struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stage         string                 `protobuf:"bytes,1,opt,name=stage,proto3" json:"stage,omitempty"`      // "" (full) | preview | staged
+	Percent       uint32                 `protobuf:"varint,2,opt,name=percent,proto3" json:"percent,omitempty"` // 0-100
+	Tag           string                 `protobuf:"bytes,3,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rollout) Reset() {
+	*x = Rollout{}
+	mi := &file_fleet_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rollout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rollout) ProtoMessage() {}
+
+func (x *Rollout) ProtoReflect() protoreflect.Message {
+	mi := &file_fleet_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
+func (*Rollout) Descriptor() ([]byte, []int) {
+	return file_fleet_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Rollout) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *Rollout) GetPercent() uint32 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *Rollout) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+// UpdateRolloutRequest sets a rule's rollout, or (promote) moves it on:
+// preview -> staged -> full.
+type UpdateRolloutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Rollout       *Rollout               `protobuf:"bytes,2,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Promote       bool                   `protobuf:"varint,3,opt,name=promote,proto3" json:"promote,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateRolloutRequest) Reset() {
+	*x = UpdateRolloutRequest{}
+	mi := &file_fleet_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRolloutRequest) ProtoMessage() {}
+
+func (x *UpdateRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleet_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRolloutRequest.ProtoReflect.Descriptor instead.
+func (*UpdateRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_fleet_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *UpdateRolloutRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *UpdateRolloutRequest) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+func (x *UpdateRolloutRequest) GetPromote() bool {
+	if x != nil {
+		return x.Promote
+	}
+	return false
+}
+
 type DeleteRuleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1277,7 +1430,7 @@ type DeleteRuleRequest struct {
 
 func (x *DeleteRuleRequest) Reset() {
 	*x = DeleteRuleRequest{}
-	mi := &file_fleet_proto_msgTypes[20]
+	mi := &file_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1442,7 @@ func (x *DeleteRuleRequest) String() string {
 func (*DeleteRuleRequest) ProtoMessage() {}
 
 func (x *DeleteRuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[20]
+	mi := &file_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1455,7 @@ func (x *DeleteRuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRuleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRuleRequest) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{20}
+	return file_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteRuleRequest) GetId() uint64 {
@@ -1320,7 +1473,7 @@ type DeleteRuleResponse struct {
 
 func (x *DeleteRuleResponse) Reset() {
 	*x = DeleteRuleResponse{}
-	mi := &file_fleet_proto_msgTypes[21]
+	mi := &file_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1485,7 @@ func (x *DeleteRuleResponse) String() string {
 func (*DeleteRuleResponse) ProtoMessage() {}
 
 func (x *DeleteRuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[21]
+	mi := &file_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1498,7 @@ func (x *DeleteRuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRuleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRuleResponse) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{21}
+	return file_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 type ListRulesRequest struct {
@@ -1356,7 +1509,7 @@ type ListRulesRequest struct {
 
 func (x *ListRulesRequest) Reset() {
 	*x = ListRulesRequest{}
-	mi := &file_fleet_proto_msgTypes[22]
+	mi := &file_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1521,7 @@ func (x *ListRulesRequest) String() string {
 func (*ListRulesRequest) ProtoMessage() {}
 
 func (x *ListRulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[22]
+	mi := &file_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1534,7 @@ func (x *ListRulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRulesRequest.ProtoReflect.Descriptor instead.
 func (*ListRulesRequest) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{22}
+	return file_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 type ListRulesResponse struct {
@@ -1393,7 +1546,7 @@ type ListRulesResponse struct {
 
 func (x *ListRulesResponse) Reset() {
 	*x = ListRulesResponse{}
-	mi := &file_fleet_proto_msgTypes[23]
+	mi := &file_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1558,7 @@ func (x *ListRulesResponse) String() string {
 func (*ListRulesResponse) ProtoMessage() {}
 
 func (x *ListRulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[23]
+	mi := &file_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1571,7 @@ func (x *ListRulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRulesResponse.ProtoReflect.Descriptor instead.
 func (*ListRulesResponse) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{23}
+	return file_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListRulesResponse) GetRules() []*Rule {
@@ -1436,7 +1589,7 @@ type UnsignedBundlesRequest struct {
 
 func (x *UnsignedBundlesRequest) Reset() {
 	*x = UnsignedBundlesRequest{}
-	mi := &file_fleet_proto_msgTypes[24]
+	mi := &file_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1601,7 @@ func (x *UnsignedBundlesRequest) String() string {
 func (*UnsignedBundlesRequest) ProtoMessage() {}
 
 func (x *UnsignedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[24]
+	mi := &file_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1614,7 @@ func (x *UnsignedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsignedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*UnsignedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{24}
+	return file_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 type UnsignedBundle struct {
@@ -1475,7 +1628,7 @@ type UnsignedBundle struct {
 
 func (x *UnsignedBundle) Reset() {
 	*x = UnsignedBundle{}
-	mi := &file_fleet_proto_msgTypes[25]
+	mi := &file_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1640,7 @@ func (x *UnsignedBundle) String() string {
 func (*UnsignedBundle) ProtoMessage() {}
 
 func (x *UnsignedBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[25]
+	mi := &file_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1653,7 @@ func (x *UnsignedBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsignedBundle.ProtoReflect.Descriptor instead.
 func (*UnsignedBundle) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{25}
+	return file_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UnsignedBundle) GetHostId() string {
@@ -1533,7 +1686,7 @@ type UnsignedBundlesResponse struct {
 
 func (x *UnsignedBundlesResponse) Reset() {
 	*x = UnsignedBundlesResponse{}
-	mi := &file_fleet_proto_msgTypes[26]
+	mi := &file_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1698,7 @@ func (x *UnsignedBundlesResponse) String() string {
 func (*UnsignedBundlesResponse) ProtoMessage() {}
 
 func (x *UnsignedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[26]
+	mi := &file_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1711,7 @@ func (x *UnsignedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsignedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*UnsignedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{26}
+	return file_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UnsignedBundlesResponse) GetBundles() []*UnsignedBundle {
@@ -1577,7 +1730,7 @@ type PutBundleRequest struct {
 
 func (x *PutBundleRequest) Reset() {
 	*x = PutBundleRequest{}
-	mi := &file_fleet_proto_msgTypes[27]
+	mi := &file_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1742,7 @@ func (x *PutBundleRequest) String() string {
 func (*PutBundleRequest) ProtoMessage() {}
 
 func (x *PutBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[27]
+	mi := &file_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1755,7 @@ func (x *PutBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutBundleRequest.ProtoReflect.Descriptor instead.
 func (*PutBundleRequest) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{27}
+	return file_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PutBundleRequest) GetEnvelope() []byte {
@@ -1622,7 +1775,7 @@ type PutBundleResponse struct {
 
 func (x *PutBundleResponse) Reset() {
 	*x = PutBundleResponse{}
-	mi := &file_fleet_proto_msgTypes[28]
+	mi := &file_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1634,7 +1787,7 @@ func (x *PutBundleResponse) String() string {
 func (*PutBundleResponse) ProtoMessage() {}
 
 func (x *PutBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[28]
+	mi := &file_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1647,7 +1800,7 @@ func (x *PutBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutBundleResponse.ProtoReflect.Descriptor instead.
 func (*PutBundleResponse) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{28}
+	return file_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PutBundleResponse) GetHostId() string {
@@ -1665,16 +1818,24 @@ func (x *PutBundleResponse) GetVersion() uint64 {
 }
 
 type ListEventsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"` // empty: every host
-	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`                // the newest, at most; 0: 100
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"` // empty: every host
+	Limit  uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`                // the newest, at most; 0: 100
+	// Filters (empty: any). verdict: refused | would-block | a policy action
+	// (deny, kill, alert, allow) | an execution control verdict (trusted,
+	// unknown, denied).
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Verdict       string                 `protobuf:"bytes,4,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`    // events at or after
+	Until         *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=until,proto3" json:"until,omitempty"`    // events before
+	Offset        uint32                 `protobuf:"varint,7,opt,name=offset,proto3" json:"offset,omitempty"` // skip this many of the newest matching events (paging)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_fleet_proto_msgTypes[29]
+	mi := &file_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1847,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[29]
+	mi := &file_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1860,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{29}
+	return file_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListEventsRequest) GetHostId() string {
@@ -1716,6 +1877,41 @@ func (x *ListEventsRequest) GetLimit() uint32 {
 	return 0
 }
 
+func (x *ListEventsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 type ServerEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
@@ -1726,7 +1922,7 @@ type ServerEvent struct {
 
 func (x *ServerEvent) Reset() {
 	*x = ServerEvent{}
-	mi := &file_fleet_proto_msgTypes[30]
+	mi := &file_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1934,7 @@ func (x *ServerEvent) String() string {
 func (*ServerEvent) ProtoMessage() {}
 
 func (x *ServerEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[30]
+	mi := &file_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1947,7 @@ func (x *ServerEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerEvent.ProtoReflect.Descriptor instead.
 func (*ServerEvent) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{30}
+	return file_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ServerEvent) GetHostId() string {
@@ -1768,16 +1964,19 @@ func (x *ServerEvent) GetEvent() *v1.Event {
 	return nil
 }
 
+// events: oldest first within the window returned; total: how many events
+// match the filters in all.
 type ListEventsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Events        []*ServerEvent         `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	Total         uint64                 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_fleet_proto_msgTypes[31]
+	mi := &file_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +1988,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_proto_msgTypes[31]
+	mi := &file_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +2001,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_fleet_proto_rawDescGZIP(), []int{31}
+	return file_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListEventsResponse) GetEvents() []*ServerEvent {
@@ -1810,6 +2009,13 @@ func (x *ListEventsResponse) GetEvents() []*ServerEvent {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *ListEventsResponse) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
 }
 
 var File_fleet_proto protoreflect.FileDescriptor
@@ -1901,7 +2107,7 @@ const file_fleet_proto_rawDesc = "" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x14\n" +
 	"\x05scope\x18\x02 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04deny\x18\x03 \x01(\bR\x04deny\x12\x18\n" +
-	"\acomment\x18\x04 \x01(\tR\acomment\"\xc0\x01\n" +
+	"\acomment\x18\x04 \x01(\tR\acomment\"\xb9\x02\n" +
 	"\x04Rule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
@@ -1909,7 +2115,20 @@ const file_fleet_proto_rawDesc = "" +
 	"\averdict\x18\x04 \x01(\tR\averdict\x12\x14\n" +
 	"\x05scope\x18\x05 \x01(\tR\x05scope\x12\x18\n" +
 	"\acomment\x18\x06 \x01(\tR\acomment\x124\n" +
-	"\acreated\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"#\n" +
+	"\acreated\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x121\n" +
+	"\arollout\x18\b \x01(\v2\x17.vigil.fleet.v1.RolloutR\arollout\x12\x1f\n" +
+	"\vscope_hosts\x18\t \x01(\rR\n" +
+	"scopeHosts\x12#\n" +
+	"\rrollout_hosts\x18\n" +
+	" \x01(\rR\frolloutHosts\"K\n" +
+	"\aRollout\x12\x14\n" +
+	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x18\n" +
+	"\apercent\x18\x02 \x01(\rR\apercent\x12\x10\n" +
+	"\x03tag\x18\x03 \x01(\tR\x03tag\"s\n" +
+	"\x14UpdateRolloutRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
+	"\arollout\x18\x02 \x01(\v2\x17.vigil.fleet.v1.RolloutR\arollout\x12\x18\n" +
+	"\apromote\x18\x03 \x01(\bR\apromote\"#\n" +
 	"\x11DeleteRuleRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\"\x14\n" +
 	"\x12DeleteRuleResponse\"\x12\n" +
@@ -1927,20 +2146,26 @@ const file_fleet_proto_rawDesc = "" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\"F\n" +
 	"\x11PutBundleResponse\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion\"B\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"\xec\x01\n" +
 	"\x11ListEventsRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"M\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x18\n" +
+	"\averdict\x18\x04 \x01(\tR\averdict\x120\n" +
+	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x16\n" +
+	"\x06offset\x18\a \x01(\rR\x06offset\"M\n" +
 	"\vServerEvent\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12%\n" +
-	"\x05event\x18\x02 \x01(\v2\x0f.vigil.v1.EventR\x05event\"I\n" +
+	"\x05event\x18\x02 \x01(\v2\x0f.vigil.v1.EventR\x05event\"_\n" +
 	"\x12ListEventsResponse\x123\n" +
-	"\x06events\x18\x01 \x03(\v2\x1b.vigil.fleet.v1.ServerEventR\x06events2\xaf\x02\n" +
+	"\x06events\x18\x01 \x03(\v2\x1b.vigil.fleet.v1.ServerEventR\x06events\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total2\xaf\x02\n" +
 	"\x05Fleet\x12G\n" +
 	"\x06Enroll\x12\x1d.vigil.fleet.v1.EnrollRequest\x1a\x1e.vigil.fleet.v1.EnrollResponse\x12A\n" +
 	"\x04Sync\x12\x1b.vigil.fleet.v1.SyncRequest\x1a\x1c.vigil.fleet.v1.SyncResponse\x12?\n" +
 	"\x05Watch\x12\x1c.vigil.fleet.v1.WatchRequest\x1a\x16.vigil.fleet.v1.Bundle0\x01\x12Y\n" +
-	"\fUploadEvents\x12#.vigil.fleet.v1.UploadEventsRequest\x1a$.vigil.fleet.v1.UploadEventsResponse2\xcf\a\n" +
+	"\fUploadEvents\x12#.vigil.fleet.v1.UploadEventsRequest\x1a$.vigil.fleet.v1.UploadEventsResponse2\x9c\b\n" +
 	"\n" +
 	"FleetAdmin\x12k\n" +
 	"\x12CreateEnrollSecret\x12).vigil.fleet.v1.CreateEnrollSecretRequest\x1a*.vigil.fleet.v1.CreateEnrollSecretResponse\x12P\n" +
@@ -1953,7 +2178,8 @@ const file_fleet_proto_rawDesc = "" +
 	"\aAddRule\x12\x14.vigil.fleet.v1.Rule\x1a\x14.vigil.fleet.v1.Rule\x12S\n" +
 	"\n" +
 	"DeleteRule\x12!.vigil.fleet.v1.DeleteRuleRequest\x1a\".vigil.fleet.v1.DeleteRuleResponse\x12P\n" +
-	"\tListRules\x12 .vigil.fleet.v1.ListRulesRequest\x1a!.vigil.fleet.v1.ListRulesResponse\x12b\n" +
+	"\tListRules\x12 .vigil.fleet.v1.ListRulesRequest\x1a!.vigil.fleet.v1.ListRulesResponse\x12K\n" +
+	"\rUpdateRollout\x12$.vigil.fleet.v1.UpdateRolloutRequest\x1a\x14.vigil.fleet.v1.Rule\x12b\n" +
 	"\x0fUnsignedBundles\x12&.vigil.fleet.v1.UnsignedBundlesRequest\x1a'.vigil.fleet.v1.UnsignedBundlesResponse\x12P\n" +
 	"\tPutBundle\x12 .vigil.fleet.v1.PutBundleRequest\x1a!.vigil.fleet.v1.PutBundleResponse\x12S\n" +
 	"\n" +
@@ -1971,7 +2197,7 @@ func file_fleet_proto_rawDescGZIP() []byte {
 	return file_fleet_proto_rawDescData
 }
 
-var file_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_fleet_proto_goTypes = []any{
 	(*EnrollRequest)(nil),              // 0: vigil.fleet.v1.EnrollRequest
 	(*EnrollResponse)(nil),             // 1: vigil.fleet.v1.EnrollResponse
@@ -1993,74 +2219,82 @@ var file_fleet_proto_goTypes = []any{
 	(*ListQueueResponse)(nil),          // 17: vigil.fleet.v1.ListQueueResponse
 	(*ApproveRequest)(nil),             // 18: vigil.fleet.v1.ApproveRequest
 	(*Rule)(nil),                       // 19: vigil.fleet.v1.Rule
-	(*DeleteRuleRequest)(nil),          // 20: vigil.fleet.v1.DeleteRuleRequest
-	(*DeleteRuleResponse)(nil),         // 21: vigil.fleet.v1.DeleteRuleResponse
-	(*ListRulesRequest)(nil),           // 22: vigil.fleet.v1.ListRulesRequest
-	(*ListRulesResponse)(nil),          // 23: vigil.fleet.v1.ListRulesResponse
-	(*UnsignedBundlesRequest)(nil),     // 24: vigil.fleet.v1.UnsignedBundlesRequest
-	(*UnsignedBundle)(nil),             // 25: vigil.fleet.v1.UnsignedBundle
-	(*UnsignedBundlesResponse)(nil),    // 26: vigil.fleet.v1.UnsignedBundlesResponse
-	(*PutBundleRequest)(nil),           // 27: vigil.fleet.v1.PutBundleRequest
-	(*PutBundleResponse)(nil),          // 28: vigil.fleet.v1.PutBundleResponse
-	(*ListEventsRequest)(nil),          // 29: vigil.fleet.v1.ListEventsRequest
-	(*ServerEvent)(nil),                // 30: vigil.fleet.v1.ServerEvent
-	(*ListEventsResponse)(nil),         // 31: vigil.fleet.v1.ListEventsResponse
-	(*timestamppb.Timestamp)(nil),      // 32: google.protobuf.Timestamp
-	(*v1.Event)(nil),                   // 33: vigil.v1.Event
+	(*Rollout)(nil),                    // 20: vigil.fleet.v1.Rollout
+	(*UpdateRolloutRequest)(nil),       // 21: vigil.fleet.v1.UpdateRolloutRequest
+	(*DeleteRuleRequest)(nil),          // 22: vigil.fleet.v1.DeleteRuleRequest
+	(*DeleteRuleResponse)(nil),         // 23: vigil.fleet.v1.DeleteRuleResponse
+	(*ListRulesRequest)(nil),           // 24: vigil.fleet.v1.ListRulesRequest
+	(*ListRulesResponse)(nil),          // 25: vigil.fleet.v1.ListRulesResponse
+	(*UnsignedBundlesRequest)(nil),     // 26: vigil.fleet.v1.UnsignedBundlesRequest
+	(*UnsignedBundle)(nil),             // 27: vigil.fleet.v1.UnsignedBundle
+	(*UnsignedBundlesResponse)(nil),    // 28: vigil.fleet.v1.UnsignedBundlesResponse
+	(*PutBundleRequest)(nil),           // 29: vigil.fleet.v1.PutBundleRequest
+	(*PutBundleResponse)(nil),          // 30: vigil.fleet.v1.PutBundleResponse
+	(*ListEventsRequest)(nil),          // 31: vigil.fleet.v1.ListEventsRequest
+	(*ServerEvent)(nil),                // 32: vigil.fleet.v1.ServerEvent
+	(*ListEventsResponse)(nil),         // 33: vigil.fleet.v1.ListEventsResponse
+	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
+	(*v1.Event)(nil),                   // 35: vigil.v1.Event
 }
 var file_fleet_proto_depIdxs = []int32{
 	5,  // 0: vigil.fleet.v1.SyncResponse.bundle:type_name -> vigil.fleet.v1.Bundle
-	32, // 1: vigil.fleet.v1.SyncResponse.server_time:type_name -> google.protobuf.Timestamp
-	33, // 2: vigil.fleet.v1.UploadEventsRequest.events:type_name -> vigil.v1.Event
-	32, // 3: vigil.fleet.v1.CreateEnrollSecretRequest.expires:type_name -> google.protobuf.Timestamp
-	32, // 4: vigil.fleet.v1.Host.enrolled:type_name -> google.protobuf.Timestamp
-	32, // 5: vigil.fleet.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	34, // 1: vigil.fleet.v1.SyncResponse.server_time:type_name -> google.protobuf.Timestamp
+	35, // 2: vigil.fleet.v1.UploadEventsRequest.events:type_name -> vigil.v1.Event
+	34, // 3: vigil.fleet.v1.CreateEnrollSecretRequest.expires:type_name -> google.protobuf.Timestamp
+	34, // 4: vigil.fleet.v1.Host.enrolled:type_name -> google.protobuf.Timestamp
+	34, // 5: vigil.fleet.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
 	10, // 6: vigil.fleet.v1.ListHostsResponse.hosts:type_name -> vigil.fleet.v1.Host
-	32, // 7: vigil.fleet.v1.QueueEntry.first_seen:type_name -> google.protobuf.Timestamp
-	32, // 8: vigil.fleet.v1.QueueEntry.last_seen:type_name -> google.protobuf.Timestamp
+	34, // 7: vigil.fleet.v1.QueueEntry.first_seen:type_name -> google.protobuf.Timestamp
+	34, // 8: vigil.fleet.v1.QueueEntry.last_seen:type_name -> google.protobuf.Timestamp
 	15, // 9: vigil.fleet.v1.ListQueueResponse.entries:type_name -> vigil.fleet.v1.QueueEntry
-	32, // 10: vigil.fleet.v1.Rule.created:type_name -> google.protobuf.Timestamp
-	19, // 11: vigil.fleet.v1.ListRulesResponse.rules:type_name -> vigil.fleet.v1.Rule
-	25, // 12: vigil.fleet.v1.UnsignedBundlesResponse.bundles:type_name -> vigil.fleet.v1.UnsignedBundle
-	33, // 13: vigil.fleet.v1.ServerEvent.event:type_name -> vigil.v1.Event
-	30, // 14: vigil.fleet.v1.ListEventsResponse.events:type_name -> vigil.fleet.v1.ServerEvent
-	0,  // 15: vigil.fleet.v1.Fleet.Enroll:input_type -> vigil.fleet.v1.EnrollRequest
-	2,  // 16: vigil.fleet.v1.Fleet.Sync:input_type -> vigil.fleet.v1.SyncRequest
-	4,  // 17: vigil.fleet.v1.Fleet.Watch:input_type -> vigil.fleet.v1.WatchRequest
-	6,  // 18: vigil.fleet.v1.Fleet.UploadEvents:input_type -> vigil.fleet.v1.UploadEventsRequest
-	8,  // 19: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:input_type -> vigil.fleet.v1.CreateEnrollSecretRequest
-	11, // 20: vigil.fleet.v1.FleetAdmin.ListHosts:input_type -> vigil.fleet.v1.ListHostsRequest
-	13, // 21: vigil.fleet.v1.FleetAdmin.TagHost:input_type -> vigil.fleet.v1.TagHostRequest
-	14, // 22: vigil.fleet.v1.FleetAdmin.RevokeHost:input_type -> vigil.fleet.v1.RevokeHostRequest
-	16, // 23: vigil.fleet.v1.FleetAdmin.ListQueue:input_type -> vigil.fleet.v1.ListQueueRequest
-	18, // 24: vigil.fleet.v1.FleetAdmin.Approve:input_type -> vigil.fleet.v1.ApproveRequest
-	19, // 25: vigil.fleet.v1.FleetAdmin.AddRule:input_type -> vigil.fleet.v1.Rule
-	20, // 26: vigil.fleet.v1.FleetAdmin.DeleteRule:input_type -> vigil.fleet.v1.DeleteRuleRequest
-	22, // 27: vigil.fleet.v1.FleetAdmin.ListRules:input_type -> vigil.fleet.v1.ListRulesRequest
-	24, // 28: vigil.fleet.v1.FleetAdmin.UnsignedBundles:input_type -> vigil.fleet.v1.UnsignedBundlesRequest
-	27, // 29: vigil.fleet.v1.FleetAdmin.PutBundle:input_type -> vigil.fleet.v1.PutBundleRequest
-	29, // 30: vigil.fleet.v1.FleetAdmin.ListEvents:input_type -> vigil.fleet.v1.ListEventsRequest
-	1,  // 31: vigil.fleet.v1.Fleet.Enroll:output_type -> vigil.fleet.v1.EnrollResponse
-	3,  // 32: vigil.fleet.v1.Fleet.Sync:output_type -> vigil.fleet.v1.SyncResponse
-	5,  // 33: vigil.fleet.v1.Fleet.Watch:output_type -> vigil.fleet.v1.Bundle
-	7,  // 34: vigil.fleet.v1.Fleet.UploadEvents:output_type -> vigil.fleet.v1.UploadEventsResponse
-	9,  // 35: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:output_type -> vigil.fleet.v1.CreateEnrollSecretResponse
-	12, // 36: vigil.fleet.v1.FleetAdmin.ListHosts:output_type -> vigil.fleet.v1.ListHostsResponse
-	10, // 37: vigil.fleet.v1.FleetAdmin.TagHost:output_type -> vigil.fleet.v1.Host
-	10, // 38: vigil.fleet.v1.FleetAdmin.RevokeHost:output_type -> vigil.fleet.v1.Host
-	17, // 39: vigil.fleet.v1.FleetAdmin.ListQueue:output_type -> vigil.fleet.v1.ListQueueResponse
-	19, // 40: vigil.fleet.v1.FleetAdmin.Approve:output_type -> vigil.fleet.v1.Rule
-	19, // 41: vigil.fleet.v1.FleetAdmin.AddRule:output_type -> vigil.fleet.v1.Rule
-	21, // 42: vigil.fleet.v1.FleetAdmin.DeleteRule:output_type -> vigil.fleet.v1.DeleteRuleResponse
-	23, // 43: vigil.fleet.v1.FleetAdmin.ListRules:output_type -> vigil.fleet.v1.ListRulesResponse
-	26, // 44: vigil.fleet.v1.FleetAdmin.UnsignedBundles:output_type -> vigil.fleet.v1.UnsignedBundlesResponse
-	28, // 45: vigil.fleet.v1.FleetAdmin.PutBundle:output_type -> vigil.fleet.v1.PutBundleResponse
-	31, // 46: vigil.fleet.v1.FleetAdmin.ListEvents:output_type -> vigil.fleet.v1.ListEventsResponse
-	31, // [31:47] is the sub-list for method output_type
-	15, // [15:31] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	34, // 10: vigil.fleet.v1.Rule.created:type_name -> google.protobuf.Timestamp
+	20, // 11: vigil.fleet.v1.Rule.rollout:type_name -> vigil.fleet.v1.Rollout
+	20, // 12: vigil.fleet.v1.UpdateRolloutRequest.rollout:type_name -> vigil.fleet.v1.Rollout
+	19, // 13: vigil.fleet.v1.ListRulesResponse.rules:type_name -> vigil.fleet.v1.Rule
+	27, // 14: vigil.fleet.v1.UnsignedBundlesResponse.bundles:type_name -> vigil.fleet.v1.UnsignedBundle
+	34, // 15: vigil.fleet.v1.ListEventsRequest.since:type_name -> google.protobuf.Timestamp
+	34, // 16: vigil.fleet.v1.ListEventsRequest.until:type_name -> google.protobuf.Timestamp
+	35, // 17: vigil.fleet.v1.ServerEvent.event:type_name -> vigil.v1.Event
+	32, // 18: vigil.fleet.v1.ListEventsResponse.events:type_name -> vigil.fleet.v1.ServerEvent
+	0,  // 19: vigil.fleet.v1.Fleet.Enroll:input_type -> vigil.fleet.v1.EnrollRequest
+	2,  // 20: vigil.fleet.v1.Fleet.Sync:input_type -> vigil.fleet.v1.SyncRequest
+	4,  // 21: vigil.fleet.v1.Fleet.Watch:input_type -> vigil.fleet.v1.WatchRequest
+	6,  // 22: vigil.fleet.v1.Fleet.UploadEvents:input_type -> vigil.fleet.v1.UploadEventsRequest
+	8,  // 23: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:input_type -> vigil.fleet.v1.CreateEnrollSecretRequest
+	11, // 24: vigil.fleet.v1.FleetAdmin.ListHosts:input_type -> vigil.fleet.v1.ListHostsRequest
+	13, // 25: vigil.fleet.v1.FleetAdmin.TagHost:input_type -> vigil.fleet.v1.TagHostRequest
+	14, // 26: vigil.fleet.v1.FleetAdmin.RevokeHost:input_type -> vigil.fleet.v1.RevokeHostRequest
+	16, // 27: vigil.fleet.v1.FleetAdmin.ListQueue:input_type -> vigil.fleet.v1.ListQueueRequest
+	18, // 28: vigil.fleet.v1.FleetAdmin.Approve:input_type -> vigil.fleet.v1.ApproveRequest
+	19, // 29: vigil.fleet.v1.FleetAdmin.AddRule:input_type -> vigil.fleet.v1.Rule
+	22, // 30: vigil.fleet.v1.FleetAdmin.DeleteRule:input_type -> vigil.fleet.v1.DeleteRuleRequest
+	24, // 31: vigil.fleet.v1.FleetAdmin.ListRules:input_type -> vigil.fleet.v1.ListRulesRequest
+	21, // 32: vigil.fleet.v1.FleetAdmin.UpdateRollout:input_type -> vigil.fleet.v1.UpdateRolloutRequest
+	26, // 33: vigil.fleet.v1.FleetAdmin.UnsignedBundles:input_type -> vigil.fleet.v1.UnsignedBundlesRequest
+	29, // 34: vigil.fleet.v1.FleetAdmin.PutBundle:input_type -> vigil.fleet.v1.PutBundleRequest
+	31, // 35: vigil.fleet.v1.FleetAdmin.ListEvents:input_type -> vigil.fleet.v1.ListEventsRequest
+	1,  // 36: vigil.fleet.v1.Fleet.Enroll:output_type -> vigil.fleet.v1.EnrollResponse
+	3,  // 37: vigil.fleet.v1.Fleet.Sync:output_type -> vigil.fleet.v1.SyncResponse
+	5,  // 38: vigil.fleet.v1.Fleet.Watch:output_type -> vigil.fleet.v1.Bundle
+	7,  // 39: vigil.fleet.v1.Fleet.UploadEvents:output_type -> vigil.fleet.v1.UploadEventsResponse
+	9,  // 40: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:output_type -> vigil.fleet.v1.CreateEnrollSecretResponse
+	12, // 41: vigil.fleet.v1.FleetAdmin.ListHosts:output_type -> vigil.fleet.v1.ListHostsResponse
+	10, // 42: vigil.fleet.v1.FleetAdmin.TagHost:output_type -> vigil.fleet.v1.Host
+	10, // 43: vigil.fleet.v1.FleetAdmin.RevokeHost:output_type -> vigil.fleet.v1.Host
+	17, // 44: vigil.fleet.v1.FleetAdmin.ListQueue:output_type -> vigil.fleet.v1.ListQueueResponse
+	19, // 45: vigil.fleet.v1.FleetAdmin.Approve:output_type -> vigil.fleet.v1.Rule
+	19, // 46: vigil.fleet.v1.FleetAdmin.AddRule:output_type -> vigil.fleet.v1.Rule
+	23, // 47: vigil.fleet.v1.FleetAdmin.DeleteRule:output_type -> vigil.fleet.v1.DeleteRuleResponse
+	25, // 48: vigil.fleet.v1.FleetAdmin.ListRules:output_type -> vigil.fleet.v1.ListRulesResponse
+	19, // 49: vigil.fleet.v1.FleetAdmin.UpdateRollout:output_type -> vigil.fleet.v1.Rule
+	28, // 50: vigil.fleet.v1.FleetAdmin.UnsignedBundles:output_type -> vigil.fleet.v1.UnsignedBundlesResponse
+	30, // 51: vigil.fleet.v1.FleetAdmin.PutBundle:output_type -> vigil.fleet.v1.PutBundleResponse
+	33, // 52: vigil.fleet.v1.FleetAdmin.ListEvents:output_type -> vigil.fleet.v1.ListEventsResponse
+	36, // [36:53] is the sub-list for method output_type
+	19, // [19:36] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_fleet_proto_init() }
@@ -2074,7 +2308,7 @@ func file_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleet_proto_rawDesc), len(file_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -275,6 +275,7 @@ const (
 	FleetAdmin_AddRule_FullMethodName            = "/vigil.fleet.v1.FleetAdmin/AddRule"
 	FleetAdmin_DeleteRule_FullMethodName         = "/vigil.fleet.v1.FleetAdmin/DeleteRule"
 	FleetAdmin_ListRules_FullMethodName          = "/vigil.fleet.v1.FleetAdmin/ListRules"
+	FleetAdmin_UpdateRollout_FullMethodName      = "/vigil.fleet.v1.FleetAdmin/UpdateRollout"
 	FleetAdmin_UnsignedBundles_FullMethodName    = "/vigil.fleet.v1.FleetAdmin/UnsignedBundles"
 	FleetAdmin_PutBundle_FullMethodName          = "/vigil.fleet.v1.FleetAdmin/PutBundle"
 	FleetAdmin_ListEvents_FullMethodName         = "/vigil.fleet.v1.FleetAdmin/ListEvents"
@@ -298,6 +299,7 @@ type FleetAdminClient interface {
 	AddRule(ctx context.Context, in *Rule, opts ...grpc.CallOption) (*Rule, error)
 	DeleteRule(ctx context.Context, in *DeleteRuleRequest, opts ...grpc.CallOption) (*DeleteRuleResponse, error)
 	ListRules(ctx context.Context, in *ListRulesRequest, opts ...grpc.CallOption) (*ListRulesResponse, error)
+	UpdateRollout(ctx context.Context, in *UpdateRolloutRequest, opts ...grpc.CallOption) (*Rule, error)
 	// UnsignedBundles lists the bundle payloads waiting for an offline
 	// signature (a server without a signing key).
 	UnsignedBundles(ctx context.Context, in *UnsignedBundlesRequest, opts ...grpc.CallOption) (*UnsignedBundlesResponse, error)
@@ -405,6 +407,16 @@ func (c *fleetAdminClient) ListRules(ctx context.Context, in *ListRulesRequest, 
 	return out, nil
 }
 
+func (c *fleetAdminClient) UpdateRollout(ctx context.Context, in *UpdateRolloutRequest, opts ...grpc.CallOption) (*Rule, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rule)
+	err := c.cc.Invoke(ctx, FleetAdmin_UpdateRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *fleetAdminClient) UnsignedBundles(ctx context.Context, in *UnsignedBundlesRequest, opts ...grpc.CallOption) (*UnsignedBundlesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(UnsignedBundlesResponse)
@@ -453,6 +465,7 @@ type FleetAdminServer interface {
 	AddRule(context.Context, *Rule) (*Rule, error)
 	DeleteRule(context.Context, *DeleteRuleRequest) (*DeleteRuleResponse, error)
 	ListRules(context.Context, *ListRulesRequest) (*ListRulesResponse, error)
+	UpdateRollout(context.Context, *UpdateRolloutRequest) (*Rule, error)
 	// UnsignedBundles lists the bundle payloads waiting for an offline
 	// signature (a server without a signing key).
 	UnsignedBundles(context.Context, *UnsignedBundlesRequest) (*UnsignedBundlesResponse, error)
@@ -496,6 +509,9 @@ func (UnimplementedFleetAdminServer) DeleteRule(context.Context, *DeleteRuleRequ
 }
 func (UnimplementedFleetAdminServer) ListRules(context.Context, *ListRulesRequest) (*ListRulesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRules not implemented")
+}
+func (UnimplementedFleetAdminServer) UpdateRollout(context.Context, *UpdateRolloutRequest) (*Rule, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateRollout not implemented")
 }
 func (UnimplementedFleetAdminServer) UnsignedBundles(context.Context, *UnsignedBundlesRequest) (*UnsignedBundlesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UnsignedBundles not implemented")
@@ -689,6 +705,24 @@ func _FleetAdmin_ListRules_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetAdmin_UpdateRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetAdminServer).UpdateRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetAdmin_UpdateRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetAdminServer).UpdateRollout(ctx, req.(*UpdateRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FleetAdmin_UnsignedBundles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UnsignedBundlesRequest)
 	if err := dec(in); err != nil {
@@ -785,6 +819,10 @@ var FleetAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRules",
 			Handler:    _FleetAdmin_ListRules_Handler,
+		},
+		{
+			MethodName: "UpdateRollout",
+			Handler:    _FleetAdmin_UpdateRollout_Handler,
 		},
 		{
 			MethodName: "UnsignedBundles",
