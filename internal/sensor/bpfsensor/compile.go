@@ -171,7 +171,11 @@ func (c *compiler) compileRule(index uint16, rule *policy.Rule) error {
 		return err
 	}
 	if !ok {
-		c.warn("its match block names only empty lists: it can never match")
+		if len(rule.Match.Process.Signer) > 0 {
+			c.warn("its match block can never hold (a condition names only empty lists, or no catalog of its signers verifies): it matches nothing")
+		} else {
+			c.warn("its match block names only empty lists: it can never match")
+		}
 		return nil
 	}
 	var skips []sensorRule
@@ -311,8 +315,8 @@ func (c *compiler) digests(pc policy.ProcessCond) []string {
 	}
 	signed := map[string]bool{}
 	for _, id := range pc.Signer {
-		ds, ok := c.catalogs[id]
-		if !ok && !c.unsigned[id] {
+		ds := c.catalogs[id]
+		if len(ds) == 0 && !c.unsigned[id] {
 			c.unsigned[id] = true
 			c.warn("process.signer %s: no catalog of this signer verifies (not an approved signer, or none of its catalogs added); it matches nothing until one does", id)
 		}
