@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/vigil-hips/vigil/internal/policy"
 	"github.com/vigil-hips/vigil/internal/sensor"
@@ -96,8 +97,9 @@ func (a *agent) rebindSignersLocked(ctx context.Context) {
 	if err != nil {
 		// Not tried again until the database changes again.
 		a.policy.signers.gen = gen
-		msg := fmt.Sprintf("process.signer: the catalogs changed but the policy could not be compiled with them; the previous expansion stays in force: %v", err)
-		a.policy.warnings = append(slices.Clone(a.policy.warnings), msg)
+		const prefix = "process.signer: the catalogs changed but the policy could not be compiled with them"
+		ws := slices.DeleteFunc(slices.Clone(a.policy.warnings), func(w string) bool { return strings.HasPrefix(w, prefix) })
+		a.policy.warnings = append(ws, fmt.Sprintf("%s; the previous expansion stays in force: %v", prefix, err))
 		a.log.Error("process.signer: policy not recompiled; the previous one stays in force", "err", err)
 		return
 	}

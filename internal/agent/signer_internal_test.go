@@ -164,6 +164,14 @@ func TestSignerCatalogChangeRecompiles(t *testing.T) {
 	if _, m := fake.last(); m != 3 {
 		t.Errorf("a policy over the digest limit was applied (%d)", m)
 	}
+	// Tried again at the next change, and reported once.
+	if err := db.Approve(ctx, sum("another change"), ""); err != nil {
+		t.Fatal(err)
+	}
+	recompile()
+	if n := strings.Count(strings.Join(a.policyStatus().GetWarnings(), "\n"), "previous expansion stays in force"); n != 1 {
+		t.Errorf("the refused recompilation is reported %d times, want once", n)
+	}
 	if ws := strings.Join(a.policyStatus().GetWarnings(), "\n"); !strings.Contains(ws, "previous expansion stays in force") ||
 		!strings.Contains(ws, fmt.Sprint(bpfsensor.MaxDigests)) {
 		t.Errorf("status warnings do not report the refused recompilation:\n%s", ws)
