@@ -235,6 +235,7 @@ func (a *agent) reloadExecControl(ctx context.Context) error {
 		t = a.policy.p.Trust
 	}
 	_, err := a.setExecControlLocked(ctx, t)
+	a.rebindSignersLocked(ctx) // an approved or revoked signer counts for process.signer at once
 	return err
 }
 
@@ -271,6 +272,7 @@ func (a *agent) trustLoop(ctx context.Context) {
 				a.log.Error("execution control not reloaded; the previous one stays in force", "err", err)
 			}
 		}
+		a.rebindSignersLocked(ctx) // after the catalogs of catalog_dir were added
 		a.policy.mu.Unlock()
 	}
 }

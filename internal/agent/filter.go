@@ -154,11 +154,16 @@ func (a *agent) setClientRules(client string, rules map[string][]byte) error {
 	if err != nil {
 		return err
 	}
+	p, sws, binding, err := a.bindSignersLocked(context.Background(), p)
+	if err != nil {
+		return err
+	}
 	ws, err := enf.Enforce(p)
 	if err != nil {
 		return err
 	}
-	a.policy.clients, a.policy.p = next, p
+	ws = append(ws, sws...)
+	a.policy.clients, a.policy.p, a.policy.signers = next, p, binding
 	if p != nil && a.policy.appliedAt.IsZero() {
 		a.policy.appliedAt = time.Now()
 	}

@@ -43,6 +43,8 @@ type policyState struct {
 	source    string
 	appliedAt time.Time
 	warnings  []string
+	// signers is what p's process.signer expansion was made from.
+	signers signerBinding
 }
 
 // policyPart is one policy file: its name (for error positions) and
@@ -91,10 +93,20 @@ func (a *agent) applyPolicyParts(parts []policyPart) (*vigilv1.PolicyStatus, err
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadPolicy, err)
 	}
+	if p.Trust != nil && p.Trust.CatalogDir != "" && a.xc != nil {
+		// Catalogs the policy brings count for its signer conditions at
+		// once; refusals are reported by execution control below.
+		a.addCatalogs(context.Background(), p.Trust.CatalogDir)
+	}
+	p, signerWarnings, binding, err := a.bindSignersLocked(context.Background(), p)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	warnings, err := enf.Enforce(p)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrBadPolicy, name, err)
 	}
+	warnings = append(warnings, signerWarnings...)
 	xw, err := a.setExecControlLocked(context.Background(), p.Trust)
 	if err != nil {
 		// Put the previous policy's rules back: nothing of this one applies.
@@ -105,6 +117,7 @@ func (a *agent) applyPolicyParts(parts []policyPart) (*vigilv1.PolicyStatus, err
 	}
 	warnings = append(warnings, xw...)
 	a.policy.p, a.policy.source, a.policy.appliedAt, a.policy.warnings = p, name, time.Now(), warnings
+	a.policy.signers = binding
 	a.policy.baseNames, a.policy.base = names, ps
 	for _, w := range warnings {
 		a.log.Warn("policy applied in part", "policy", name, "warning", w)

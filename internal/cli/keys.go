@@ -95,7 +95,7 @@ func writeNew(path string, b []byte, mode os.FileMode) error {
 func newKeysIDCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "id KEY.pub...",
-		Short: "Print the key ID (hex SHA-256 of the PKIX key) of public keys",
+		Short: "Print the key ID of public keys (SHA256:base64, as catalogs and process.signer name them)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			for _, a := range args {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -20,6 +21,7 @@ import (
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/policy"
+	"github.com/vigil-hips/vigil/internal/trust"
 )
 
 // newPolicyCmd returns `vigil policy`: policy files checked and tried on
@@ -130,6 +132,8 @@ func newPolicyTestCmd() *cobra.Command {
 		eventFile, output string
 		hashes, cgroups   []string
 		ancestries        []string
+		signers           []string
+		trustDB           string
 	)
 	cmd := &cobra.Command{
 		Use:   "test FILE --event JSON",
@@ -144,7 +148,11 @@ What an event does not carry is taken from the flags, else from this host:
     only when they match);
   - a cgroup's path (the event has its id): --cgroup ID=PATH;
   - an inject target's ancestry: --ancestry PID=PPID,GRANDPARENT,..., else
-    the ancestry of the process with that pid in another of the events.
+    the ancestry of the process with that pid in another of the events;
+  - the signers of a process's executable (process.signer): --signer
+    PATH=KEYID,..., else the catalogs of the trust database (--trust-db, if
+    it exists) that list the executable's SHA-256 and verify with the key
+    of an approved signer the policy names.
 Unknown facts make the conditions that need them not hold; an unknown
 ancestry is not a descendant's. An exec event records the new image, not
 the caller's executable: process conditions other than uid, cgroup and
@@ -166,6 +174,9 @@ ancestor_exe do not hold for it.`,
 			}
 			env, err := newTestEnv(hashes, cgroups, ancestries, events)
 			if err != nil {
+				return err
+			}
+			if err := env.addSigners(cmd.Context(), signers, trustDB, p.Signers()); err != nil {
 				return err
 			}
 			w := bufio.NewWriter(cmd.OutOrStdout())
@@ -199,6 +210,8 @@ ancestor_exe do not hold for it.`,
 	f.StringArrayVar(&hashes, "sha256", nil, "PATH=HEX: the SHA-256 of the executable at PATH (repeatable)")
 	f.StringArrayVar(&cgroups, "cgroup", nil, "ID=PATH: the path of the cgroup with this id, e.g. 1234=/system.slice/nginx.service (repeatable)")
 	f.StringArrayVar(&ancestries, "ancestry", nil, "PID=PPID,...: the ancestry of process PID, parent first (repeatable)")
+	f.StringArrayVar(&signers, "signer", nil, "PATH=KEYID,...: the signers whose catalogs list the executable at PATH (repeatable)")
+	f.StringVar(&trustDB, "trust-db", defaultTrustDB, "trust database whose catalogs decide process.signer (ignored if it does not exist)")
 	cmd.MarkFlagRequired("event")
 	return cmd
 }
@@ -293,6 +306,8 @@ func readEvents(stdin io.Reader, name string) ([]*vigilv1.Event, error) {
 // events, and this host's files.
 type testEnv struct {
 	hashes    map[string]string
+	signers   map[string][]string // by path, from --signer
+	signed    map[string][]string // by digest, from the trust database
 	cgroups   map[uint64]string
 	ancestry  map[uint32][]policy.Ancestor
 	hashFiles func(policy.File) (string, bool)
@@ -344,6 +359,54 @@ func (e *testEnv) SHA256(f policy.File) (string, bool) {
 		return h, true
 	}
 	return e.hashFiles(f)
+}
+
+// addSigners takes the --signer flags and, for the keys the policy
+// names, the digests of their catalogs in the trust database at db.
+func (e *testEnv) addSigners(ctx context.Context, flags []string, db string, keys []string) error {
+	e.signers, e.signed = map[string][]string{}, map[string][]string{}
+	for _, s := range flags {
+		path, ids, ok := strings.Cut(s, "=")
+		if !ok || !strings.HasPrefix(path, "/") || ids == "" {
+			return fmt.Errorf("--signer %q: want PATH=KEYID,... (key IDs as vigil keys id prints them)", s)
+		}
+		e.signers[path] = append(e.signers[path], strings.Split(ids, ",")...)
+	}
+	if len(keys) == 0 || db == "" {
+		return nil
+	}
+	if _, err := os.Stat(db); err != nil {
+		return nil
+	}
+	tdb, err := trust.Open(ctx, db)
+	if err != nil {
+		return fmt.Errorf("process.signer: %w", err)
+	}
+	defer tdb.Close()
+	signed, _, err := tdb.SignedDigests(ctx, keys)
+	if err != nil {
+		return fmt.Errorf("process.signer: %w", err)
+	}
+	for id, ds := range signed {
+		for _, d := range ds {
+			h := hex.EncodeToString(d[:])
+			e.signed[h] = append(e.signed[h], id)
+		}
+	}
+	return nil
+}
+
+// Signers: the --signer flags, else the trust database's catalogs that
+// list the executable's digest.
+func (e *testEnv) Signers(f policy.File) ([]string, bool) {
+	if ids, ok := e.signers[f.Path]; ok {
+		return ids, true
+	}
+	h, ok := e.SHA256(f)
+	if !ok {
+		return nil, false
+	}
+	return e.signed[strings.ToLower(h)], true
 }
 
 func (e *testEnv) CgroupPath(id uint64) (string, bool) {

@@ -2,16 +2,20 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/agent"
 	"github.com/vigil-hips/vigil/internal/policy"
+	"github.com/vigil-hips/vigil/internal/sign"
+	"github.com/vigil-hips/vigil/internal/trust"
 )
 
 const hardening = "../../examples/policies/hardening.yaml"
@@ -189,5 +193,61 @@ func TestTestEnv(t *testing.T) {
 	}
 	if a, ok := env.Ancestry(5, 0); !ok || len(a) != 2 || a[0].Pid != 4 || a[1].Pid != 1 {
 		t.Errorf("Ancestry: %v %v", a, ok)
+	}
+}
+
+// TestTestEnvSigners: process.signer facts for `vigil policy test`: the
+// --signer flags, else the trust database's catalogs that verify with a
+// key the policy names.
+func TestTestEnvSigners(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "prog")
+	os.WriteFile(exe, []byte("hello\n"), 0o755)
+	helloSHA, _ := trust.ParseDigest("5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03")
+	dbPath := filepath.Join(dir, trust.FileName)
+	db, err := trust.Open(ctx, dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kPub, kPriv, _ := sign.GenerateKey()
+	lPub, _, _ := sign.GenerateKey()
+	k, _ := db.ApproveSigner(ctx, kPub, "")
+	l, _ := db.ApproveSigner(ctx, lPub, "")
+	cat, err := trust.SignCatalog(ctx, kPriv, trust.NewCatalog("c", [][32]byte{helloSHA}, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.AddCatalog(ctx, cat); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	env, err := newTestEnv(nil, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.addSigners(ctx, []string{"/usr/bin/x=" + l}, dbPath, []string{k, l}); err != nil {
+		t.Fatal(err)
+	}
+	if ids, ok := env.Signers(policy.File{Path: exe}); !ok || len(ids) != 1 || ids[0] != k {
+		t.Errorf("Signers of a file K's catalog lists: %v %v, want [%s]", ids, ok, k)
+	}
+	if ids, ok := env.Signers(policy.File{Path: "/usr/bin/x"}); !ok || len(ids) != 1 || ids[0] != l {
+		t.Errorf("Signers from --signer: %v %v", ids, ok)
+	}
+	if ids, _ := env.Signers(policy.File{Path: dir}); len(ids) != 0 {
+		t.Errorf("Signers of a directory: %v", ids)
+	}
+	// Only the keys the policy names are looked up.
+	env, _ = newTestEnv(nil, nil, nil, nil)
+	if err := env.addSigners(ctx, nil, dbPath, []string{l}); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := env.Signers(policy.File{Path: exe}); len(ids) != 0 {
+		t.Errorf("Signers for a policy naming only L: %v", ids)
+	}
+	if err := env.addSigners(ctx, []string{"x=" + k}, "", nil); err == nil {
+		t.Error("--signer with a relative path: no error")
 	}
 }

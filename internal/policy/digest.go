@@ -75,6 +75,7 @@ func canonical(c *Cond) map[string]any {
 	set("process.exe", c.Process.Exe)
 	set("process.exe_prefix", c.Process.ExePrefix)
 	set("process.sha256", c.Process.SHA256)
+	set("process.signer", c.Process.Signer)
 	set("process.ancestor_exe", c.Process.AncestorExe)
 	set("process.cgroup", c.Process.Cgroup)
 	if c.Process.UID != nil {

@@ -69,6 +69,22 @@ rules:
 			t.Errorf("%s: same digest", name)
 		}
 	}
+	// process.signer: its key IDs are in the digest; catalogs bound to
+	// the policy are not.
+	sg := func(keys string) string {
+		return digest("version: 1\nmode: enforce\nrules:\n- {id: a, on: exec, action: deny, match: {process: {signer: " + keys + "}}}\n")
+	}
+	if sg(keyA) == sg(keyB) || sg("["+keyA+", "+keyB+"]") != sg("["+keyB+", "+keyA+", "+keyB+"]") {
+		t.Error("process.signer: the digest does not follow the key IDs as a set")
+	}
+	ps := mustParse(t, "version: 1\nmode: enforce\nrules:\n- {id: a, on: exec, action: deny, match: {process: {signer: ["+keyB+", "+keyA+"]}}, except: [{process: {signer: "+keyC+"}}]}\n")
+	bound := ps.WithCatalogs(Catalogs{keyA: {hashA}})
+	if bound.Digest() != ps.Digest() || bound.Catalogs()[keyA][0] != hashA || ps.Catalogs() != nil {
+		t.Errorf("WithCatalogs: digest %s (was %s), catalogs %v, original's %v", bound.Digest(), ps.Digest(), bound.Catalogs(), ps.Catalogs())
+	}
+	if got := strings.Join(ps.Signers(), " "); got != keyC+" "+keyA+" "+keyB { // sorted
+		t.Errorf("Signers() = %s", got)
+	}
 	// The order of rules matters (first match decides).
 	a := digest("version: 1\nmode: enforce\nrules:\n- {id: a, on: exec, action: deny}\n- {id: b, on: exec, action: allow}\n")
 	b := digest("version: 1\nmode: enforce\nrules:\n- {id: b, on: exec, action: allow}\n- {id: a, on: exec, action: deny}\n")

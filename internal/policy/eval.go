@@ -68,6 +68,10 @@ type File struct {
 type Env interface {
 	// SHA256 is the lowercase hex SHA-256 of the file's content.
 	SHA256(f File) (string, bool)
+	// Signers is the key IDs of the signers that vouch for the file's
+	// content: those whose catalogs (signature verified with the key)
+	// list its SHA-256.
+	Signers(f File) ([]string, bool)
 	// CgroupPath is the path of the cgroup v2 with this id, relative to
 	// the cgroup root ("/system.slice/nginx.service").
 	CgroupPath(id uint64) (string, bool)
@@ -114,6 +118,8 @@ type facts struct {
 
 	hash, cgroup                string
 	hashAsked, cgroupAsked      bool
+	signers                     []string
+	signersAsked                bool
 	descendant, descendantAsked bool
 }
 
@@ -125,6 +131,16 @@ func (f *facts) sha256() string {
 	}
 	f.hashAsked = true
 	return f.hash
+}
+
+func (f *facts) signerIDs() []string {
+	if !f.signersAsked && f.env != nil && f.in.Process.Exe != (File{}) {
+		if ids, ok := f.env.Signers(f.in.Process.Exe); ok {
+			f.signers = ids
+		}
+	}
+	f.signersAsked = true
+	return f.signers
 }
 
 func (f *facts) cgroupPath() string {
@@ -177,6 +193,7 @@ func (c *Cond) holds(f *facts) bool {
 	return (pc.Exe == nil || slices.Contains(pc.Exe, in.Process.Exe.Path)) &&
 		(pc.ExePrefix == nil || underAny(pc.ExePrefix, in.Process.Exe.Path)) &&
 		(pc.SHA256 == nil || slices.Contains(pc.SHA256, f.sha256())) &&
+		(pc.Signer == nil || slices.ContainsFunc(f.signerIDs(), func(id string) bool { return slices.Contains(pc.Signer, id) })) &&
 		(pc.AncestorExe == nil || slices.ContainsFunc(in.Process.Ancestry[:min(len(in.Process.Ancestry), MaxAncestors)],
 			func(a Ancestor) bool { return slices.Contains(pc.AncestorExe, a.Exe) })) &&
 		(pc.UID == nil || slices.ContainsFunc(pc.UID, func(r UIDRange) bool { return r.Lo <= in.Process.UID && in.Process.UID <= r.Hi })) &&

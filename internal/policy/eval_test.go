@@ -7,12 +7,15 @@ import (
 
 // fakeEnv knows what it is given.
 type fakeEnv struct {
-	hashes   map[string]string // by path
+	hashes   map[string]string   // by path
+	signers  map[string][]string // by path
 	cgroups  map[uint64]string
 	ancestry map[uint32][]Ancestor
 }
 
 func (e fakeEnv) SHA256(f File) (string, bool) { h, ok := e.hashes[f.Path]; return h, ok }
+
+func (e fakeEnv) Signers(f File) ([]string, bool) { ids, ok := e.signers[f.Path]; return ids, ok }
 
 func (e fakeEnv) CgroupPath(id uint64) (string, bool) { p, ok := e.cgroups[id]; return p, ok }
 
@@ -33,6 +36,10 @@ func mustParse(t *testing.T, src string) *Policy {
 const (
 	hashA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 	hashB = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+
+	keyA = "SHA256:QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE" // signer key IDs
+	keyB = "SHA256:QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI"
+	keyC = "SHA256:Q0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0M"
 )
 
 // ancestry builds n ancestors with pids 1000.., exe /anc/a, /anc/b, ...
@@ -50,6 +57,7 @@ func ancestry(n int) []Ancestor {
 func TestConditions(t *testing.T) {
 	env := fakeEnv{
 		hashes:  map[string]string{"/usr/bin/a": hashA, "/usr/bin/b": hashB},
+		signers: map[string][]string{"/usr/bin/a": {keyA}, "/usr/bin/b": {keyB, keyC}, "/usr/bin/n": {}},
 		cgroups: map[uint64]string{1: "/system.slice/nginx.service", 2: "/system.slice/nginx.service/worker", 3: "/system.slice/nginx.service2", 4: "/"},
 		ancestry: map[uint32][]Ancestor{
 			50: {{Pid: 10, StartTimeNs: 100}, {Pid: 1}},                   // a child of the actor (pid 10, started at 100)
@@ -101,6 +109,16 @@ func TestConditions(t *testing.T) {
 		{"sha256 other", "exec", `{process: {sha256: ` + hashA + `}}`, exec("/usr/bin/b", "/bin/y"), env, false},
 		{"sha256 unknown to env", "exec", `{process: {sha256: ` + hashA + `}}`, exec("/usr/bin/c", "/bin/y"), env, false},
 		{"sha256 without env", "exec", `{process: {sha256: ` + hashA + `}}`, exec("/usr/bin/a", "/bin/y"), nil, false},
+
+		{"signer", "exec", `{process: {signer: ` + keyA + `}}`, exec("/usr/bin/a", "/bin/y"), env, true},
+		{"signer other", "exec", `{process: {signer: ` + keyA + `}}`, exec("/usr/bin/b", "/bin/y"), env, false},
+		{"signer, one of two signers", "exec", `{process: {signer: ` + keyC + `}}`, exec("/usr/bin/b", "/bin/y"), env, true},
+		{"signer any of a list", "exec", `{process: {signer: [` + keyC + `, ` + keyA + `]}}`, exec("/usr/bin/a", "/bin/y"), env, true},
+		{"signer of a file no catalog lists", "exec", `{process: {signer: ` + keyA + `}}`, exec("/usr/bin/n", "/bin/y"), env, false},
+		{"signer unknown to env", "exec", `{process: {signer: ` + keyA + `}}`, exec("/usr/bin/c", "/bin/y"), env, false},
+		{"signer without env", "exec", `{process: {signer: ` + keyA + `}}`, exec("/usr/bin/a", "/bin/y"), nil, false},
+		{"signer and sha256 both hold", "exec", `{process: {signer: ` + keyA + `, sha256: ` + hashA + `}}`, exec("/usr/bin/a", "/bin/y"), env, true},
+		{"signer holds, sha256 does not", "exec", `{process: {signer: ` + keyB + `, sha256: ` + hashA + `}}`, exec("/usr/bin/b", "/bin/y"), env, false},
 
 		{"ancestor_exe parent", "exec", `{process: {ancestor_exe: /anc/a}}`, withAncestry(ancestry(3)), nil, true},
 		{"ancestor_exe grandparent", "exec", `{process: {ancestor_exe: /anc/b}}`, withAncestry(ancestry(3)), nil, true},

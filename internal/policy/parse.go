@@ -2,6 +2,8 @@ package policy
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -498,7 +500,7 @@ func (p *parser) cond(n *yaml.Node, what string) (c Cond, used []usedCond) {
 		switch key {
 		case "process":
 			pc := &c.Process
-			p.fields(v, key, []string{"exe", "exe_prefix", "sha256", "ancestor_exe", "uid", "cgroup"}, func(key string, k, v *yaml.Node) {
+			p.fields(v, key, []string{"exe", "exe_prefix", "sha256", "signer", "ancestor_exe", "uid", "cgroup"}, func(key string, k, v *yaml.Node) {
 				use("process", key, k)
 				switch key {
 				case "exe":
@@ -507,6 +509,8 @@ func (p *parser) cond(n *yaml.Node, what string) (c Cond, used []usedCond) {
 					pc.ExePrefix = p.strings(v, key, prefixPath)
 				case "sha256":
 					pc.SHA256 = p.strings(v, key, sha256Hex)
+				case "signer":
+					pc.Signer = p.strings(v, key, signerKeyID)
 				case "ancestor_exe":
 					pc.AncestorExe = p.strings(v, key, exactPath)
 				case "uid":
@@ -650,6 +654,17 @@ var (
 		return strings.ToLower(s), ""
 	}}
 )
+
+// signerKeyID is a signer's key ID as Vigil prints it (`vigil keys id`,
+// `vigil catalog list`): the SSH-style SHA-256 fingerprint of the public
+// key, "SHA256:" and 43 characters of unpadded standard base64.
+var signerKeyID = checker{"a signer key ID (SHA256:...)", func(s string) (string, string) {
+	b64, ok := strings.CutPrefix(s, "SHA256:")
+	if b, err := base64.RawStdEncoding.Strict().DecodeString(b64); !ok || err != nil || len(b) != sha256.Size {
+		return "", fmt.Sprintf("%q is not a signer key ID (SHA256: and 43 base64 characters, as `vigil keys id` prints it)", s)
+	}
+	return s, ""
+}}
 
 func oneOf(want string, allowed []string) checker {
 	return checker{want, func(s string) (string, string) {

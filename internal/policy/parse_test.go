@@ -104,7 +104,7 @@ func TestParseErrors(t *testing.T) {
 		{"match unknown key", head + "rules:\n- {id: r, on: exec, action: deny, match: {exe: /x}}\n", []string{
 			`4:43: match: unknown key "exe" (want process, target, inject_method, kernel_op, file_op)`}},
 		{"process unknown key", head + "rules:\n- {id: r, on: exec, action: deny, match: {process: {path: /x}}}\n", []string{
-			`4:53: process: unknown key "path" (want exe, exe_prefix, sha256, ancestor_exe, uid, cgroup)`}},
+			`4:53: process: unknown key "path" (want exe, exe_prefix, sha256, signer, ancestor_exe, uid, cgroup)`}},
 		{"target unknown key", head + "rules:\n- {id: r, on: exec, action: deny, match: {target: {exe: /x}}}\n", []string{
 			`4:52: target: unknown key "exe" (want path, path_prefix, process_exe, not_descendant, prot, anonymous)`}},
 		{"process not a mapping", head + "rules:\n- {id: r, on: exec, action: deny, match: {process: /x}}\n", []string{
@@ -133,6 +133,13 @@ func TestParseErrors(t *testing.T) {
 		{"bad sha256", head + "rules:\n- {id: r, on: exec, action: deny, match: {process: {sha256: [abc, " + strings.Repeat("g", 64) + "]}}}\n", []string{
 			`4:62: sha256: "abc" is not a SHA-256 digest (64 hex digits)`,
 			`4:67: sha256: "` + strings.Repeat("g", 64) + `" is not a SHA-256 digest (64 hex digits)`}},
+		{"bad signer", head + "lists:\n  keys: [SHA256:short]\nrules:\n- {id: r, on: exec, action: deny, match: {process: {signer: [" +
+			keyA + ", " + keyA[len("SHA256:"):] + ", sha256:" + keyA[len("SHA256:"):] + ", \"SHA256:" + strings.Repeat("*", 43) + "\", 5, $keys]}}}\n", []string{
+			`4:10: signer: "SHA256:short" is not a signer key ID (SHA256: and 43 base64 characters, as ` + "`vigil keys id`" + ` prints it) (in list $keys, used at 6:268)`,
+			`6:114: signer: "` + keyA[len("SHA256:"):] + `" is not a signer key ID (SHA256: and 43 base64 characters, as ` + "`vigil keys id`" + ` prints it)`,
+			`6:159: signer: "sha256:` + keyA[len("SHA256:"):] + `" is not a signer key ID (SHA256: and 43 base64 characters, as ` + "`vigil keys id`" + ` prints it)`,
+			`6:211: signer: "SHA256:` + strings.Repeat("*", 43) + `" is not a signer key ID (SHA256: and 43 base64 characters, as ` + "`vigil keys id`" + ` prints it)`,
+			`6:265: signer: want a signer key ID (SHA256:...), got a number`}},
 		{"bad uids", head + "rules:\n- {id: r, on: exec, action: deny, match: {process: {uid: [abc, 5-1, -1, 4294967295, \"007\", 1.5, true, 1-]}}}\n", []string{
 			`4:59: uid: "abc" is not a uid or a range lo-hi (decimal, 0 to 4294967294)`,
 			`4:64: uid: range "5-1" is empty (5 > 1)`,
@@ -289,6 +296,7 @@ func TestParse(t *testing.T) {
 					Exe:         []string{"/usr/bin/a", "/usr/bin/b", "/usr/bin/c"},
 					ExePrefix:   []string{"/opt", "/"},
 					SHA256:      []string{strings.Repeat("ab", 32)},
+					Signer:      []string{keyA, keyB},
 					AncestorExe: []string{"/usr/sbin/sshd"},
 					UID:         []UIDRange{{0, 0}, {1000, 1999}, {65534, 65534}},
 					Cgroup:      []string{"/system.slice/nginx.service"},

@@ -77,7 +77,42 @@ type Policy struct {
 	// Trust is execution control; nil: off.
 	Trust  *Trust
 	digest string
+	// catalogs is what process.signer conditions are compiled with
+	// (WithCatalogs); not part of the digest.
+	catalogs Catalogs
 }
+
+// Catalogs is what process.signer conditions are decided with in the
+// kernel: for each signer's key ID, the SHA-256 digests (lowercase hex)
+// listed in the catalogs whose signature verifies with that key. The
+// agent builds it from the trust database (docs/policy.md,
+// "process.signer").
+type Catalogs map[string][]string
+
+// Signers returns the key IDs the policy's process.signer conditions
+// name, sorted, without duplicates.
+func (p *Policy) Signers() []string {
+	var ids []string
+	for _, r := range p.Rules {
+		ids = append(ids, r.Match.Process.Signer...)
+		for _, c := range r.Except {
+			ids = append(ids, c.Process.Signer...)
+		}
+	}
+	return sorted(ids)
+}
+
+// WithCatalogs returns a copy of p whose process.signer conditions are
+// compiled with c. The copy decides alike and has the same digest: the
+// catalogs are what the world says about the signers, not the policy.
+func (p *Policy) WithCatalogs(c Catalogs) *Policy {
+	q := *p
+	q.catalogs = c
+	return &q
+}
+
+// Catalogs returns what WithCatalogs bound, nil if nothing.
+func (p *Policy) Catalogs() Catalogs { return p.catalogs }
 
 // Trust is a policy's execution control: which code may run or be mapped
 // executable, decided by content (SHA-256) on every code-loading path.
@@ -141,6 +176,7 @@ type ProcessCond struct {
 	Exe         []string   // exact executable paths
 	ExePrefix   []string   // directory prefixes of the executable, component-aware, no trailing slash but "/"
 	SHA256      []string   // lowercase hex digests of the executable
+	Signer      []string   // key IDs (SHA256:base64) of signers whose catalogs list the executable's digest
 	AncestorExe []string   // exact executable paths of any of the nearest MaxAncestors ancestors
 	UID         []UIDRange // the real uid
 	Cgroup      []string   // cgroup v2 path prefixes, component-aware

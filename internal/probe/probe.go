@@ -213,8 +213,8 @@ func guarantees(r Report) []*vigilv1.Guarantee {
 	pick("execution control by content (trust: lockdown)", "lsm.s/bprm_check_security and lsm.s/mmap_file decide every exec and executable mapping by SHA-256 (hashed in the kernel by IMA on first sight, then an inode verdict cache dropped on write); lsm/file_mprotect decides from the cache",
 		when(fan, SyncBlock, noLSM+"; fanotify FAN_OPEN_EXEC_PERM decides execve by content on the filesystems given with --fanotify-mark only (hashed by the agent); shared libraries, ld.so ./prog, memfd and mmap are not decided"),
 		&vigilv1.Guarantee{Level: NotProvided, Why: noLSM + " and no --fanotify-mark: unknown code is neither refused nor recorded"})
-	pick("policy rules on the executable's SHA-256 (process.sha256)", "every LSM hook decides on the acting process's executable digest: lsm.s/bprm_check_security hashes each new image (IMA) while such a policy is in force, a new process inherits its parent's, and the agent hashes the processes already running when the policy is applied",
-		&vigilv1.Guarantee{Level: NotProvided, Why: noLSM + ": no path here knows a process's executable digest, so a policy with process.sha256 conditions is refused"})
+	pick("policy rules on the executable's SHA-256 and signer (process.sha256, process.signer)", "every LSM hook decides on the acting process's executable digest: lsm.s/bprm_check_security hashes each new image (IMA) while such a policy is in force, a new process inherits its parent's, and the agent hashes the processes already running when the policy is applied; a signer is decided as the digests of its catalogs",
+		&vigilv1.Guarantee{Level: NotProvided, Why: noLSM + ": no path here knows a process's executable digest, so a policy with process.sha256 or process.signer conditions is refused"})
 	// Without LSM these are seen at syscall entry and recorded; Vigil does
 	// not kill for them (the syscall would have run by then anyway).
 	seen := when(sysTP, ObserveOnly, noLSM+"; seen at syscall entry and recorded, not stopped")

@@ -274,3 +274,76 @@ func (db *DB) Catalogs(ctx context.Context) ([]CatalogInfo, error) {
 	}
 	return out, rows.Err()
 }
+
+// SignedDigests returns, for each of keyIDs that is an approved signer,
+// the digests listed in the stored catalogs whose signature verifies with
+// its key: what a policy's process.signer condition names. Every stored
+// catalog is verified again here, against each key asked about, whichever
+// key it was stored under (a catalog signed by several keys counts for
+// each). A key that is not an approved signer is absent from the result:
+// without its public key nothing verifies. problems names stored catalogs
+// that no longer verify with the key they were stored under (the database
+// was changed behind Vigil's back); they count for nothing.
+func (db *DB) SignedDigests(ctx context.Context, keyIDs []string) (map[string][][32]byte, []string, error) {
+	want := map[string]bool{}
+	for _, id := range keyIDs {
+		want[id] = true
+	}
+	signers, err := db.Signers(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys := map[string]ed25519.PublicKey{}
+	out := map[string][][32]byte{}
+	for _, s := range signers {
+		if want[s.KeyID] {
+			keys[s.KeyID] = s.Key
+			out[s.KeyID] = [][32]byte{}
+		}
+	}
+	if len(keys) == 0 {
+		return out, nil, nil
+	}
+	rows, err := db.db.QueryContext(ctx, `SELECT key_id, name, envelope FROM catalogs ORDER BY key_id, name`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("trust catalogs: %w", err)
+	}
+	type stored struct {
+		keyID, name string
+		envelope    []byte
+	}
+	var cats []stored
+	for rows.Next() {
+		var c stored
+		if err := rows.Scan(&c.keyID, &c.name, &c.envelope); err != nil {
+			rows.Close()
+			return nil, nil, fmt.Errorf("trust catalogs: %w", err)
+		}
+		cats = append(cats, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("trust catalogs: %w", err)
+	}
+	var problems []string
+	for id, key := range keys {
+		seen := map[[32]byte]bool{}
+		for _, c := range cats {
+			vc, err := VerifyCatalog(ctx, c.envelope, key)
+			if err != nil {
+				if c.keyID == id {
+					problems = append(problems, fmt.Sprintf("catalog %s of %s does not verify, it counts for nothing: %v", c.name, id, err))
+				}
+				continue
+			}
+			for _, d := range vc.SHA {
+				if !seen[d] {
+					seen[d] = true
+					out[id] = append(out[id], d)
+				}
+			}
+		}
+		sortDigests(out[id])
+	}
+	return out, problems, nil
+}

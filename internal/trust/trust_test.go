@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -518,4 +519,79 @@ func BenchmarkLookup(b *testing.B) {
 			b.Fatal(d, err)
 		}
 	}
+}
+
+// TestSignedDigests: a signer's digests are those of the stored catalogs
+// that verify with its key; another signer's catalogs, a catalog whose
+// stored envelope no longer verifies, and keys that are not approved
+// count for nothing.
+func TestSignedDigests(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t)
+	kPub, kPriv := genKey(t)
+	lPub, lPriv := genKey(t)
+	strangerPub, _ := genKey(t)
+	k, err := db.ApproveSigner(ctx, kPub, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := db.ApproveSigner(ctx, lPub, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, _ := sign.KeyID(strangerPub)
+	a, b, c, x := digest("a"), digest("b"), digest("c"), digest("x")
+	now := time.Now()
+	for _, cat := range [][]byte{
+		writeCatalog(t, kPriv, "k1", now, a, b),
+		writeCatalog(t, kPriv, "k2", now, b),
+		writeCatalog(t, lPriv, "l1", now, c),
+		writeCatalog(t, kPriv, "tampered", now, x),
+	} {
+		if _, err := db.AddCatalog(ctx, cat); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Change the stored envelope of "tampered": its payload now lists c,
+	// and its signature no longer verifies.
+	var env sign.Envelope
+	var raw []byte
+	if err := db.db.QueryRowContext(ctx, `SELECT envelope FROM catalogs WHERE name = 'tampered'`).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &env); err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := json.Marshal(NewCatalog("tampered", [][32]byte{c}, now))
+	env.Payload = base64.StdEncoding.EncodeToString(payload)
+	raw, _ = json.Marshal(env)
+	if _, err := db.db.ExecContext(ctx, `UPDATE catalogs SET envelope = ? WHERE name = 'tampered'`, raw); err != nil {
+		t.Fatal(err)
+	}
+
+	got, problems, err := db.SignedDigests(ctx, []string{k, l, stranger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got[k]) != fmt.Sprint(sorted(a, b)) || fmt.Sprint(got[l]) != fmt.Sprint([][32]byte{c}) {
+		t.Errorf("signed digests: K %x, L %x; want K a, b and L c", got[k], got[l])
+	}
+	if _, ok := got[stranger]; ok || len(got) != 2 {
+		t.Errorf("a key that is not approved has digests: %v", got)
+	}
+	if len(problems) != 1 || !strings.Contains(problems[0], "tampered") {
+		t.Errorf("problems %q, want the tampered catalog named", problems)
+	}
+	// Revoking K: its catalogs are gone, and so are its digests.
+	if err := db.RevokeSigner(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := db.SignedDigests(ctx, []string{k, l}); err != nil || len(got) != 1 || len(got[l]) != 1 {
+		t.Errorf("after revoking K: %x, %v", got, err)
+	}
+}
+
+func sorted(ds ...[32]byte) [][32]byte {
+	sortDigests(ds)
+	return ds
 }

@@ -123,6 +123,8 @@ const (
 // compiler holds the sets of one compilation.
 type compiler struct {
 	r        Resolver
+	catalogs policy.Catalogs // process.signer: the digests of each signer's catalogs
+	unsigned map[string]bool // signers warned about: no catalogs
 	kp       *KernelPolicy
 	sets     map[string]uint64 // set key -> bit
 	nPath    int
@@ -142,7 +144,9 @@ func Compile(p *policy.Policy, r Resolver) (*KernelPolicy, []Warning, error) {
 		r: r,
 		kp: &KernelPolicy{Digest: p.Digest(), Paths: map[PathKey]sensorPathBits{}, Cgroups: map[uint64]uint64{},
 			Digests: map[[32]byte]uint64{}},
-		sets: map[string]uint64{},
+		sets:     map[string]uint64{},
+		catalogs: p.Catalogs(),
+		unsigned: map[string]bool{},
 	}
 	for i, rule := range p.Rules {
 		c.rule = rule.ID
@@ -167,7 +171,11 @@ func (c *compiler) compileRule(index uint16, rule *policy.Rule) error {
 		return err
 	}
 	if !ok {
-		c.warn("its match block names only empty lists: it can never match")
+		if len(rule.Match.Process.Signer) > 0 {
+			c.warn("its match block can never hold (a condition names only empty lists, or no catalog of its signers verifies): it matches nothing")
+		} else {
+			c.warn("its match block names only empty lists: it can never match")
+		}
 		return nil
 	}
 	var skips []sensorRule
@@ -234,7 +242,7 @@ func (c *compiler) entries(cond policy.Cond) (out []sensorRule, ok bool, err err
 		return nil, false, fmt.Errorf(`prefix "/": %w (it holds for anything with a path; remove the condition, or name the top directories)`, ErrNotInKernel)
 	}
 	if !set(pc.Exe, exactSet, sensorCondBitC_EXE, &e.ExeMask) ||
-		!set(pc.SHA256, digestSet, sensorCondBitC_SHA, &e.ShaMask) ||
+		!set(c.digests(pc), digestSet, sensorCondBitC_SHA, &e.ShaMask) ||
 		!set(pc.ExePrefix, prefixSet, sensorCondBitC_EXE_PREFIX, &e.ExePrefixMask) ||
 		!set(pc.AncestorExe, exactSet, sensorCondBitC_ANCESTOR, &e.AncMask) ||
 		!set(pc.Cgroup, cgroupSet, sensorCondBitC_CGROUP, &e.CgroupMask) ||
@@ -295,6 +303,41 @@ func (c *compiler) entries(cond policy.Cond) (out []sensorRule, ok bool, err err
 		out = append(out, u)
 	}
 	return out, true, nil
+}
+
+// digests is the digest set a block's process.sha256 and process.signer
+// conditions compile to: the sha256 list; the digests of the signers'
+// catalogs (any of the signers); both: the digests in both, since a block
+// holds when all its conditions do. nil: neither condition.
+func (c *compiler) digests(pc policy.ProcessCond) []string {
+	if pc.Signer == nil {
+		return pc.SHA256
+	}
+	signed := map[string]bool{}
+	for _, id := range pc.Signer {
+		ds := c.catalogs[id]
+		if len(ds) == 0 && !c.unsigned[id] {
+			c.unsigned[id] = true
+			c.warn("process.signer %s: no catalog of this signer verifies (not an approved signer, or none of its catalogs added); it matches nothing until one does", id)
+		}
+		for _, d := range ds {
+			signed[strings.ToLower(d)] = true
+		}
+	}
+	out := []string{}
+	if pc.SHA256 != nil {
+		for _, d := range pc.SHA256 {
+			if signed[d] {
+				out = append(out, d)
+			}
+		}
+		return out
+	}
+	for d := range signed {
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // set returns the bit of the set of vals, making it if new. A set none of
@@ -382,11 +425,13 @@ func (s *Sensor) Enforce(p *policy.Policy) ([]string, error) {
 	if err != nil {
 		return ws, fmt.Errorf("compile policy: %w", err)
 	}
-	if kp.NeedsDigests() && s.backend != sensor.BackendLSM {
+	if (kp.NeedsDigests() || len(p.Signers()) > 0) && s.backend != sensor.BackendLSM {
 		// Only the LSM hooks know a process's executable digest (task
 		// storage filled at exec); neither the tracepoint programs nor
-		// the fanotify path do.
-		return ws, fmt.Errorf("compile policy: process.sha256 on the %s backend: %w (it needs BPF LSM)", s.backend, ErrNotInKernel)
+		// the fanotify path do. A signer condition is refused even while
+		// its signers have no catalogs: one added later could not be
+		// enforced.
+		return ws, fmt.Errorf("compile policy: process.sha256 or process.signer on the %s backend: %w (it needs BPF LSM)", s.backend, ErrNotInKernel)
 	}
 	if err := s.ApplyPolicy(kp); err != nil {
 		return ws, err

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"testing"
 
@@ -310,8 +311,24 @@ func TestCompileConformsToEvaluate(t *testing.T) {
 // testEnv answers Evaluate's questions: cgroup paths by id, executable
 // digests by path.
 type testEnv struct {
-	cgroups map[uint64]string
-	sha     map[string]string
+	cgroups  map[uint64]string
+	sha      map[string]string
+	catalogs policy.Catalogs
+}
+
+// Signers: the signers whose catalogs list the executable's digest.
+func (e testEnv) Signers(f policy.File) ([]string, bool) {
+	h, ok := e.sha[f.Path]
+	if !ok {
+		return nil, false
+	}
+	ids := []string{}
+	for id, ds := range e.catalogs {
+		if slices.Contains(ds, h) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, true
 }
 
 func (e testEnv) SHA256(f policy.File) (string, bool) {
@@ -488,5 +505,135 @@ func TestNameHashIsWordwise(t *testing.T) {
 		if NameHash(n) != h {
 			t.Errorf("%q: unstable", n)
 		}
+	}
+}
+
+// Signer key IDs of the signer tests.
+const (
+	keyK = "SHA256:S0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0s"
+	keyL = "SHA256:TExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTEw"
+	keyM = "SHA256:TU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU0" // approved, no catalog
+)
+
+var signerPolicy = `
+version: 1
+mode: enforce
+rules:
+  - id: by-k
+    on: [file_modify]
+    action: deny
+    match:
+      process: {signer: [` + keyK + `]}
+      target: {path_prefix: [/srv]}
+    except:
+      - process: {sha256: [` + shaB + `]}
+  - id: by-l-or-m
+    on: [exec]
+    action: alert
+    match:
+      process: {signer: [` + keyL + `, ` + keyM + `]}
+  - id: by-k-and-digest
+    on: [kernel]
+    action: deny
+    match:
+      process: {signer: [` + keyK + `], sha256: [` + shaA + `, ` + shaD + `]}
+`
+
+// TestCompileSigners: process.signer compiles to the digests of the
+// signers' catalogs, a set like a sha256 list (two signers: the union;
+// with sha256 in the same block: the intersection), and decides as
+// Evaluate does with the same catalogs.
+func TestCompileSigners(t *testing.T) {
+	catalogs := policy.Catalogs{keyK: {shaA, shaB}, keyL: {shaC}}
+	p := mustParse(t, signerPolicy).WithCatalogs(catalogs)
+	kp, warnings, err := Compile(p, fakeFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0].String(), keyM) || !strings.Contains(warnings[0].Msg, "matches nothing") {
+		t.Errorf("warnings %v, want one about %s, which has no catalog", warnings, keyM)
+	}
+	dig := func(h string) uint64 {
+		b, _ := hex.DecodeString(h)
+		return kp.Digests[[32]byte(b)]
+	}
+	if dig(shaA) == 0 || dig(shaB) == 0 || dig(shaC) == 0 || dig(shaD) != 0 || len(kp.Digests) != 3 {
+		t.Errorf("digests: A %#x B %#x C %#x D %#x (%d), want A, B, C in sets and D in none", dig(shaA), dig(shaB), dig(shaC), dig(shaD), len(kp.Digests))
+	}
+	if !kp.NeedsDigests() {
+		t.Error("NeedsDigests false for a policy with process.signer")
+	}
+	proc := policy.Process{Pid: 10, Exe: policy.File{Path: "/usr/bin/a"}}
+	for _, tc := range []struct {
+		kind policy.Kind
+		file string
+		sha  string
+		want string // the deciding rule
+	}{
+		{policy.KindFileModify, "/srv/x", shaA, "by-k"},
+		{policy.KindFileModify, "/srv/x", shaB, ""}, // K signed it, but the except names it
+		{policy.KindFileModify, "/srv/x", shaC, ""}, // signed by L
+		{policy.KindFileModify, "/srv/x", shaD, ""}, // signed by nobody
+		{policy.KindFileModify, "/srv/x", "", ""},   // digest unknown
+		{policy.KindFileModify, "/etc/x", shaA, ""},
+		{policy.KindExec, "/usr/bin/id", shaC, "by-l-or-m"},
+		{policy.KindExec, "/usr/bin/id", shaA, ""},
+		{policy.KindKernel, "", shaA, "by-k-and-digest"},
+		{policy.KindKernel, "", shaB, ""}, // signed by K, not in the sha256 list
+		{policy.KindKernel, "", shaD, ""}, // in the list, not signed by K
+	} {
+		in := policy.Input{Kind: tc.kind, Process: proc, File: policy.File{Path: tc.file}}
+		if tc.kind == policy.KindKernel {
+			in.Op = "module_load"
+		}
+		env := testEnv{catalogs: catalogs}
+		if tc.sha != "" {
+			env.sha = map[string]string{"/usr/bin/a": tc.sha}
+		}
+		want := p.Evaluate(in, env)
+		rule, _, _ := kernelDecide(kp, in, 0, false, tc.sha)
+		if want.Rule != tc.want || rule != tc.want {
+			t.Errorf("%s %s by digest %.8s: kernel decides %q, Evaluate %q, want %q", tc.kind, tc.file, tc.sha, rule, want.Rule, tc.want)
+		}
+	}
+
+	// Unbound (no catalogs known): the signer rules can never match, and
+	// the policy still compiles, with a warning for each signer.
+	kp, warnings, err = Compile(mustParse(t, signerPolicy), fakeFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range kp.Entries {
+		if e.Action != sensorVerdictActionACT_SKIP {
+			t.Errorf("unbound: rule %s has an entry", kp.RuleIDs[e.RuleIndex])
+		}
+	}
+	if ws := fmt.Sprint(warnings); !strings.Contains(ws, keyK) || !strings.Contains(ws, keyL) || !strings.Contains(ws, keyM) {
+		t.Errorf("unbound: warnings %s, want one for each signer", ws)
+	}
+}
+
+// TestCompileSignerLimit: the expansion counts against MaxDigests; one
+// digest more is an error that says so, not a truncated set.
+func TestCompileSignerLimit(t *testing.T) {
+	catalog := func(n int) []string {
+		ds := make([]string, n)
+		for i := range ds {
+			ds[i] = fmt.Sprintf("%064x", i+1)
+		}
+		return ds
+	}
+	src := "version: 1\nmode: enforce\nrules:\n  - {id: r, on: [exec], action: deny, match: {process: {signer: [" + keyK + ", " + keyL + "]}}}\n"
+	// Two catalogs sharing one digest: MaxDigests distinct digests fit.
+	full := policy.Catalogs{keyK: catalog(MaxDigests / 2), keyL: catalog(MaxDigests/2 + 1)[MaxDigests/2-1:]}
+	full[keyL] = append(full[keyL], catalog(MaxDigests)[MaxDigests/2:]...)
+	kp, _, err := Compile(mustParse(t, src).WithCatalogs(full), fakeFS{})
+	if err != nil || len(kp.Digests) != MaxDigests {
+		t.Fatalf("%d digests: err %v", MaxDigests, err)
+	}
+	over := policy.Catalogs{keyK: catalog(MaxDigests / 2), keyL: catalog(MaxDigests + 1)[MaxDigests/2:]}
+	if _, _, err := Compile(mustParse(t, src).WithCatalogs(over), fakeFS{}); err == nil ||
+		!strings.Contains(err.Error(), fmt.Sprintf("%d distinct digests in process.sha256 and process.signer", MaxDigests+1)) {
+		t.Errorf("%d digests: err %v, want the limit named", MaxDigests+1, err)
 	}
 }

@@ -3,6 +3,7 @@ package bpfsensor
 import (
 	"bufio"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -234,6 +235,33 @@ func TestSHA256NeedsLSM(t *testing.T) {
 	_, err := s.Enforce(sha256Policy(t, d))
 	if !errors.Is(err, ErrNotInKernel) || !strings.Contains(err.Error(), "process.sha256") {
 		t.Fatalf("Enforce of a process.sha256 policy on the tracepoint backend: %v, want ErrNotInKernel", err)
+	}
+	var cfg sensorPolicyCfg
+	if err := s.objs.Maps[sensorMapPolicy].Lookup(uint32(0), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Slots[cfg.ActiveSlot%2].Version != 0 || cfg.HashExec != 0 {
+		t.Errorf("a refused policy reached the kernel: %+v", cfg)
+	}
+}
+
+// TestSignerNeedsLSM: without BPF LSM a policy with process.signer is
+// refused like one with process.sha256, whether or not its signers have
+// catalogs yet (one added later could not be enforced), and the policy in
+// force stays.
+func TestSignerNeedsLSM(t *testing.T) {
+	s := startSensor(t, Config{Backend: sensor.BackendTracepoint})
+	var d [32]byte
+	rand.Read(d[:])
+	src := "version: 1\nmode: enforce\nrules:\n  - {id: by-k, on: [file_modify], action: deny, match: {process: {signer: [" + keyK + "]}}}\n"
+	for name, p := range map[string]*policy.Policy{
+		"no catalogs":  mustParse(t, src),
+		"with catalog": mustParse(t, src).WithCatalogs(policy.Catalogs{keyK: {hex.EncodeToString(d[:])}}),
+	} {
+		_, err := s.Enforce(p)
+		if !errors.Is(err, ErrNotInKernel) || !strings.Contains(err.Error(), "process.signer") {
+			t.Errorf("%s: Enforce of a process.signer policy on the tracepoint backend: %v, want ErrNotInKernel", name, err)
+		}
 	}
 	var cfg sensorPolicyCfg
 	if err := s.objs.Maps[sensorMapPolicy].Lookup(uint32(0), &cfg); err != nil {

@@ -260,6 +260,10 @@ type procEnv int32
 
 func (procEnv) SHA256(policy.File) (string, bool) { return "", false }
 
+// Signers: the fanotify path (tracepoint backend) knows no signer; a
+// policy with process.signer is refused there (Enforce).
+func (procEnv) Signers(policy.File) ([]string, bool) { return nil, false }
+
 func (e procEnv) CgroupPath(uint64) (string, bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", e))
 	if err != nil {

@@ -17,8 +17,9 @@ const (
 	MaxRuleEntries = 512 // MAX_RULES
 	MaxSets        = 64  // bits of a set mask
 	UIDRanges      = 4   // UID_RANGES
-	// MaxDigests is how many process.sha256 digests one policy may name:
-	// half of sha_sets, which holds the slot in force and the next.
+	// MaxDigests is how many digests one policy may name in process.sha256
+	// and, expanded to their catalogs' digests, process.signer: half of
+	// sha_sets, which holds the slot in force and the next.
 	MaxDigests = 8192
 )
 
@@ -80,7 +81,7 @@ func (kp *KernelPolicy) Validate() error {
 		return fmt.Errorf("policy needs %d kernel rule entries, the kernel holds %d", len(kp.Entries), MaxRuleEntries)
 	}
 	if len(kp.Digests) > MaxDigests {
-		return fmt.Errorf("policy names %d process.sha256 digests, the kernel holds %d", len(kp.Digests), MaxDigests)
+		return fmt.Errorf("policy names %d distinct digests in process.sha256 and process.signer (its signers' catalogs, expanded), more than the kernel holds (%d)", len(kp.Digests), MaxDigests)
 	}
 	for i, e := range kp.Entries {
 		if int(e.RuleIndex) >= len(kp.RuleIDs) {
