@@ -52,6 +52,9 @@ const (
 type Kernel struct {
 	Release  string // uname -r; filled in by the agent when empty
 	Features []*vigilv1.Feature
+	// Guarantees are what the kernel lets the agent guarantee, per
+	// control (internal/probe); reported to the fleet server.
+	Guarantees []*vigilv1.Guarantee
 }
 
 // Deps are the agent's collaborators.

@@ -121,7 +121,7 @@ func fleetSecretCmd(o *fleetOpts) *cobra.Command {
 func fleetHostsCmd(o *fleetOpts) *cobra.Command {
 	return &cobra.Command{
 		Use:   "hosts",
-		Short: "List the enrolled hosts: last seen, bundle versions, event loss",
+		Short: "List the enrolled hosts: last seen, bundle versions, guarantees, event loss",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.call(cmd, func(ctx context.Context, c fleetv1.FleetAdminClient) error {
@@ -132,21 +132,26 @@ func fleetHostsCmd(o *fleetOpts) *cobra.Command {
 				if o.json() {
 					return printJSON(cmd.OutOrStdout(), resp)
 				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "HOST\tHOSTNAME\tTAGS\tLAST SEEN\tBUNDLE\tAPPLIED\tBACKEND\tEXEC\tLOST (UPLOAD/KERNEL)\tSTATE")
-				for _, h := range resp.GetHosts() {
-					state := "ok"
-					if h.GetRevoked() {
-						state = "revoked"
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%d/%d\t%s\n", h.GetId(), h.GetHostname(), strings.Join(h.GetTags(), ","),
-						fmtTime(h.GetLastSeen()), h.GetBundleVersion(), h.GetAppliedVersion(), h.GetBackend(), h.GetExecMode(),
-						h.GetEventsLost(), h.GetKernelLost(), state)
-				}
-				return tw.Flush()
+				return printFleetHosts(cmd.OutOrStdout(), resp.GetHosts())
 			})
 		},
 	}
+}
+
+// printFleetHosts is `vigil fleet hosts` as a table.
+func printFleetHosts(w io.Writer, hosts []*fleetv1.Host) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tHOSTNAME\tTAGS\tLAST SEEN\tBUNDLE\tAPPLIED\tBACKEND\tEXEC\tGUARANTEES\tLOST (UPLOAD/KERNEL)\tSTATE")
+	for _, h := range hosts {
+		state := "ok"
+		if h.GetRevoked() {
+			state = "revoked"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%d/%d\t%s\n", h.GetId(), h.GetHostname(), strings.Join(h.GetTags(), ","),
+			fmtTime(h.GetLastSeen()), h.GetBundleVersion(), h.GetAppliedVersion(), h.GetBackend(), h.GetExecMode(),
+			fleet.SummarizeGuarantees(h.GetGuarantees()), h.GetEventsLost(), h.GetKernelLost(), state)
+	}
+	return tw.Flush()
 }
 
 func fleetTagCmd(o *fleetOpts) *cobra.Command {

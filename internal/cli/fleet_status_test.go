@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 )
 
@@ -36,5 +37,29 @@ func TestFleetStatusFormat(t *testing.T) {
 	printStatus(&b, st, "/run/vigil.sock", now)
 	if strings.Contains(b.String(), "Fleet:") {
 		t.Errorf("status of a host outside a fleet:\n%s", b.String())
+	}
+}
+
+// TestFleetHostsFormat: `vigil fleet hosts` summarizes each host's
+// guarantees, and says when a host reported none.
+func TestFleetHostsFormat(t *testing.T) {
+	hosts := []*fleetv1.Host{
+		{Id: "h1", Hostname: "one", Backend: "lsm", ExecMode: "lockdown", Guarantees: []*vigilv1.Guarantee{
+			{Control: "exec", Level: "synchronous block"}, {Control: "file_write", Level: "observe only"}}},
+		{Id: "h2", Hostname: "two", Revoked: true},
+	}
+	var b strings.Builder
+	if err := printFleetHosts(&b, hosts); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(b.String(), "\n")
+	if len(lines) < 3 || !strings.Contains(lines[0], "GUARANTEES") {
+		t.Fatalf("hosts:\n%s", b.String())
+	}
+	if want := "1 synchronous block, 1 observe only; weakest: file_write (observe only)"; !strings.Contains(lines[1], want) {
+		t.Errorf("h1: %q, want %q", lines[1], want)
+	}
+	if !strings.Contains(lines[2], "not reported") || !strings.Contains(lines[2], "revoked") {
+		t.Errorf("h2: %q", lines[2])
 	}
 }

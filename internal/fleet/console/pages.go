@@ -25,11 +25,23 @@ import (
 var pageNames = []string{"login", "overview", "host", "events", "queue", "rules", "error"}
 
 var funcs = template.FuncMap{
-	"ts":      fmtTime,
-	"ago":     func(t *timestamppb.Timestamp) string { return ago(t, time.Now()) },
-	"short":   func(s string) string { return shorten(s, 16) },
-	"join":    strings.Join,
-	"pathEsc": url.PathEscape,
+	"ts":         fmtTime,
+	"ago":        func(t *timestamppb.Timestamp) string { return ago(t, time.Now()) },
+	"short":      func(s string) string { return shorten(s, 16) },
+	"join":       strings.Join,
+	"pathEsc":    url.PathEscape,
+	"levelClass": levelClass,
+}
+
+// levelClass is the badge class of a guarantee level.
+func levelClass(level string) string {
+	switch level {
+	case "synchronous block":
+		return "ok"
+	case "kill after the fact", "observe only":
+		return "warn"
+	}
+	return "bad"
 }
 
 func parsePages() (map[string]*template.Template, error) {
@@ -166,12 +178,15 @@ func paginate(r *http.Request, n int) (lo, hi int, p pager) {
 type hostRow struct {
 	*fleetv1.Host
 	UpToDate bool // applied the newest bundle made for it
+	// GuaranteeSum summarizes the guarantees it reported.
+	GuaranteeSum fleet.GuaranteeSummary
 }
 
 func hostRows(hs []*fleetv1.Host) []hostRow {
 	out := make([]hostRow, len(hs))
 	for i, h := range hs {
-		out[i] = hostRow{Host: h, UpToDate: h.GetBundleVersion() > 0 && h.GetAppliedVersion() >= h.GetBundleVersion()}
+		out[i] = hostRow{Host: h, UpToDate: h.GetBundleVersion() > 0 && h.GetAppliedVersion() >= h.GetBundleVersion(),
+			GuaranteeSum: fleet.SummarizeGuarantees(h.GetGuarantees())}
 	}
 	return out
 }

@@ -8,7 +8,9 @@ package fleetdb
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
@@ -39,6 +41,7 @@ type Host struct {
 	Backend        string
 	ExecMode       string
 	KernelLost     uint64
+	Guarantees     []*vigilv1.Guarantee
 	// Event upload.
 	LastEventID uint64
 	EventsLost  uint64
@@ -51,6 +54,7 @@ type Report struct {
 	Backend        string
 	ExecMode       string
 	KernelLost     uint64
+	Guarantees     []*vigilv1.Guarantee // what the kernel lets it guarantee
 }
 
 // Rule is a rule on the server (kinds and verdicts: internal/fleet).
@@ -205,4 +209,36 @@ type EventSink interface {
 // analytics store has it.
 type BatchAppender interface {
 	AppendBatch(ctx context.Context, us []Upload) ([]uint64, error)
+}
+
+// guarantee is a Guarantee as the stores keep it: a JSON array in a text
+// column.
+type guarantee struct {
+	Control string `json:"control"`
+	Level   string `json:"level"`
+	Why     string `json:"why,omitempty"`
+}
+
+func encodeGuarantees(gs []*vigilv1.Guarantee) string {
+	out := make([]guarantee, 0, len(gs))
+	for _, g := range gs {
+		out = append(out, guarantee{Control: g.GetControl(), Level: g.GetLevel(), Why: g.GetWhy()})
+	}
+	b, _ := json.Marshal(out) // strings only: cannot fail
+	return string(b)
+}
+
+func decodeGuarantees(s string) ([]*vigilv1.Guarantee, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var in []guarantee
+	if err := json.Unmarshal([]byte(s), &in); err != nil {
+		return nil, fmt.Errorf("guarantees: %w", err)
+	}
+	out := make([]*vigilv1.Guarantee, 0, len(in))
+	for _, g := range in {
+		out = append(out, &vigilv1.Guarantee{Control: g.Control, Level: g.Level, Why: g.Why})
+	}
+	return out, nil
 }

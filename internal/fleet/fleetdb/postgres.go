@@ -51,7 +51,7 @@ var (
 
 // pgSchemaVersion is the newest schema; pgMigrations[i] takes the
 // database from version i to i+1.
-const pgSchemaVersion = 2
+const pgSchemaVersion = 3
 
 var pgMigrations = []string{`
 CREATE TABLE secrets (
@@ -126,6 +126,8 @@ ALTER TABLE rules ADD COLUMN rollout_stage   TEXT    NOT NULL DEFAULT '';
 ALTER TABLE rules ADD COLUMN rollout_percent INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE rules ADD COLUMN rollout_tag     TEXT    NOT NULL DEFAULT '';
 CREATE INDEX events_kind ON events (kind, id);
+`, `
+ALTER TABLE hosts ADD COLUMN guarantees TEXT NOT NULL DEFAULT ''; -- JSON array of {control, level, why}
 `}
 
 // pgMigrateLock is the advisory lock key held while the schema is made.
@@ -253,7 +255,7 @@ func (p *Postgres) CheckSecret(ctx context.Context, hash []byte, now time.Time) 
 // ---------------------------------------------------------------- hosts
 
 const pgHostCols = `id, hostname, tags, enrolled, last_seen, revoked, cert_serial, applied_version,
-	agent_version, backend, exec_mode, kernel_lost, last_event_id, events_lost`
+	agent_version, backend, exec_mode, kernel_lost, last_event_id, events_lost, guarantees`
 
 type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
@@ -263,10 +265,16 @@ func pgScanHost(r pgx.Row) (Host, error) {
 	var (
 		h                  Host
 		enrolled, lastSeen *time.Time
+		guarantees         string
 	)
 	err := r.Scan(&h.ID, &h.Hostname, &h.Tags, &enrolled, &lastSeen, &h.Revoked, &h.CertSerial, &h.AppliedVersion,
-		&h.AgentVersion, &h.Backend, &h.ExecMode, &h.KernelLost, &h.LastEventID, &h.EventsLost)
+		&h.AgentVersion, &h.Backend, &h.ExecMode, &h.KernelLost, &h.LastEventID, &h.EventsLost, &guarantees)
 	h.Enrolled, h.LastSeen = tsOf(enrolled), tsOf(lastSeen)
+	if err == nil {
+		if h.Guarantees, err = decodeGuarantees(guarantees); err != nil {
+			err = fmt.Errorf("host %s: %w", h.ID, err)
+		}
+	}
 	if h.Tags == nil {
 		h.Tags = []string{}
 	}
@@ -378,8 +386,8 @@ func (p *Postgres) RevokeHost(ctx context.Context, id string) (Host, error) {
 
 func (p *Postgres) Seen(ctx context.Context, id string, r Report, now time.Time) error {
 	_, err := p.pool.Exec(ctx, `UPDATE hosts SET last_seen = $2, applied_version = $3, agent_version = $4,
-		backend = $5, exec_mode = $6, kernel_lost = $7 WHERE id = $1`,
-		id, tsOrNil(now), r.AppliedVersion, r.AgentVersion, r.Backend, r.ExecMode, r.KernelLost)
+		backend = $5, exec_mode = $6, kernel_lost = $7, guarantees = $8 WHERE id = $1`,
+		id, tsOrNil(now), r.AppliedVersion, r.AgentVersion, r.Backend, r.ExecMode, r.KernelLost, encodeGuarantees(r.Guarantees))
 	if err != nil {
 		return fmt.Errorf("host %s seen: %w", id, err)
 	}

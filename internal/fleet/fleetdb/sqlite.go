@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS hosts (
 	exec_mode       TEXT NOT NULL DEFAULT '',
 	kernel_lost     INTEGER NOT NULL DEFAULT 0,
 	last_event_id   INTEGER NOT NULL DEFAULT 0,
-	events_lost     INTEGER NOT NULL DEFAULT 0
+	events_lost     INTEGER NOT NULL DEFAULT 0,
+	guarantees      TEXT NOT NULL DEFAULT '' -- JSON array of {control, level, why}
 );
 CREATE TABLE IF NOT EXISTS rules (
 	id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -136,6 +137,7 @@ var migrations = [][3]string{
 	{"rules", "rollout_stage", "TEXT NOT NULL DEFAULT ''"},
 	{"rules", "rollout_percent", "INTEGER NOT NULL DEFAULT 0"},
 	{"rules", "rollout_tag", "TEXT NOT NULL DEFAULT ''"},
+	{"hosts", "guarantees", "TEXT NOT NULL DEFAULT ''"},
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {
@@ -217,20 +219,23 @@ func (s *SQLite) CheckSecret(ctx context.Context, hash []byte, now time.Time) (s
 // ---------------------------------------------------------------- hosts
 
 const hostCols = `id, hostname, tags, enrolled_ns, last_seen_ns, revoked, cert_serial, applied_version,
-	agent_version, backend, exec_mode, kernel_lost, last_event_id, events_lost`
+	agent_version, backend, exec_mode, kernel_lost, last_event_id, events_lost, guarantees`
 
 type scanner interface{ Scan(...any) error }
 
 func scanHost(r scanner) (Host, error) {
 	var (
 		h                  Host
-		tags               string
+		tags, guarantees   string
 		enrolled, lastSeen int64
 	)
 	err := r.Scan(&h.ID, &h.Hostname, &tags, &enrolled, &lastSeen, &h.Revoked, &h.CertSerial, &h.AppliedVersion,
-		&h.AgentVersion, &h.Backend, &h.ExecMode, &h.KernelLost, &h.LastEventID, &h.EventsLost)
+		&h.AgentVersion, &h.Backend, &h.ExecMode, &h.KernelLost, &h.LastEventID, &h.EventsLost, &guarantees)
 	if err != nil {
 		return h, err
+	}
+	if h.Guarantees, err = decodeGuarantees(guarantees); err != nil {
+		return h, fmt.Errorf("host %s: %w", h.ID, err)
 	}
 	if err := json.Unmarshal([]byte(tags), &h.Tags); err != nil {
 		return h, fmt.Errorf("host %s: tags: %w", h.ID, err)
@@ -343,8 +348,8 @@ func (s *SQLite) RevokeHost(ctx context.Context, id string) (Host, error) {
 
 func (s *SQLite) Seen(ctx context.Context, id string, r Report, now time.Time) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE hosts SET last_seen_ns = ?, applied_version = ?, agent_version = ?,
-		backend = ?, exec_mode = ?, kernel_lost = ? WHERE id = ?`,
-		ns(now), r.AppliedVersion, r.AgentVersion, r.Backend, r.ExecMode, r.KernelLost, id)
+		backend = ?, exec_mode = ?, kernel_lost = ?, guarantees = ? WHERE id = ?`,
+		ns(now), r.AppliedVersion, r.AgentVersion, r.Backend, r.ExecMode, r.KernelLost, encodeGuarantees(r.Guarantees), id)
 	if err != nil {
 		return fmt.Errorf("host %s seen: %w", id, err)
 	}

@@ -44,7 +44,8 @@ func grpcErr(err error) error {
 func hostProto(h fleetdb.Host, b fleetdb.BundleState) *fleetv1.Host {
 	p := &fleetv1.Host{Id: h.ID, Hostname: h.Hostname, Tags: h.Tags, Revoked: h.Revoked, BundleVersion: b.Version,
 		AppliedVersion: h.AppliedVersion, LastEventId: h.LastEventID, EventsLost: h.EventsLost, KernelLost: h.KernelLost,
-		AgentVersion: h.AgentVersion, Backend: h.Backend, ExecMode: h.ExecMode}
+		AgentVersion: h.AgentVersion, Backend: h.Backend, ExecMode: h.ExecMode,
+		Guarantees: h.Guarantees}
 	if !h.Enrolled.IsZero() {
 		p.Enrolled = timestamppb.New(h.Enrolled)
 	}

@@ -360,7 +360,8 @@ func (s *Server) Enroll(ctx context.Context, req *fleetv1.EnrollRequest) (*fleet
 func (s *Server) Sync(ctx context.Context, req *fleetv1.SyncRequest) (*fleetv1.SyncResponse, error) {
 	host := hostOf(ctx)
 	if err := s.cfg.Store.Seen(ctx, host, fleetdb.Report{AppliedVersion: req.GetHaveVersion(), AgentVersion: req.GetAgentVersion(),
-		Backend: req.GetBackend(), ExecMode: req.GetExecMode(), KernelLost: req.GetKernelLost()}, time.Now()); err != nil {
+		Backend: req.GetBackend(), ExecMode: req.GetExecMode(), KernelLost: req.GetKernelLost(),
+		Guarantees: req.GetGuarantees()}, time.Now()); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	h, err := s.cfg.Store.Host(ctx, host)

@@ -157,12 +157,14 @@ func (x *EnrollResponse) GetHostId() string {
 }
 
 type SyncRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HaveVersion   uint64                 `protobuf:"varint,1,opt,name=have_version,json=haveVersion,proto3" json:"have_version,omitempty"` // the highest bundle version the agent applied
-	AgentVersion  string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	Backend       string                 `protobuf:"bytes,3,opt,name=backend,proto3" json:"backend,omitempty"`
-	ExecMode      string                 `protobuf:"bytes,4,opt,name=exec_mode,json=execMode,proto3" json:"exec_mode,omitempty"`        // off | monitor | lockdown
-	KernelLost    uint64                 `protobuf:"varint,5,opt,name=kernel_lost,json=kernelLost,proto3" json:"kernel_lost,omitempty"` // events the agent's sensor lost
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	HaveVersion  uint64                 `protobuf:"varint,1,opt,name=have_version,json=haveVersion,proto3" json:"have_version,omitempty"` // the highest bundle version the agent applied
+	AgentVersion string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	Backend      string                 `protobuf:"bytes,3,opt,name=backend,proto3" json:"backend,omitempty"`
+	ExecMode     string                 `protobuf:"bytes,4,opt,name=exec_mode,json=execMode,proto3" json:"exec_mode,omitempty"`        // off | monitor | lockdown
+	KernelLost   uint64                 `protobuf:"varint,5,opt,name=kernel_lost,json=kernelLost,proto3" json:"kernel_lost,omitempty"` // events the agent's sensor lost
+	// what this kernel lets the agent guarantee, per control (vigil doctor)
+	Guarantees    []*v1.Guarantee `protobuf:"bytes,6,rep,name=guarantees,proto3" json:"guarantees,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -230,6 +232,13 @@ func (x *SyncRequest) GetKernelLost() uint64 {
 		return x.KernelLost
 	}
 	return 0
+}
+
+func (x *SyncRequest) GetGuarantees() []*v1.Guarantee {
+	if x != nil {
+		return x.Guarantees
+	}
+	return nil
 }
 
 type SyncResponse struct {
@@ -609,6 +618,7 @@ type Host struct {
 	AgentVersion   string                 `protobuf:"bytes,12,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	Backend        string                 `protobuf:"bytes,13,opt,name=backend,proto3" json:"backend,omitempty"`
 	ExecMode       string                 `protobuf:"bytes,14,opt,name=exec_mode,json=execMode,proto3" json:"exec_mode,omitempty"`
+	Guarantees     []*v1.Guarantee        `protobuf:"bytes,15,rep,name=guarantees,proto3" json:"guarantees,omitempty"` // from the agent's last Sync
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -739,6 +749,13 @@ func (x *Host) GetExecMode() string {
 		return x.ExecMode
 	}
 	return ""
+}
+
+func (x *Host) GetGuarantees() []*v1.Guarantee {
+	if x != nil {
+		return x.Guarantees
+	}
+	return nil
 }
 
 type ListHostsRequest struct {
@@ -2032,14 +2049,17 @@ const file_fleet_proto_rawDesc = "" +
 	"public_key\x18\x05 \x01(\fR\tpublicKey\"K\n" +
 	"\x0eEnrollResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x17\n" +
-	"\ahost_id\x18\x02 \x01(\tR\x06hostId\"\xad\x01\n" +
+	"\ahost_id\x18\x02 \x01(\tR\x06hostId\"\xe2\x01\n" +
 	"\vSyncRequest\x12!\n" +
 	"\fhave_version\x18\x01 \x01(\x04R\vhaveVersion\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x18\n" +
 	"\abackend\x18\x03 \x01(\tR\abackend\x12\x1b\n" +
 	"\texec_mode\x18\x04 \x01(\tR\bexecMode\x12\x1f\n" +
 	"\vkernel_lost\x18\x05 \x01(\x04R\n" +
-	"kernelLost\"\x9f\x01\n" +
+	"kernelLost\x123\n" +
+	"\n" +
+	"guarantees\x18\x06 \x03(\v2\x13.vigil.v1.GuaranteeR\n" +
+	"guarantees\"\x9f\x01\n" +
 	"\fSyncResponse\x12.\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x16.vigil.fleet.v1.BundleR\x06bundle\x12\"\n" +
 	"\rlast_event_id\x18\x02 \x01(\x04R\vlastEventId\x12;\n" +
@@ -2061,7 +2081,7 @@ const file_fleet_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\aexpires\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\"4\n" +
 	"\x1aCreateEnrollSecretResponse\x12\x16\n" +
-	"\x06secret\x18\x01 \x01(\tR\x06secret\"\xe3\x03\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\"\x98\x04\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x12\n" +
@@ -2079,7 +2099,10 @@ const file_fleet_proto_rawDesc = "" +
 	"kernelLost\x12#\n" +
 	"\ragent_version\x18\f \x01(\tR\fagentVersion\x12\x18\n" +
 	"\abackend\x18\r \x01(\tR\abackend\x12\x1b\n" +
-	"\texec_mode\x18\x0e \x01(\tR\bexecMode\"\x12\n" +
+	"\texec_mode\x18\x0e \x01(\tR\bexecMode\x123\n" +
+	"\n" +
+	"guarantees\x18\x0f \x03(\v2\x13.vigil.v1.GuaranteeR\n" +
+	"guarantees\"\x12\n" +
 	"\x10ListHostsRequest\"?\n" +
 	"\x11ListHostsResponse\x12*\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x14.vigil.fleet.v1.HostR\x05hosts\"S\n" +
@@ -2233,68 +2256,71 @@ var file_fleet_proto_goTypes = []any{
 	(*ListEventsRequest)(nil),          // 31: vigil.fleet.v1.ListEventsRequest
 	(*ServerEvent)(nil),                // 32: vigil.fleet.v1.ServerEvent
 	(*ListEventsResponse)(nil),         // 33: vigil.fleet.v1.ListEventsResponse
-	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
-	(*v1.Event)(nil),                   // 35: vigil.v1.Event
+	(*v1.Guarantee)(nil),               // 34: vigil.v1.Guarantee
+	(*timestamppb.Timestamp)(nil),      // 35: google.protobuf.Timestamp
+	(*v1.Event)(nil),                   // 36: vigil.v1.Event
 }
 var file_fleet_proto_depIdxs = []int32{
-	5,  // 0: vigil.fleet.v1.SyncResponse.bundle:type_name -> vigil.fleet.v1.Bundle
-	34, // 1: vigil.fleet.v1.SyncResponse.server_time:type_name -> google.protobuf.Timestamp
-	35, // 2: vigil.fleet.v1.UploadEventsRequest.events:type_name -> vigil.v1.Event
-	34, // 3: vigil.fleet.v1.CreateEnrollSecretRequest.expires:type_name -> google.protobuf.Timestamp
-	34, // 4: vigil.fleet.v1.Host.enrolled:type_name -> google.protobuf.Timestamp
-	34, // 5: vigil.fleet.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	10, // 6: vigil.fleet.v1.ListHostsResponse.hosts:type_name -> vigil.fleet.v1.Host
-	34, // 7: vigil.fleet.v1.QueueEntry.first_seen:type_name -> google.protobuf.Timestamp
-	34, // 8: vigil.fleet.v1.QueueEntry.last_seen:type_name -> google.protobuf.Timestamp
-	15, // 9: vigil.fleet.v1.ListQueueResponse.entries:type_name -> vigil.fleet.v1.QueueEntry
-	34, // 10: vigil.fleet.v1.Rule.created:type_name -> google.protobuf.Timestamp
-	20, // 11: vigil.fleet.v1.Rule.rollout:type_name -> vigil.fleet.v1.Rollout
-	20, // 12: vigil.fleet.v1.UpdateRolloutRequest.rollout:type_name -> vigil.fleet.v1.Rollout
-	19, // 13: vigil.fleet.v1.ListRulesResponse.rules:type_name -> vigil.fleet.v1.Rule
-	27, // 14: vigil.fleet.v1.UnsignedBundlesResponse.bundles:type_name -> vigil.fleet.v1.UnsignedBundle
-	34, // 15: vigil.fleet.v1.ListEventsRequest.since:type_name -> google.protobuf.Timestamp
-	34, // 16: vigil.fleet.v1.ListEventsRequest.until:type_name -> google.protobuf.Timestamp
-	35, // 17: vigil.fleet.v1.ServerEvent.event:type_name -> vigil.v1.Event
-	32, // 18: vigil.fleet.v1.ListEventsResponse.events:type_name -> vigil.fleet.v1.ServerEvent
-	0,  // 19: vigil.fleet.v1.Fleet.Enroll:input_type -> vigil.fleet.v1.EnrollRequest
-	2,  // 20: vigil.fleet.v1.Fleet.Sync:input_type -> vigil.fleet.v1.SyncRequest
-	4,  // 21: vigil.fleet.v1.Fleet.Watch:input_type -> vigil.fleet.v1.WatchRequest
-	6,  // 22: vigil.fleet.v1.Fleet.UploadEvents:input_type -> vigil.fleet.v1.UploadEventsRequest
-	8,  // 23: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:input_type -> vigil.fleet.v1.CreateEnrollSecretRequest
-	11, // 24: vigil.fleet.v1.FleetAdmin.ListHosts:input_type -> vigil.fleet.v1.ListHostsRequest
-	13, // 25: vigil.fleet.v1.FleetAdmin.TagHost:input_type -> vigil.fleet.v1.TagHostRequest
-	14, // 26: vigil.fleet.v1.FleetAdmin.RevokeHost:input_type -> vigil.fleet.v1.RevokeHostRequest
-	16, // 27: vigil.fleet.v1.FleetAdmin.ListQueue:input_type -> vigil.fleet.v1.ListQueueRequest
-	18, // 28: vigil.fleet.v1.FleetAdmin.Approve:input_type -> vigil.fleet.v1.ApproveRequest
-	19, // 29: vigil.fleet.v1.FleetAdmin.AddRule:input_type -> vigil.fleet.v1.Rule
-	22, // 30: vigil.fleet.v1.FleetAdmin.DeleteRule:input_type -> vigil.fleet.v1.DeleteRuleRequest
-	24, // 31: vigil.fleet.v1.FleetAdmin.ListRules:input_type -> vigil.fleet.v1.ListRulesRequest
-	21, // 32: vigil.fleet.v1.FleetAdmin.UpdateRollout:input_type -> vigil.fleet.v1.UpdateRolloutRequest
-	26, // 33: vigil.fleet.v1.FleetAdmin.UnsignedBundles:input_type -> vigil.fleet.v1.UnsignedBundlesRequest
-	29, // 34: vigil.fleet.v1.FleetAdmin.PutBundle:input_type -> vigil.fleet.v1.PutBundleRequest
-	31, // 35: vigil.fleet.v1.FleetAdmin.ListEvents:input_type -> vigil.fleet.v1.ListEventsRequest
-	1,  // 36: vigil.fleet.v1.Fleet.Enroll:output_type -> vigil.fleet.v1.EnrollResponse
-	3,  // 37: vigil.fleet.v1.Fleet.Sync:output_type -> vigil.fleet.v1.SyncResponse
-	5,  // 38: vigil.fleet.v1.Fleet.Watch:output_type -> vigil.fleet.v1.Bundle
-	7,  // 39: vigil.fleet.v1.Fleet.UploadEvents:output_type -> vigil.fleet.v1.UploadEventsResponse
-	9,  // 40: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:output_type -> vigil.fleet.v1.CreateEnrollSecretResponse
-	12, // 41: vigil.fleet.v1.FleetAdmin.ListHosts:output_type -> vigil.fleet.v1.ListHostsResponse
-	10, // 42: vigil.fleet.v1.FleetAdmin.TagHost:output_type -> vigil.fleet.v1.Host
-	10, // 43: vigil.fleet.v1.FleetAdmin.RevokeHost:output_type -> vigil.fleet.v1.Host
-	17, // 44: vigil.fleet.v1.FleetAdmin.ListQueue:output_type -> vigil.fleet.v1.ListQueueResponse
-	19, // 45: vigil.fleet.v1.FleetAdmin.Approve:output_type -> vigil.fleet.v1.Rule
-	19, // 46: vigil.fleet.v1.FleetAdmin.AddRule:output_type -> vigil.fleet.v1.Rule
-	23, // 47: vigil.fleet.v1.FleetAdmin.DeleteRule:output_type -> vigil.fleet.v1.DeleteRuleResponse
-	25, // 48: vigil.fleet.v1.FleetAdmin.ListRules:output_type -> vigil.fleet.v1.ListRulesResponse
-	19, // 49: vigil.fleet.v1.FleetAdmin.UpdateRollout:output_type -> vigil.fleet.v1.Rule
-	28, // 50: vigil.fleet.v1.FleetAdmin.UnsignedBundles:output_type -> vigil.fleet.v1.UnsignedBundlesResponse
-	30, // 51: vigil.fleet.v1.FleetAdmin.PutBundle:output_type -> vigil.fleet.v1.PutBundleResponse
-	33, // 52: vigil.fleet.v1.FleetAdmin.ListEvents:output_type -> vigil.fleet.v1.ListEventsResponse
-	36, // [36:53] is the sub-list for method output_type
-	19, // [19:36] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	34, // 0: vigil.fleet.v1.SyncRequest.guarantees:type_name -> vigil.v1.Guarantee
+	5,  // 1: vigil.fleet.v1.SyncResponse.bundle:type_name -> vigil.fleet.v1.Bundle
+	35, // 2: vigil.fleet.v1.SyncResponse.server_time:type_name -> google.protobuf.Timestamp
+	36, // 3: vigil.fleet.v1.UploadEventsRequest.events:type_name -> vigil.v1.Event
+	35, // 4: vigil.fleet.v1.CreateEnrollSecretRequest.expires:type_name -> google.protobuf.Timestamp
+	35, // 5: vigil.fleet.v1.Host.enrolled:type_name -> google.protobuf.Timestamp
+	35, // 6: vigil.fleet.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	34, // 7: vigil.fleet.v1.Host.guarantees:type_name -> vigil.v1.Guarantee
+	10, // 8: vigil.fleet.v1.ListHostsResponse.hosts:type_name -> vigil.fleet.v1.Host
+	35, // 9: vigil.fleet.v1.QueueEntry.first_seen:type_name -> google.protobuf.Timestamp
+	35, // 10: vigil.fleet.v1.QueueEntry.last_seen:type_name -> google.protobuf.Timestamp
+	15, // 11: vigil.fleet.v1.ListQueueResponse.entries:type_name -> vigil.fleet.v1.QueueEntry
+	35, // 12: vigil.fleet.v1.Rule.created:type_name -> google.protobuf.Timestamp
+	20, // 13: vigil.fleet.v1.Rule.rollout:type_name -> vigil.fleet.v1.Rollout
+	20, // 14: vigil.fleet.v1.UpdateRolloutRequest.rollout:type_name -> vigil.fleet.v1.Rollout
+	19, // 15: vigil.fleet.v1.ListRulesResponse.rules:type_name -> vigil.fleet.v1.Rule
+	27, // 16: vigil.fleet.v1.UnsignedBundlesResponse.bundles:type_name -> vigil.fleet.v1.UnsignedBundle
+	35, // 17: vigil.fleet.v1.ListEventsRequest.since:type_name -> google.protobuf.Timestamp
+	35, // 18: vigil.fleet.v1.ListEventsRequest.until:type_name -> google.protobuf.Timestamp
+	36, // 19: vigil.fleet.v1.ServerEvent.event:type_name -> vigil.v1.Event
+	32, // 20: vigil.fleet.v1.ListEventsResponse.events:type_name -> vigil.fleet.v1.ServerEvent
+	0,  // 21: vigil.fleet.v1.Fleet.Enroll:input_type -> vigil.fleet.v1.EnrollRequest
+	2,  // 22: vigil.fleet.v1.Fleet.Sync:input_type -> vigil.fleet.v1.SyncRequest
+	4,  // 23: vigil.fleet.v1.Fleet.Watch:input_type -> vigil.fleet.v1.WatchRequest
+	6,  // 24: vigil.fleet.v1.Fleet.UploadEvents:input_type -> vigil.fleet.v1.UploadEventsRequest
+	8,  // 25: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:input_type -> vigil.fleet.v1.CreateEnrollSecretRequest
+	11, // 26: vigil.fleet.v1.FleetAdmin.ListHosts:input_type -> vigil.fleet.v1.ListHostsRequest
+	13, // 27: vigil.fleet.v1.FleetAdmin.TagHost:input_type -> vigil.fleet.v1.TagHostRequest
+	14, // 28: vigil.fleet.v1.FleetAdmin.RevokeHost:input_type -> vigil.fleet.v1.RevokeHostRequest
+	16, // 29: vigil.fleet.v1.FleetAdmin.ListQueue:input_type -> vigil.fleet.v1.ListQueueRequest
+	18, // 30: vigil.fleet.v1.FleetAdmin.Approve:input_type -> vigil.fleet.v1.ApproveRequest
+	19, // 31: vigil.fleet.v1.FleetAdmin.AddRule:input_type -> vigil.fleet.v1.Rule
+	22, // 32: vigil.fleet.v1.FleetAdmin.DeleteRule:input_type -> vigil.fleet.v1.DeleteRuleRequest
+	24, // 33: vigil.fleet.v1.FleetAdmin.ListRules:input_type -> vigil.fleet.v1.ListRulesRequest
+	21, // 34: vigil.fleet.v1.FleetAdmin.UpdateRollout:input_type -> vigil.fleet.v1.UpdateRolloutRequest
+	26, // 35: vigil.fleet.v1.FleetAdmin.UnsignedBundles:input_type -> vigil.fleet.v1.UnsignedBundlesRequest
+	29, // 36: vigil.fleet.v1.FleetAdmin.PutBundle:input_type -> vigil.fleet.v1.PutBundleRequest
+	31, // 37: vigil.fleet.v1.FleetAdmin.ListEvents:input_type -> vigil.fleet.v1.ListEventsRequest
+	1,  // 38: vigil.fleet.v1.Fleet.Enroll:output_type -> vigil.fleet.v1.EnrollResponse
+	3,  // 39: vigil.fleet.v1.Fleet.Sync:output_type -> vigil.fleet.v1.SyncResponse
+	5,  // 40: vigil.fleet.v1.Fleet.Watch:output_type -> vigil.fleet.v1.Bundle
+	7,  // 41: vigil.fleet.v1.Fleet.UploadEvents:output_type -> vigil.fleet.v1.UploadEventsResponse
+	9,  // 42: vigil.fleet.v1.FleetAdmin.CreateEnrollSecret:output_type -> vigil.fleet.v1.CreateEnrollSecretResponse
+	12, // 43: vigil.fleet.v1.FleetAdmin.ListHosts:output_type -> vigil.fleet.v1.ListHostsResponse
+	10, // 44: vigil.fleet.v1.FleetAdmin.TagHost:output_type -> vigil.fleet.v1.Host
+	10, // 45: vigil.fleet.v1.FleetAdmin.RevokeHost:output_type -> vigil.fleet.v1.Host
+	17, // 46: vigil.fleet.v1.FleetAdmin.ListQueue:output_type -> vigil.fleet.v1.ListQueueResponse
+	19, // 47: vigil.fleet.v1.FleetAdmin.Approve:output_type -> vigil.fleet.v1.Rule
+	19, // 48: vigil.fleet.v1.FleetAdmin.AddRule:output_type -> vigil.fleet.v1.Rule
+	23, // 49: vigil.fleet.v1.FleetAdmin.DeleteRule:output_type -> vigil.fleet.v1.DeleteRuleResponse
+	25, // 50: vigil.fleet.v1.FleetAdmin.ListRules:output_type -> vigil.fleet.v1.ListRulesResponse
+	19, // 51: vigil.fleet.v1.FleetAdmin.UpdateRollout:output_type -> vigil.fleet.v1.Rule
+	28, // 52: vigil.fleet.v1.FleetAdmin.UnsignedBundles:output_type -> vigil.fleet.v1.UnsignedBundlesResponse
+	30, // 53: vigil.fleet.v1.FleetAdmin.PutBundle:output_type -> vigil.fleet.v1.PutBundleResponse
+	33, // 54: vigil.fleet.v1.FleetAdmin.ListEvents:output_type -> vigil.fleet.v1.ListEventsResponse
+	38, // [38:55] is the sub-list for method output_type
+	21, // [21:38] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_fleet_proto_init() }
