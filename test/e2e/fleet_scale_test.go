@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/vigil-hips/vigil/internal/sign"
 	"github.com/vigil-hips/vigil/internal/testutil"
 	"github.com/vigil-hips/vigil/internal/testutil/pgtest"
+	"github.com/vigil-hips/vigil/internal/testworkload"
 )
 
 // startNATS runs a NATS server with JetStream in the test process, on a
@@ -264,4 +266,71 @@ func TestFleetScaleOut(t *testing.T) {
 	if _, err := v.Verify(ctx, r1.GetBundle().GetEnvelope(), 2); err == nil {
 		t.Fatal("a bundle for the current version was accepted again")
 	}
+
+	// A real agent, enrolled through A (lockdown on a tmpfs of this test
+	// only): code refused on its host reaches the queue read from B, and
+	// approved through B it runs there within 10 s.
+	ra, mnt := realFleetAgent(t, a, dir, secretFile, filepath.Join(dir, "admin.pub"))
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, freshSHA := variant(t, exe, filepath.Join(mnt, "fresh"), 9)
+	if err := testworkload.Noop(fresh); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("exec of new code on the real agent: %v, want EPERM", err)
+	}
+	if err := within(20*time.Second, func() error {
+		out, err := b.fleet("queue", "-o", "json")
+		if err != nil {
+			return err
+		}
+		if !bytes.Contains(out, []byte(freshSHA)) {
+			return errors.New("not in B's queue")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("the real agent's refused code: %v\nagent log:\n%s", err, ra.log)
+	}
+	approved = time.Now()
+	if _, err := fleetv1.NewFleetAdminClient(adminConn).Approve(ctx, &fleetv1.ApproveRequest{Sha256: freshSHA, Scope: "global"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := within(10*time.Second, func() error { return testworkload.Noop(fresh) }); err != nil {
+		t.Fatalf("approved through B, still refused on the real agent (watching A) %v later: %v\nagent log:\n%s",
+			time.Since(approved), err, ra.log)
+	}
+	t.Logf("approved through B; it ran on the real agent watching A %v later", time.Since(approved).Round(time.Millisecond))
+}
+
+// realFleetAgent starts a real agent that enrolls with s: lockdown on a
+// tmpfs of the test's own (nothing host-wide), this test binary trusted.
+func realFleetAgent(t *testing.T, s *fleetServer, dir, secretFile, adminPub string) (*agent, string) {
+	t.Helper()
+	mnt := testTmpfs(t)
+	state := filepath.Join(dir, "real-agent-state")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, stderr, code := vigilRun(t, "trust", "scan", "--db", filepath.Join(state, "trust.db"), exe); code != 0 {
+		t.Fatalf("vigil trust scan: exit %d\n%s%s", code, out, stderr)
+	}
+	src, err := os.ReadFile(lockdownPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := filepath.Join(dir, "real-lockdown.yaml")
+	os.WriteFile(pol, []byte(strings.Replace(string(src), "/etc/vigil/catalogs", filepath.Join(dir, "no-catalogs"), 1)), 0o644)
+	idFile := filepath.Join(dir, "real-machine-id")
+	os.WriteFile(idFile, []byte(randomID(t)+"\n"), 0o644)
+	a := startAgent(t, "--backend", "tracepoint", "--fanotify-mark", mnt, "--policy", pol, "--state-dir", state,
+		"--admin-key", adminPub, "--protect=false", "--host-id-file", idFile,
+		"--fleet-server", s.addr, "--fleet-ca", s.ca, "--fleet-enroll-secret-file", secretFile, "--fleet-poll", "2s")
+	if err := within(20*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(state, "fleet", fleet.BundleFile))
+		return err
+	}); err != nil {
+		t.Fatalf("the real agent applied no bundle: %v\nagent log:\n%s", err, a.log)
+	}
+	return a, mnt
 }
