@@ -164,7 +164,7 @@ func seenOf(host string, ev *vigilv1.Event) []seenRow {
 		}
 	}
 	for _, k := range ev.GetTrust().GetCatalogSigners() {
-		if k = strings.ToLower(strings.TrimSpace(k)); k != "" {
+		if k = strings.TrimSpace(k); k != "" { // key ids are case-sensitive (SHA256:base64)
 			out = append(out, seenRow{seenSigner, k})
 		}
 	}

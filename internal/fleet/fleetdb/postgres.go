@@ -894,7 +894,7 @@ func (p *Postgres) Queue(ctx context.Context) ([]QueueEntry, error) {
 }
 
 func (p *Postgres) DequeueSigner(ctx context.Context, keyID string) ([]string, error) {
-	keyID = strings.ToLower(strings.TrimSpace(keyID))
+	keyID = strings.TrimSpace(keyID)
 	var shas []string
 	err := p.tx(ctx, "dequeue signer "+keyID, func(tx pgx.Tx) error {
 		shas = nil

@@ -741,7 +741,7 @@ func (s *SQLite) Queue(ctx context.Context) ([]QueueEntry, error) {
 }
 
 func (s *SQLite) DequeueSigner(ctx context.Context, keyID string) ([]string, error) {
-	keyID = strings.ToLower(strings.TrimSpace(keyID))
+	keyID = strings.TrimSpace(keyID)
 	var shas []string
 	err := s.tx(ctx, "dequeue signer "+keyID, func(tx *sql.Tx) error {
 		shas = nil
