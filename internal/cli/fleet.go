@@ -224,6 +224,9 @@ func fleetQueueCmd(o *fleetOpts) *cobra.Command {
 					for _, p := range e.GetProcesses() {
 						fmt.Fprintf(w, "    process  %s\n", p)
 					}
+					for _, k := range e.GetSigners() {
+						fmt.Fprintf(w, "    signer   %s\n", k)
+					}
 				}
 				return nil
 			})
@@ -233,11 +236,27 @@ func fleetQueueCmd(o *fleetOpts) *cobra.Command {
 
 func fleetApproveCmd(o *fleetOpts) *cobra.Command {
 	req := &fleetv1.ApproveRequest{}
+	var keyFile string
 	cmd := &cobra.Command{
-		Use:   "approve --sha256 HEX --scope global|tag:X|host:ID",
-		Short: "Approve (or --deny) code by its SHA-256 for a scope; the hosts get it in their next signed bundle",
-		Args:  cobra.NoArgs,
+		Use:   "approve (--sha256 HEX | --signer PUBKEY.pem) --scope global|tag:X|host:ID",
+		Short: "Approve (or --deny) code by its SHA-256, or approve a catalog signer, for a scope; the hosts get it in their next signed bundle",
+		Long: `Approve code by its SHA-256, or approve the catalog signer whose public key
+is in --signer: a signer rule for the scope, and every queued digest
+that hosts reported as listed by that signer's catalogs leaves the queue
+(the queue lists those signers by key id; the key itself comes from the
+vendor, as for 'vigil fleet rule add --kind signer').`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if (req.GetSha256() == "") == (keyFile == "") {
+				return fmt.Errorf("give exactly one of --sha256 and --signer")
+			}
+			if keyFile != "" {
+				b, err := os.ReadFile(keyFile)
+				if err != nil {
+					return err
+				}
+				req.SignerKey = string(b)
+			}
 			return o.call(cmd, func(ctx context.Context, c fleetv1.FleetAdminClient) error {
 				r, err := c.Approve(ctx, req)
 				if err != nil {
@@ -246,16 +265,20 @@ func fleetApproveCmd(o *fleetOpts) *cobra.Command {
 				if o.json() {
 					return printJSON(cmd.OutOrStdout(), r)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "rule %d: %s %s for %s\n", r.GetId(), r.GetVerdict(), r.GetValue(), r.GetScope())
+				what := r.GetValue()
+				if r.GetKind() == fleet.KindSigner {
+					what = "signer " + keyFile
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "rule %d: %s %s for %s\n", r.GetId(), r.GetVerdict(), what, r.GetScope())
 				return nil
 			})
 		},
 	}
 	cmd.Flags().StringVar(&req.Sha256, "sha256", "", "the code's SHA-256 (hex)")
+	cmd.Flags().StringVar(&keyFile, "signer", "", "approve the catalog signer with this public key (PEM file) instead")
 	cmd.Flags().StringVar(&req.Scope, "scope", "global", "global, tag:NAME or host:ID")
-	cmd.Flags().BoolVar(&req.Deny, "deny", false, "deny instead of approve")
+	cmd.Flags().BoolVar(&req.Deny, "deny", false, "deny instead of approve (--sha256 only)")
 	cmd.Flags().StringVar(&req.Comment, "comment", "", "why")
-	cmd.MarkFlagRequired("sha256") //nolint:errcheck // the flag exists
 	return cmd
 }
 

@@ -1543,14 +1543,19 @@ func (x *FilterSession) GetSha256() string {
 // Trust is execution control's view of one file: its content digest and
 // which trust source (if any) approved or denied it.
 type Trust struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`   // hex; empty when it could not be computed
-	Verdict       string                 `protobuf:"bytes,2,opt,name=verdict,proto3" json:"verdict,omitempty"` // trusted | denied | unknown
-	Source        string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`   // rule:ID | database | dpkg:PACKAGE | catalog:KEYID | memfd | anonymous
-	Cached        bool                   `protobuf:"varint,4,opt,name=cached,proto3" json:"cached,omitempty"`  // decided from the kernel verdict cache
-	Mode          string                 `protobuf:"bytes,5,opt,name=mode,proto3" json:"mode,omitempty"`       // monitor | lockdown
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Sha256  string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`   // hex; empty when it could not be computed
+	Verdict string                 `protobuf:"bytes,2,opt,name=verdict,proto3" json:"verdict,omitempty"` // trusted | denied | unknown
+	Source  string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`   // rule:ID | database | dpkg:PACKAGE | catalog:KEYID | memfd | anonymous
+	Cached  bool                   `protobuf:"varint,4,opt,name=cached,proto3" json:"cached,omitempty"`  // decided from the kernel verdict cache
+	Mode    string                 `protobuf:"bytes,5,opt,name=mode,proto3" json:"mode,omitempty"`       // monitor | lockdown
+	// catalog_signers: key ids of the signers of the catalogs the host holds
+	// that list sha256 and whose signature verifies with the key they name,
+	// approved or not (set for unknown code, so the fleet can approve by
+	// signer).
+	CatalogSigners []string `protobuf:"bytes,6,rep,name=catalog_signers,json=catalogSigners,proto3" json:"catalog_signers,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Trust) Reset() {
@@ -1616,6 +1621,13 @@ func (x *Trust) GetMode() string {
 		return x.Mode
 	}
 	return ""
+}
+
+func (x *Trust) GetCatalogSigners() []string {
+	if x != nil {
+		return x.CatalogSigners
+	}
+	return nil
 }
 
 type Verdict struct {
@@ -3306,13 +3318,14 @@ const file_vigil_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x10\n" +
 	"\x03pid\x18\x04 \x01(\rR\x03pid\x12\x10\n" +
 	"\x03exe\x18\x05 \x01(\tR\x03exe\x12\x16\n" +
-	"\x06sha256\x18\x06 \x01(\tR\x06sha256\"}\n" +
+	"\x06sha256\x18\x06 \x01(\tR\x06sha256\"\xa6\x01\n" +
 	"\x05Trust\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x18\n" +
 	"\averdict\x18\x02 \x01(\tR\averdict\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x16\n" +
 	"\x06cached\x18\x04 \x01(\bR\x06cached\x12\x12\n" +
-	"\x04mode\x18\x05 \x01(\tR\x04mode\"\xcd\x01\n" +
+	"\x04mode\x18\x05 \x01(\tR\x04mode\x12'\n" +
+	"\x0fcatalog_signers\x18\x06 \x03(\tR\x0ecatalogSigners\"\xcd\x01\n" +
 	"\aVerdict\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x12\n" +

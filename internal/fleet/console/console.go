@@ -138,6 +138,7 @@ func New(cfg Config) (*Console, error) {
 	mux.HandleFunc("GET /events", c.authed(c.eventsPage))
 	mux.HandleFunc("GET /queue", c.authed(c.queuePage))
 	mux.HandleFunc("POST /queue/decide", c.authed(c.decide))
+	mux.HandleFunc("POST /queue/signer", c.authed(c.approveSigner))
 	mux.HandleFunc("GET /rules", c.authed(c.rulesPage))
 	mux.HandleFunc("POST /rules", c.authed(c.addRule))
 	mux.HandleFunc("POST /rules/{id}/delete", c.authed(c.deleteRule))

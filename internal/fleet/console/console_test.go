@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"html/template"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -668,5 +669,88 @@ func TestRolloutFromConsole(t *testing.T) {
 	// Promote without a CSRF token: refused.
 	if code, _, _ := b.do("POST", fmt.Sprintf("/rules/%d/promote", id), url.Values{}); code == http.StatusSeeOther {
 		t.Fatal("promote without CSRF accepted")
+	}
+}
+
+// TestApproveSignerFromQueue: a queue row whose code hosts reported as
+// listed by a catalog signer has an "Approve signer" button; the pasted key
+// must be that signer's; approving puts the signer in the scoped hosts'
+// verified bundles and takes every digest it lists off the queue.
+func TestApproveSignerFromQueue(t *testing.T) {
+	e := newEnv(t)
+	e.enroll("h1", "one", "web")
+	e.enroll("h2", "two", "db")
+	pub, _, err := sign.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, _ := sign.MarshalPublicKey(pub)
+	keyID, _ := sign.KeyID(pub)
+	otherPub, _, _ := sign.GenerateKey()
+	otherPEM, _ := sign.MarshalPublicKey(otherPub)
+	shas := make([]string, 3)
+	for i := range shas {
+		sum := sha256.Sum256([]byte(randHex(t, 16)))
+		shas[i] = hex.EncodeToString(sum[:])
+	}
+	// shas[0] (h1) and shas[1] (h2) are listed by keyID; shas[2] by none.
+	for i, host := range []string{"h1", "h2", "h1"} {
+		ev := &vigilv1.Event{Id: uint64(i + 1), Seq: uint64(i + 1), Time: timestamppb.Now(), Kind: "exec",
+			Process: &vigilv1.Process{Pid: 7, Exe: "/tmp/t"},
+			Trust:   &vigilv1.Trust{Sha256: shas[i], Verdict: "unknown", Mode: "lockdown"},
+			Verdict: &vigilv1.Verdict{Action: "deny", Refused: true}}
+		if i < 2 {
+			ev.Trust.CatalogSigners = []string{keyID}
+		}
+		if _, err := e.db.Append(context.Background(), fleetdb.Upload{Host: host, AfterID: uint64(i), ThroughID: uint64(i + 1), Events: []*vigilv1.Event{ev}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := e.browser()
+	_, csrf := b.login(e.pw)
+	code, _, page := b.do("GET", "/queue", nil)
+	if code != http.StatusOK || strings.Count(page, `<button type="submit" class="approve-signer">Approve signer</button>`) != 2 || strings.Count(page, `<span class="mono">`+template.HTMLEscapeString(keyID)+`</span>`) != 2 || strings.Count(page, "Approve signer") != 2 {
+		t.Fatalf("queue page (%d): want an Approve signer button on the two rows %s lists:\n%s", code, keyID, page)
+	}
+	// Another key than the one listed is refused: no rule.
+	code, _, _ = b.do("POST", "/queue/signer", url.Values{"csrf": {csrf}, "signer": {keyID}, "signer_key": {string(otherPEM)}, "scope": {"tag:web"}})
+	if code != http.StatusSeeOther {
+		t.Fatalf("approve with another key: %d", code)
+	}
+	if rs, _ := e.admin.ListRules(context.Background(), &fleetv1.ListRulesRequest{}); len(rs.GetRules()) != 0 {
+		t.Fatalf("a mismatched key made rules: %v", rs.GetRules())
+	}
+	if _, _, page = b.do("GET", "/queue", nil); !strings.Contains(page, `class="flash bad"`) {
+		t.Fatalf("mismatched key: no error shown:\n%s", page)
+	}
+	code, _, _ = b.do("POST", "/queue/signer", url.Values{"csrf": {csrf}, "signer": {keyID}, "signer_key": {string(pem)}, "scope": {"tag:web"}})
+	if code != http.StatusSeeOther {
+		t.Fatalf("approve signer: %d", code)
+	}
+	signers := func(host string) []string {
+		st, err := e.db.Bundle(context.Background(), host)
+		if err != nil || st.Envelope == nil {
+			t.Fatalf("host %s's bundle: %v", host, err)
+		}
+		bu, err := fleet.Verifier{Key: e.pub, Host: host}.Verify(context.Background(), st.Envelope, 0)
+		if err != nil {
+			t.Fatalf("host %s's bundle does not verify: %v", host, err)
+		}
+		var out []string
+		for _, s := range bu.Signers {
+			out = append(out, s.PublicKey)
+		}
+		return out
+	}
+	if got := signers("h1"); len(got) != 1 || got[0] != string(pem) {
+		t.Fatalf("h1's bundle signers: %v, want the approved key", got)
+	}
+	if got := signers("h2"); len(got) != 0 {
+		t.Fatalf("h2 (not tagged web) got signers %v", got)
+	}
+	code, _, page = b.do("GET", "/queue", nil)
+	if code != http.StatusOK || strings.Contains(page, `data-sha256="`+shas[0]) || strings.Contains(page, `data-sha256="`+shas[1]) ||
+		!strings.Contains(page, `data-sha256="`+shas[2]) || !strings.Contains(page, "approve signer "+template.HTMLEscapeString(keyID)+" for tag:web") {
+		t.Fatalf("queue after approving the signer (%d): want both listed digests gone, the other kept, the outcome shown:\n%s", code, page)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
+	"github.com/vigil-hips/vigil/internal/sign"
 )
 
 var pageNames = []string{"login", "overview", "host", "events", "queue", "rules", "error"}
@@ -484,6 +485,34 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 		Comment: strings.TrimSpace(r.PostForm.Get("comment"))})
 	c.log.Info("console: queue decision", "sha256", sha, "scope", scope, "decision", decision, "rule", rule.GetId(), "err", err)
 	msg := fmt.Sprintf("%s %s for %s", decision, sha, scope)
+	if err == nil {
+		msg += fmt.Sprintf(" (rule %d)", rule.GetId())
+	}
+	c.done(w, r, rc, "/queue", msg, err)
+}
+
+// approveSigner approves the catalog signer a queue row lists: the key
+// pasted must be the one whose id the hosts reported.
+func (c *Console) approveSigner(w http.ResponseWriter, r *http.Request, rc reqCtx) {
+	id, scope, key := r.PostForm.Get("signer"), r.PostForm.Get("scope"), r.PostForm.Get("signer_key")
+	pub, err := sign.ParsePublicKey([]byte(key))
+	var got string
+	if err == nil {
+		got, err = sign.KeyID(pub)
+	}
+	if err != nil {
+		c.done(w, r, rc, "/queue", "signer", status.Errorf(codes.InvalidArgument, "signer key: %v", err))
+		return
+	}
+	if got != id {
+		c.done(w, r, rc, "/queue", "signer", status.Errorf(codes.InvalidArgument, "the key pasted is %s, not the signer %s", got, id))
+		return
+	}
+	ctx, cancel := c.ctx(r)
+	defer cancel()
+	rule, err := c.admin.Approve(ctx, &fleetv1.ApproveRequest{SignerKey: key, Scope: scope})
+	c.log.Info("console: signer approval", "signer", id, "scope", scope, "rule", rule.GetId(), "err", err)
+	msg := fmt.Sprintf("approve signer %s for %s", id, scope)
 	if err == nil {
 		msg += fmt.Sprintf(" (rule %d)", rule.GetId())
 	}

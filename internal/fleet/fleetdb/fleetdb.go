@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
@@ -136,6 +138,55 @@ type QueueEntry struct {
 	LastSeen  time.Time
 	Processes []string // "HOST PID EXE", most recent first
 	Paths     []string
+	// Signers: key ids of catalog signers the hosts reported as listing
+	// the digest (Trust.catalog_signers), most recent first.
+	Signers []string
+}
+
+// Seen kinds of queue_seen rows.
+const (
+	seenHost = iota
+	seenProcess
+	seenPath
+	seenSigner
+	seenKinds
+)
+
+// seenRow is one queue_seen row's kind and what.
+type seenRow struct {
+	kind int
+	what string
+}
+
+// seenOf lists what ev adds to its queued digest's seen rows.
+func seenOf(host string, ev *vigilv1.Event) []seenRow {
+	proc := host + " " + strconv.FormatUint(uint64(ev.GetProcess().GetPid()), 10) + " " + ev.GetProcess().GetExe()
+	var out []seenRow
+	for kind, what := range []string{host, proc, eventPath(ev)} {
+		if what != "" {
+			out = append(out, seenRow{kind, what})
+		}
+	}
+	for _, k := range ev.GetTrust().GetCatalogSigners() {
+		if k = strings.TrimSpace(k); k != "" { // key ids are case-sensitive (SHA256:base64)
+			out = append(out, seenRow{seenSigner, k})
+		}
+	}
+	return out
+}
+
+// addSeen files what under its kind in e.
+func (e *QueueEntry) addSeen(kind int, what string) {
+	switch kind {
+	case seenHost:
+		e.Hosts = append(e.Hosts, what)
+	case seenProcess:
+		e.Processes = append(e.Processes, what)
+	case seenPath:
+		e.Paths = append(e.Paths, what)
+	case seenSigner:
+		e.Signers = append(e.Signers, what)
+	}
 }
 
 // HostEvent is an event and the host it came from.
@@ -201,6 +252,10 @@ type EventSink interface {
 	Queue(ctx context.Context) ([]QueueEntry, error)
 	// Dequeue takes sha256 off the queue (it was approved or denied).
 	Dequeue(ctx context.Context, sha256 string) error
+	// DequeueSigner takes every digest reported as listed by the catalog
+	// signer keyID off the queue (the signer was approved), and returns
+	// them, sorted.
+	DequeueSigner(ctx context.Context, keyID string) ([]string, error)
 }
 
 // BatchAppender is an EventSink that stores several uploads in one

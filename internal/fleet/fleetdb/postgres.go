@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -573,7 +572,7 @@ func (p *Postgres) Unsigned(ctx context.Context) ([]BundleState, error) {
 type queuedAgg struct {
 	count, refused uint64
 	first, last    time.Time
-	seen           [3]map[string]time.Time // host, process, path → last seen
+	seen           [seenKinds]map[string]time.Time // by seen kind: what → last seen
 }
 
 func (p *Postgres) Append(ctx context.Context, u Upload) (uint64, error) {
@@ -701,11 +700,8 @@ func eventRow(host string, ev *vigilv1.Event, agg map[string]*queuedAgg) ([]any,
 			a.refused++
 		}
 		a.first, a.last = minTime(a.first, t), maxTime(a.last, t)
-		proc := host + " " + strconv.FormatUint(uint64(ev.GetProcess().GetPid()), 10) + " " + ev.GetProcess().GetExe()
-		for kind, what := range []string{host, proc, eventPath(ev)} {
-			if what != "" {
-				a.seen[kind][what] = maxTime(a.seen[kind][what], t)
-			}
+		for _, r := range seenOf(host, ev) {
+			a.seen[r.kind][r.what] = maxTime(a.seen[r.kind][r.what], t)
 		}
 	}
 	return []any{host, int64(ev.GetId()), t, ev.GetKind(), sha, verdict, ev.GetVerdict().GetRefused(), blob}, nil
@@ -898,18 +894,42 @@ func (p *Postgres) Queue(ctx context.Context) ([]QueueEntry, error) {
 			if json.Unmarshal(pr[0], &kind) != nil || json.Unmarshal(pr[1], &what) != nil {
 				return nil, fmt.Errorf("queue %s: bad seen entry %s", e.SHA256, seen)
 			}
-			switch kind {
-			case 0:
-				e.Hosts = append(e.Hosts, what)
-			case 1:
-				e.Processes = append(e.Processes, what)
-			case 2:
-				e.Paths = append(e.Paths, what)
-			}
+			e.addSeen(kind, what)
 		}
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+func (p *Postgres) DequeueSigner(ctx context.Context, keyID string) ([]string, error) {
+	keyID = strings.TrimSpace(keyID)
+	var shas []string
+	err := p.tx(ctx, "dequeue signer "+keyID, func(tx pgx.Tx) error {
+		shas = nil
+		// Lock the queue rows in sha order, as uploads do.
+		rows, err := tx.Query(ctx, `DELETE FROM queue WHERE sha IN
+			(SELECT q.sha FROM queue q WHERE EXISTS (SELECT 1 FROM queue_seen s WHERE s.sha = q.sha AND s.kind = $1 AND s.what = $2)
+			ORDER BY q.sha FOR UPDATE) RETURNING sha`, seenSigner, keyID)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var sha string
+			if err := rows.Scan(&sha); err != nil {
+				rows.Close()
+				return err
+			}
+			shas = append(shas, sha)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		slices.Sort(shas)
+		_, err = tx.Exec(ctx, `DELETE FROM queue_seen WHERE sha = ANY($1)`, shas)
+		return err
+	})
+	return shas, err
 }
 
 func (p *Postgres) Dequeue(ctx context.Context, sha256 string) error {

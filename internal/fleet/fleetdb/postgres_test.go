@@ -364,3 +364,10 @@ func TestPostgresRolloutAndQueryEvents(t *testing.T) {
 	}
 	checkQueryEvents(t, b)
 }
+
+// TestPostgresQueueSigners: the same checks as SQLite's, through two
+// replicas.
+func TestPostgresQueueSigners(t *testing.T) {
+	a, b := openPG(t)
+	checkQueueSigners(t, a, b)
+}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -593,11 +592,8 @@ func enqueue(ctx context.Context, tx *sql.Tx, sha, host string, ev *vigilv1.Even
 			first_ns = min(first_ns, ?3), last_ns = max(last_ns, ?3)`, sha, refused, t); err != nil {
 		return err
 	}
-	proc := host + " " + strconv.FormatUint(uint64(ev.GetProcess().GetPid()), 10) + " " + ev.GetProcess().GetExe()
-	for kind, what := range []string{host, proc, eventPath(ev)} {
-		if what == "" {
-			continue
-		}
+	for _, r := range seenOf(host, ev) {
+		kind, what := r.kind, r.what
 		if _, err := tx.ExecContext(ctx, `INSERT INTO queue_seen (sha, kind, what, last_ns) VALUES (?1, ?2, ?3, ?4)
 			ON CONFLICT (sha, kind, what) DO UPDATE SET last_ns = max(last_ns, ?4)`, sha, kind, what, t); err != nil {
 			return err
@@ -742,18 +738,45 @@ func (s *SQLite) Queue(ctx context.Context) ([]QueueEntry, error) {
 				seen.Close()
 				return nil, fmt.Errorf("queue: %w", err)
 			}
-			switch kind {
-			case 0:
-				out[i].Hosts = append(out[i].Hosts, what)
-			case 1:
-				out[i].Processes = append(out[i].Processes, what)
-			case 2:
-				out[i].Paths = append(out[i].Paths, what)
-			}
+			out[i].addSeen(kind, what)
 		}
 		seen.Close()
 	}
 	return out, nil
+}
+
+func (s *SQLite) DequeueSigner(ctx context.Context, keyID string) ([]string, error) {
+	keyID = strings.TrimSpace(keyID)
+	var shas []string
+	err := s.tx(ctx, "dequeue signer "+keyID, func(tx *sql.Tx) error {
+		shas = nil
+		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT sha FROM queue_seen WHERE kind = ? AND what = ? ORDER BY sha`, seenSigner, keyID)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var sha string
+			if err := rows.Scan(&sha); err != nil {
+				rows.Close()
+				return err
+			}
+			shas = append(shas, sha)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, sha := range shas {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM queue WHERE sha = ?`, sha); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM queue_seen WHERE sha = ?`, sha); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return shas, err
 }
 
 func (s *SQLite) Dequeue(ctx context.Context, sha256 string) error {

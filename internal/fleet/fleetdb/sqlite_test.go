@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -285,4 +286,87 @@ func checkQueryEvents(t *testing.T, db storeSink) {
 	if _, _, err := db.QueryEvents(ctx, fleetdb.EventFilter{Verdict: "maybe"}); err == nil {
 		t.Fatal("an unknown verdict was accepted")
 	}
+}
+
+// TestQueueSigners: the catalog signers hosts report for unknown code are
+// aggregated per queued digest, and dequeuing a signer takes exactly the
+// digests it covers off the queue.
+func TestQueueSigners(t *testing.T) {
+	db, _ := open(t)
+	checkQueueSigners(t, db, db)
+}
+
+func checkQueueSigners(t *testing.T, db, other storeSink) {
+	t.Helper()
+	ctx := context.Background()
+	for _, h := range []string{"qs-a", "qs-b"} {
+		if _, err := db.Enroll(ctx, fleetdb.Host{ID: h, CertSerial: "1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k1, k2, k3 := randHex(32), randHex(32), randHex(32)
+	covered, both, alone := randHex(32), randHex(32), randHex(32)
+	ev := func(id uint64, sha string, signers ...string) *vigilv1.Event {
+		e := upEvent(id, sha, uint32(id), true)
+		e.Trust.CatalogSigners = signers
+		return e
+	}
+	// Host a reports covered signed by k1; host b reports it again with
+	// k1 and k2; both is listed by k1 and k3; alone by none.
+	if _, err := db.Append(ctx, fleetdb.Upload{Host: "qs-a", ThroughID: 2, Events: []*vigilv1.Event{
+		ev(1, covered, k1), ev(2, alone)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Append(ctx, fleetdb.Upload{Host: "qs-b", ThroughID: 2, Events: []*vigilv1.Event{
+		ev(1, covered, k1, k2), ev(2, both, k3, k1)}}); err != nil {
+		t.Fatal(err)
+	}
+	q, err := other.Queue(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signers := map[string][]string{}
+	for _, e := range q {
+		s := slices.Clone(e.Signers)
+		slices.Sort(s)
+		signers[e.SHA256] = s
+	}
+	want := map[string][]string{covered: sorted(k1, k2), both: sorted(k1, k3), alone: nil}
+	for sha, w := range want {
+		if got, ok := signers[sha]; !ok || !slices.Equal(got, w) {
+			t.Errorf("signers of %s: %v (queued %v), want %v", sha[:8], got, ok, w)
+		}
+	}
+	if len(q) != 3 {
+		t.Fatalf("queue has %d entries, want 3", len(q))
+	}
+
+	// Key ids are case-sensitive (SHA256:base64): another case is another key.
+	if got, err := db.DequeueSigner(ctx, strings.ToUpper(k1)); err != nil || len(got) != 0 {
+		t.Fatalf("dequeue signer K1: %v %v, want nothing", got, err)
+	}
+	got, err := db.DequeueSigner(ctx, k1)
+	if err != nil || !slices.Equal(got, sorted(covered, both)) {
+		t.Fatalf("dequeue signer k1: %v %v, want %v", got, err, sorted(covered, both))
+	}
+	q, err = other.Queue(ctx)
+	if err != nil || len(q) != 1 || q[0].SHA256 != alone || len(q[0].Signers) != 0 {
+		t.Fatalf("queue after approving k1: %+v %v, want only %s", q, err, alone[:8])
+	}
+	// k2 covered only what k1 took: nothing is left for it.
+	if got, err := other.DequeueSigner(ctx, k2); err != nil || len(got) != 0 {
+		t.Fatalf("dequeue signer k2: %v %v, want nothing", got, err)
+	}
+	// A new sighting queues the digest afresh, with no stale signers.
+	if _, err := db.Append(ctx, fleetdb.Upload{Host: "qs-a", AfterID: 2, ThroughID: 3, Events: []*vigilv1.Event{ev(3, both)}}); err != nil {
+		t.Fatal(err)
+	}
+	if q, _ = db.Queue(ctx); len(q) != 2 || !slices.ContainsFunc(q, func(e fleetdb.QueueEntry) bool { return e.SHA256 == both && len(e.Signers) == 0 && e.Count == 1 }) {
+		t.Fatalf("queue after a new sighting: %+v", q)
+	}
+}
+
+func sorted(s ...string) []string {
+	slices.Sort(s)
+	return s
 }

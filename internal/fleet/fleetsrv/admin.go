@@ -147,12 +147,15 @@ func (a *adminServer) ListQueue(ctx context.Context, _ *fleetv1.ListQueueRequest
 	for _, e := range q {
 		resp.Entries = append(resp.Entries, &fleetv1.QueueEntry{Sha256: e.SHA256, Count: e.Count, Refused: e.Refused,
 			Hosts: e.Hosts, FirstSeen: timestamppb.New(e.FirstSeen), LastSeen: timestamppb.New(e.LastSeen),
-			Processes: e.Processes, Paths: e.Paths})
+			Processes: e.Processes, Paths: e.Paths, Signers: e.Signers})
 	}
 	return resp, nil
 }
 
 func (a *adminServer) Approve(ctx context.Context, req *fleetv1.ApproveRequest) (*fleetv1.Rule, error) {
+	if req.GetSignerKey() != "" {
+		return a.approveSigner(ctx, req)
+	}
 	verdict := fleet.Allow
 	if req.GetDeny() {
 		verdict = fleet.Deny
@@ -163,6 +166,31 @@ func (a *adminServer) Approve(ctx context.Context, req *fleetv1.ApproveRequest) 
 		return nil, err
 	}
 	if err := a.s.cfg.Sink.Dequeue(ctx, r.GetValue()); err != nil {
+		return nil, grpcErr(err)
+	}
+	return r, nil
+}
+
+// approveSigner makes a signer rule of req.signer_key for req.scope and
+// takes the digests hosts reported as listed by that signer off the queue.
+func (a *adminServer) approveSigner(ctx context.Context, req *fleetv1.ApproveRequest) (*fleetv1.Rule, error) {
+	if req.GetSha256() != "" || req.GetDeny() {
+		return nil, status.Error(codes.InvalidArgument, "approve by signer: give signer_key alone (no sha256, no deny)")
+	}
+	pub, err := sign.ParsePublicKey([]byte(req.GetSignerKey()))
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "signer key: %v", err)
+	}
+	id, err := sign.KeyID(pub)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "signer key: %v", err)
+	}
+	r, err := a.AddRule(ctx, &fleetv1.Rule{Kind: fleet.KindSigner, Value: req.GetSignerKey(), Verdict: fleet.Allow,
+		Scope: req.GetScope(), Comment: req.GetComment()})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.s.cfg.Sink.DequeueSigner(ctx, id); err != nil {
 		return nil, grpcErr(err)
 	}
 	return r, nil

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -389,5 +390,90 @@ func TestUploadCountsLossAndFeedsQueue(t *testing.T) {
 	// An upload whose range runs backwards is refused.
 	if _, err := a.c.UploadEvents(ctx, &fleetv1.UploadEventsRequest{AfterId: 40, ThroughId: 35}); err == nil {
 		t.Fatal("an upload with through < after was accepted")
+	}
+}
+
+// TestApproveBySigner: hosts report which catalog signers list their
+// unknown code; the queue shows them; approving a signer for a tag puts
+// the signer rule in the tagged hosts' verified bundles only and takes
+// every digest it covers off the queue.
+func TestApproveBySigner(t *testing.T) {
+	e := start(t, true)
+	ctx := ctx5(t)
+	web, db := e.mustEnroll("web1", "web"), e.mustEnroll("db1", "db")
+	pub, _, err := sign.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, _ := sign.MarshalPublicKey(pub)
+	keyID, _ := sign.KeyID(pub)
+	other := digest(keyID) // another signer's key id
+	tool, lib, stray := digest("tool"+keyID), digest("lib"+keyID), digest("stray"+keyID)
+	signed := func(id uint64, sha string, signers ...string) *vigilv1.Event {
+		ev := execEvent(id, sha, "unknown", true)
+		ev.Trust.CatalogSigners = signers
+		return ev
+	}
+	if _, err := web.c.UploadEvents(ctx, &fleetv1.UploadEventsRequest{ThroughId: 2,
+		Events: []*vigilv1.Event{signed(1, tool, keyID), signed(2, stray, other)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.c.UploadEvents(ctx, &fleetv1.UploadEventsRequest{ThroughId: 1,
+		Events: []*vigilv1.Event{signed(1, lib, other, keyID)}}); err != nil {
+		t.Fatal(err)
+	}
+	q, _ := e.admin.ListQueue(ctx, &fleetv1.ListQueueRequest{})
+	got := map[string][]string{}
+	for _, en := range q.GetEntries() {
+		s := slices.Clone(en.GetSigners())
+		slices.Sort(s)
+		got[en.GetSha256()] = s
+	}
+	want := map[string][]string{tool: {keyID}, stray: {other}, lib: {keyID, other}}
+	slices.Sort(want[lib])
+	for sha, w := range want {
+		if !slices.Equal(got[sha], w) {
+			t.Errorf("queue signers of %s: %v, want %v", sha[:8], got[sha], w)
+		}
+	}
+
+	// Bad requests store nothing.
+	for _, bad := range []*fleetv1.ApproveRequest{
+		{SignerKey: "not a key", Scope: "tag:web"},
+		{SignerKey: string(pem), Sha256: tool, Scope: "tag:web"},
+		{SignerKey: string(pem), Deny: true, Scope: "tag:web"},
+		{SignerKey: string(pem), Scope: "nowhere"},
+	} {
+		if _, err := e.admin.Approve(ctx, bad); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("approve %+v: %v, want InvalidArgument", bad, err)
+		}
+	}
+	if q, _ := e.admin.ListQueue(ctx, &fleetv1.ListQueueRequest{}); len(q.GetEntries()) != 3 {
+		t.Fatalf("queue after refused approvals: %d entries, want 3", len(q.GetEntries()))
+	}
+
+	r, err := e.admin.Approve(ctx, &fleetv1.ApproveRequest{SignerKey: string(pem), Scope: "tag:web", Comment: "vendor"})
+	if err != nil || r.GetKind() != fleet.KindSigner || r.GetVerdict() != fleet.Allow {
+		t.Fatalf("approve by signer: %+v %v", r, err)
+	}
+	q, _ = e.admin.ListQueue(ctx, &fleetv1.ListQueueRequest{})
+	if len(q.GetEntries()) != 1 || q.GetEntries()[0].GetSha256() != stray {
+		t.Fatalf("queue after approving the signer: %v, want only the stray digest", q.GetEntries())
+	}
+	wv, dv := fleet.Verifier{Key: e.pub, Host: "web1"}, fleet.Verifier{Key: e.pub, Host: "db1"}
+	wr, err := web.c.Sync(ctx, &fleetv1.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := wv.Verify(ctx, wr.GetBundle().GetEnvelope(), 0)
+	if err != nil || len(b.Signers) != 1 || b.Signers[0].PublicKey != string(pem) || b.Signers[0].Scope != "tag:web" {
+		t.Fatalf("web1's bundle: %+v %v, want the signer rule", b, err)
+	}
+	dr, err := db.c.Sync(ctx, &fleetv1.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := dv.Verify(ctx, dr.GetBundle().GetEnvelope(), 0); err != nil || len(b.Signers) != 0 {
+		t.Fatalf("db1 (not tagged web) got %+v %v, want no signer", b, err)
 	}
 }

@@ -175,6 +175,10 @@ func (s *Sink) Queue(ctx context.Context) ([]fleetdb.QueueEntry, error) { return
 
 func (s *Sink) Dequeue(ctx context.Context, sha256 string) error { return s.Store.Dequeue(ctx, sha256) }
 
+func (s *Sink) DequeueSigner(ctx context.Context, keyID string) ([]string, error) {
+	return s.Store.DequeueSigner(ctx, keyID)
+}
+
 // Stats counts what Apply did.
 type Stats struct {
 	Applied  atomic.Uint64 // uploads stored

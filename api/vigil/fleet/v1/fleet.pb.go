@@ -943,15 +943,18 @@ func (x *RevokeHostRequest) GetHostId() string {
 }
 
 type QueueEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
-	Refused       uint64                 `protobuf:"varint,3,opt,name=refused,proto3" json:"refused,omitempty"`
-	Hosts         []string               `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
-	FirstSeen     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	Processes     []string               `protobuf:"bytes,7,rep,name=processes,proto3" json:"processes,omitempty"` // "HOST PID EXE", most recent first
-	Paths         []string               `protobuf:"bytes,8,rep,name=paths,proto3" json:"paths,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Sha256    string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Count     uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	Refused   uint64                 `protobuf:"varint,3,opt,name=refused,proto3" json:"refused,omitempty"`
+	Hosts     []string               `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	FirstSeen *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	LastSeen  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	Processes []string               `protobuf:"bytes,7,rep,name=processes,proto3" json:"processes,omitempty"` // "HOST PID EXE", most recent first
+	Paths     []string               `protobuf:"bytes,8,rep,name=paths,proto3" json:"paths,omitempty"`
+	// signers: key ids of the catalog signers hosts reported as listing the
+	// digest (verified catalogs they hold), most recent first.
+	Signers       []string `protobuf:"bytes,9,rep,name=signers,proto3" json:"signers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1042,6 +1045,13 @@ func (x *QueueEntry) GetPaths() []string {
 	return nil
 }
 
+func (x *QueueEntry) GetSigners() []string {
+	if x != nil {
+		return x.Signers
+	}
+	return nil
+}
+
 type ListQueueRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1123,11 +1133,15 @@ func (x *ListQueueResponse) GetEntries() []*QueueEntry {
 }
 
 type ApproveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	Scope         string                 `protobuf:"bytes,2,opt,name=scope,proto3" json:"scope,omitempty"` // global | tag:X | host:ID
-	Deny          bool                   `protobuf:"varint,3,opt,name=deny,proto3" json:"deny,omitempty"`
-	Comment       string                 `protobuf:"bytes,4,opt,name=comment,proto3" json:"comment,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Sha256  string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Scope   string                 `protobuf:"bytes,2,opt,name=scope,proto3" json:"scope,omitempty"` // global | tag:X | host:ID
+	Deny    bool                   `protobuf:"varint,3,opt,name=deny,proto3" json:"deny,omitempty"`
+	Comment string                 `protobuf:"bytes,4,opt,name=comment,proto3" json:"comment,omitempty"`
+	// signer_key, instead of sha256: approve a catalog signer (PEM public
+	// key) for the scope; every queued digest reported as listed by that
+	// signer leaves the queue. deny does not apply.
+	SignerKey     string `protobuf:"bytes,5,opt,name=signer_key,json=signerKey,proto3" json:"signer_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1186,6 +1200,13 @@ func (x *ApproveRequest) GetDeny() bool {
 func (x *ApproveRequest) GetComment() string {
 	if x != nil {
 		return x.Comment
+	}
+	return ""
+}
+
+func (x *ApproveRequest) GetSignerKey() string {
+	if x != nil {
+		return x.SignerKey
 	}
 	return ""
 }
@@ -2111,7 +2132,7 @@ const file_fleet_proto_rawDesc = "" +
 	"\x03add\x18\x02 \x03(\tR\x03add\x12\x16\n" +
 	"\x06remove\x18\x03 \x03(\tR\x06remove\",\n" +
 	"\x11RevokeHostRequest\x12\x17\n" +
-	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x92\x02\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\xac\x02\n" +
 	"\n" +
 	"QueueEntry\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x14\n" +
@@ -2122,15 +2143,18 @@ const file_fleet_proto_rawDesc = "" +
 	"first_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x127\n" +
 	"\tlast_seen\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x1c\n" +
 	"\tprocesses\x18\a \x03(\tR\tprocesses\x12\x14\n" +
-	"\x05paths\x18\b \x03(\tR\x05paths\"\x12\n" +
+	"\x05paths\x18\b \x03(\tR\x05paths\x12\x18\n" +
+	"\asigners\x18\t \x03(\tR\asigners\"\x12\n" +
 	"\x10ListQueueRequest\"I\n" +
 	"\x11ListQueueResponse\x124\n" +
-	"\aentries\x18\x01 \x03(\v2\x1a.vigil.fleet.v1.QueueEntryR\aentries\"l\n" +
+	"\aentries\x18\x01 \x03(\v2\x1a.vigil.fleet.v1.QueueEntryR\aentries\"\x8b\x01\n" +
 	"\x0eApproveRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x14\n" +
 	"\x05scope\x18\x02 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04deny\x18\x03 \x01(\bR\x04deny\x12\x18\n" +
-	"\acomment\x18\x04 \x01(\tR\acomment\"\xb9\x02\n" +
+	"\acomment\x18\x04 \x01(\tR\acomment\x12\x1d\n" +
+	"\n" +
+	"signer_key\x18\x05 \x01(\tR\tsignerKey\"\xb9\x02\n" +
 	"\x04Rule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
