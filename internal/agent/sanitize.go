@@ -99,6 +99,9 @@ func fixEventUTF8(ev *vigilv1.Event) bool {
 		for _, s := range []*string{&t.Sha256, &t.Verdict, &t.Source, &t.Mode} {
 			f.str(s)
 		}
+		for i := range t.CatalogSigners {
+			f.str(&t.CatalogSigners[i])
+		}
 	}
 	return f.changed
 }
