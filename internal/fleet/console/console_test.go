@@ -6,7 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"html/template"
+	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -709,7 +709,7 @@ func TestApproveSignerFromQueue(t *testing.T) {
 	b := e.browser()
 	_, csrf := b.login(e.pw)
 	code, _, page := b.do("GET", "/queue", nil)
-	if code != http.StatusOK || strings.Count(page, `<button type="submit" class="approve-signer">Approve signer</button>`) != 2 || strings.Count(page, `<span class="mono">`+template.HTMLEscapeString(keyID)+`</span>`) != 2 || strings.Count(page, "Approve signer") != 2 {
+	if code != http.StatusOK || strings.Count(page, `<button type="submit" class="approve-signer">Approve signer</button>`) != 2 || strings.Count(html.UnescapeString(page), `<span class="mono">`+keyID+`</span>`) != 2 || strings.Count(page, "Approve signer") != 2 {
 		t.Fatalf("queue page (%d): want an Approve signer button on the two rows %s lists:\n%s", code, keyID, page)
 	}
 	// Another key than the one listed is refused: no rule.
@@ -750,7 +750,7 @@ func TestApproveSignerFromQueue(t *testing.T) {
 	}
 	code, _, page = b.do("GET", "/queue", nil)
 	if code != http.StatusOK || strings.Contains(page, `data-sha256="`+shas[0]) || strings.Contains(page, `data-sha256="`+shas[1]) ||
-		!strings.Contains(page, `data-sha256="`+shas[2]) || !strings.Contains(page, "approve signer "+template.HTMLEscapeString(keyID)+" for tag:web") {
+		!strings.Contains(page, `data-sha256="`+shas[2]) || !strings.Contains(html.UnescapeString(page), "approve signer "+keyID+" for tag:web") {
 		t.Fatalf("queue after approving the signer (%d): want both listed digests gone, the other kept, the outcome shown:\n%s", code, page)
 	}
 }
