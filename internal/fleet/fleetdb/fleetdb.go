@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
 )
@@ -296,4 +298,45 @@ func decodeGuarantees(s string) ([]*vigilv1.Guarantee, error) {
 		out = append(out, &vigilv1.Guarantee{Control: g.Control, Level: g.Level, Why: g.Why})
 	}
 	return out, nil
+}
+
+// eventRows is what both stores' query results offer (database/sql's
+// *Rows, pgx's Rows).
+type eventRows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// pageEvents reads rows of (host, agent id, event blob), newest first,
+// keeps those with f's verdict (it lives inside the event, so both stores
+// filter it here) and returns f's page of them with how many match in all.
+func pageEvents(rows eventRows, f EventFilter) ([]HostEvent, int, error) {
+	var (
+		out   []HostEvent
+		total int
+	)
+	for rows.Next() {
+		var (
+			he   HostEvent
+			id   uint64
+			blob []byte
+		)
+		if err := rows.Scan(&he.Host, &id, &blob); err != nil {
+			return nil, 0, fmt.Errorf("events: %w", err)
+		}
+		he.Event = new(vigilv1.Event)
+		if err := proto.Unmarshal(blob, he.Event); err != nil {
+			return nil, 0, fmt.Errorf("events: decode: %w", err)
+		}
+		if !MatchVerdict(he.Event, f.Verdict) {
+			continue
+		}
+		total++
+		if total > f.Offset && len(out) < f.Limit {
+			he.Event.Id = id
+			out = append(out, he)
+		}
+	}
+	return out, total, rows.Err()
 }

@@ -673,33 +673,7 @@ func (s *SQLite) QueryEvents(ctx context.Context, f EventFilter) ([]HostEvent, i
 		return nil, 0, fmt.Errorf("events: %w", err)
 	}
 	defer rows.Close()
-	var (
-		out   []HostEvent
-		total int
-	)
-	for rows.Next() {
-		var (
-			he   HostEvent
-			id   uint64
-			blob []byte
-		)
-		if err := rows.Scan(&he.Host, &id, &blob); err != nil {
-			return nil, 0, fmt.Errorf("events: %w", err)
-		}
-		he.Event = new(vigilv1.Event)
-		if err := proto.Unmarshal(blob, he.Event); err != nil {
-			return nil, 0, fmt.Errorf("events: decode: %w", err)
-		}
-		if !MatchVerdict(he.Event, f.Verdict) {
-			continue
-		}
-		total++
-		if total > f.Offset && len(out) < f.Limit {
-			he.Event.Id = id
-			out = append(out, he)
-		}
-	}
-	return out, total, rows.Err()
+	return pageEvents(rows, f)
 }
 
 func (s *SQLite) Queue(ctx context.Context) ([]QueueEntry, error) {
