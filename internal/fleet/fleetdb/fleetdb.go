@@ -7,10 +7,12 @@
 package fleetdb
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -339,4 +341,63 @@ func pageEvents(rows eventRows, f EventFilter) ([]HostEvent, int, error) {
 		}
 	}
 	return out, total, rows.Err()
+}
+
+// queuedAgg is what a batch of uploads adds to a queued digest: the stores
+// write each digest's rows once per batch, not once per event.
+type queuedAgg struct {
+	count, refused uint64
+	first, last    time.Time
+	seen           [seenKinds]map[string]time.Time // by seen kind: what → last seen
+}
+
+// queuedAggs are a batch's queued digests.
+type queuedAggs map[string]*queuedAgg
+
+// add counts ev, made at t on host, if it is unknown code.
+func (agg queuedAggs) add(host string, ev *vigilv1.Event, t time.Time) {
+	d, ok := queued(ev)
+	if !ok {
+		return
+	}
+	a := agg[d]
+	if a == nil {
+		a = &queuedAgg{first: t, last: t}
+		for i := range a.seen {
+			a.seen[i] = map[string]time.Time{}
+		}
+		agg[d] = a
+	}
+	a.count++
+	if ev.GetVerdict().GetRefused() {
+		a.refused++
+	}
+	if t.Before(a.first) {
+		a.first = t
+	}
+	if t.After(a.last) {
+		a.last = t
+	}
+	for _, r := range seenOf(host, ev) {
+		if t.After(a.seen[r.kind][r.what]) {
+			a.seen[r.kind][r.what] = t
+		}
+	}
+}
+
+// newestSeen returns the whats of seen that can stay (the newest maxSeen,
+// ties by name): the rest would be trimmed at once, so no store writes
+// them.
+func newestSeen(seen map[string]time.Time) []string {
+	whats := make([]string, 0, len(seen))
+	for w := range seen {
+		whats = append(whats, w)
+	}
+	slices.SortFunc(whats, func(x, y string) int {
+		if c := seen[y].Compare(seen[x]); c != 0 {
+			return c
+		}
+		return cmp.Compare(x, y)
+	})
+	return whats[:min(len(whats), maxSeen)]
 }

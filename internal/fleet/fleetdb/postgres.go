@@ -1,7 +1,6 @@
 package fleetdb
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -568,13 +567,6 @@ func (p *Postgres) Unsigned(ctx context.Context) ([]BundleState, error) {
 
 // ---------------------------------------------------------------- events
 
-// queuedAgg is what one upload adds to a queued digest.
-type queuedAgg struct {
-	count, refused uint64
-	first, last    time.Time
-	seen           [seenKinds]map[string]time.Time // by seen kind: what → last seen
-}
-
 func (p *Postgres) Append(ctx context.Context, u Upload) (uint64, error) {
 	lasts, err := p.AppendBatch(ctx, []Upload{u})
 	if err != nil {
@@ -627,7 +619,7 @@ func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, erro
 			return err
 		}
 		var evRows [][]any
-		agg := map[string]*queuedAgg{}
+		agg := queuedAggs{}
 		for i, u := range us {
 			st := hosts[u.Host]
 			if st == nil {
@@ -675,7 +667,7 @@ func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, erro
 }
 
 // eventRow is ev's row of the events table; unknown code adds to agg.
-func eventRow(host string, ev *vigilv1.Event, agg map[string]*queuedAgg) ([]any, error) {
+func eventRow(host string, ev *vigilv1.Event, agg queuedAggs) ([]any, error) {
 	blob, err := proto.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("event %d: %w", ev.GetId(), err)
@@ -686,44 +678,13 @@ func eventRow(host string, ev *vigilv1.Event, agg map[string]*queuedAgg) ([]any,
 		s, v := strings.ToLower(tr.GetSha256()), tr.GetVerdict()
 		sha, verdict = &s, &v
 	}
-	if d, ok := queued(ev); ok {
-		a := agg[d]
-		if a == nil {
-			a = &queuedAgg{first: t, last: t}
-			for i := range a.seen {
-				a.seen[i] = map[string]time.Time{}
-			}
-			agg[d] = a
-		}
-		a.count++
-		if ev.GetVerdict().GetRefused() {
-			a.refused++
-		}
-		a.first, a.last = minTime(a.first, t), maxTime(a.last, t)
-		for _, r := range seenOf(host, ev) {
-			a.seen[r.kind][r.what] = maxTime(a.seen[r.kind][r.what], t)
-		}
-	}
+	agg.add(host, ev, t)
 	return []any{host, int64(ev.GetId()), t, ev.GetKind(), sha, verdict, ev.GetVerdict().GetRefused(), blob}, nil
-}
-
-func minTime(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
 }
 
 // pgEnqueue adds an upload's queued digests, in sorted order (concurrent
 // uploads lock the same queue rows in the same order).
-func pgEnqueue(ctx context.Context, tx pgx.Tx, agg map[string]*queuedAgg) error {
+func pgEnqueue(ctx context.Context, tx pgx.Tx, agg queuedAggs) error {
 	if len(agg) == 0 {
 		return nil
 	}
@@ -740,18 +701,7 @@ func pgEnqueue(ctx context.Context, tx pgx.Tx, agg map[string]*queuedAgg) error 
 				first_seen = least(queue.first_seen, excluded.first_seen), last_seen = greatest(queue.last_seen, excluded.last_seen)`,
 			sha, a.count, a.refused, a.first, a.last)
 		for kind, seen := range a.seen {
-			whats := make([]string, 0, len(seen))
-			for w := range seen {
-				whats = append(whats, w)
-			}
-			// Only the most recent maxSeen can stay: write no more.
-			slices.SortFunc(whats, func(x, y string) int {
-				if c := seen[y].Compare(seen[x]); c != 0 {
-					return c
-				}
-				return cmp.Compare(x, y)
-			})
-			whats = whats[:min(len(whats), maxSeen)]
+			whats := newestSeen(seen)
 			slices.Sort(whats) // lock order
 			for _, w := range whats {
 				b.Queue(`INSERT INTO queue_seen (sha, kind, what, last_seen) VALUES ($1, $2, $3, $4)

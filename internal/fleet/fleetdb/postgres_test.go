@@ -209,12 +209,26 @@ func upEvent(id uint64, sha string, pid uint32, refused bool) *vigilv1.Event {
 		Verdict: &vigilv1.Verdict{Action: "deny", Refused: refused}}
 }
 
-// TestPostgresQueueUnderConcurrentUploads: many hosts upload events about
-// the same digests at once, through two replicas, retries included: the
-// queue's counts are exact, every host is listed, nothing is stored twice
-// and the loss count is right.
+// TestPostgresQueueUnderConcurrentUploads: checkConcurrentUploads through
+// two replicas.
 func TestPostgresQueueUnderConcurrentUploads(t *testing.T) {
 	a, b := openPG(t)
+	checkConcurrentUploads(t, a, b)
+}
+
+// store is what the checks shared by both stores use.
+type store interface {
+	fleetdb.Store
+	fleetdb.EventSink
+	fleetdb.BatchAppender
+}
+
+// checkConcurrentUploads: many hosts upload events about the same digests
+// at once, through a and b, retries included, while uploads of unknown
+// hosts are refused: the queue's counts are exact, every host is listed,
+// nothing is stored twice and the loss count is right. (SQLite commits
+// concurrent uploads together: a refused one must fail alone.)
+func checkConcurrentUploads(t *testing.T, a, b store) {
 	ctx := context.Background()
 	const hosts, batches, perBatch = 12, 8, 10
 	shas := []string{randHex(32), randHex(32), randHex(32)}
@@ -224,6 +238,22 @@ func TestPostgresQueueUnderConcurrentUploads(t *testing.T) {
 		}
 	}
 	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var ghosts sync.WaitGroup
+	ghosts.Go(func() {
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			u := fleetdb.Upload{Host: "ghost", ThroughID: 1, Events: []*vigilv1.Event{upEvent(1, shas[0], 99, true)}}
+			if _, err := []store{a, b}[n%2].Append(ctx, u); !errors.Is(err, fleetdb.ErrNotFound) {
+				t.Errorf("upload of an unknown host during the load: %v", err)
+				return
+			}
+		}
+	})
 	for h := range hosts {
 		wg.Go(func() {
 			id := fmt.Sprintf("host-%02d", h)
@@ -235,14 +265,14 @@ func TestPostgresQueueUnderConcurrentUploads(t *testing.T) {
 				for i := u.AfterID + 1; i <= u.ThroughID; i++ {
 					u.Events = append(u.Events, upEvent(i, shas[int(i)%len(shas)], uint32(h), i%2 == 0))
 				}
-				db := []*fleetdb.Postgres{a, b}[(h+n)%2]
+				db := []store{a, b}[(h+n)%2]
 				if _, err := db.Append(ctx, u); err != nil {
 					t.Errorf("%s batch %d: %v", id, n, err)
 					return
 				}
 				// A retry of the same batch through the other replica.
 				if n%3 == 0 {
-					if _, err := []*fleetdb.Postgres{b, a}[(h+n)%2].Append(ctx, u); err != nil {
+					if _, err := []store{b, a}[(h+n)%2].Append(ctx, u); err != nil {
 						t.Errorf("%s batch %d retry: %v", id, n, err)
 					}
 				}
@@ -250,6 +280,8 @@ func TestPostgresQueueUnderConcurrentUploads(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	close(stop)
+	ghosts.Wait()
 	if t.Failed() {
 		return
 	}
@@ -312,6 +344,10 @@ func TestPostgresQueueUnderConcurrentUploads(t *testing.T) {
 // lost); a batch with an unknown host stores nothing.
 func TestPostgresAppendBatch(t *testing.T) {
 	a, _ := openPG(t)
+	checkAppendBatch(t, a)
+}
+
+func checkAppendBatch(t *testing.T, a store) {
 	ctx := context.Background()
 	sha := randHex(32)
 	for _, h := range []string{"x", "y"} {

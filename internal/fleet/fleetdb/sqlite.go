@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -98,6 +99,11 @@ CREATE TABLE IF NOT EXISTS queue_seen (
 // SQLite is the embedded store: Store and EventSink in one SQLite file.
 type SQLite struct {
 	db *sql.DB
+
+	appends    chan appendReq // to the group-commit writer (Append)
+	closed     chan struct{}
+	closeOnce  sync.Once
+	writerDone chan struct{}
 }
 
 var (
@@ -127,7 +133,9 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("open fleet database %s: %w", path, err)
 	}
-	return &SQLite{db: db}, nil
+	s := &SQLite{db: db, appends: make(chan appendReq), closed: make(chan struct{}), writerDone: make(chan struct{})}
+	go s.writer()
+	return s, nil
 }
 
 // migrations are columns added since the first schema, for databases made
@@ -155,7 +163,11 @@ func migrate(ctx context.Context, db *sql.DB) error {
 }
 
 // Close closes the database.
-func (s *SQLite) Close() error { return s.db.Close() }
+func (s *SQLite) Close() error {
+	s.closeOnce.Do(func() { close(s.closed) })
+	<-s.writerDone // a group being stored finishes first
+	return s.db.Close()
+}
 
 func (s *SQLite) tx(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -535,72 +547,203 @@ func eventPath(ev *vigilv1.Event) string {
 	return ""
 }
 
+// Append stores u. Concurrent calls are committed together (group
+// commit): SQLite has one writer, and a transaction per upload, each
+// rewriting the queue's hot rows, held the embedded server to a few
+// hundred events per second (docs/benchmarks.md). One goroutine takes the
+// uploads waiting when it is free and stores them with AppendBatch; a
+// batch that fails is stored again upload by upload, so one bad upload
+// (an unknown host) fails only its own call.
 func (s *SQLite) Append(ctx context.Context, u Upload) (uint64, error) {
-	if u.ThroughID < u.AfterID {
-		return 0, fmt.Errorf("upload from %s: through id %d before after id %d", u.Host, u.ThroughID, u.AfterID)
+	req := appendReq{ctx: ctx, u: u, done: make(chan appendRes, 1)}
+	select {
+	case s.appends <- req:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("upload from %s: %w", u.Host, ctx.Err())
+	case <-s.closed:
+		return 0, fmt.Errorf("upload from %s: database closed", u.Host)
 	}
-	var last uint64
-	err := s.tx(ctx, "upload from "+u.Host, func(tx *sql.Tx) error {
-		var lost uint64
-		if err := tx.QueryRowContext(ctx, `SELECT last_event_id, events_lost FROM hosts WHERE id = ?`, u.Host).Scan(&last, &lost); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("host %q: %w", u.Host, ErrNotFound)
+	// The writer always answers: waiting for it (not for ctx) means an
+	// upload the caller gave up on is not being stored behind its back.
+	r := <-req.done
+	return r.last, r.err
+}
+
+// maxGroup bounds the uploads one group commit stores.
+const maxGroup = 256
+
+type appendReq struct {
+	ctx  context.Context
+	u    Upload
+	done chan appendRes
+}
+
+type appendRes struct {
+	last uint64
+	err  error
+}
+
+// writer runs the group commits until Close.
+func (s *SQLite) writer() {
+	defer close(s.writerDone)
+	for {
+		var group []appendReq
+		select {
+		case r := <-s.appends:
+			group = append(group, r)
+		case <-s.closed:
+			return
+		}
+	more:
+		for len(group) < maxGroup {
+			select {
+			case r := <-s.appends:
+				group = append(group, r)
+			default:
+				break more
 			}
-			return err
 		}
-		if u.AfterID > last {
-			lost += u.AfterID - last // store ids that were never sent (pruned before upload)
+		s.commitGroup(group)
+	}
+}
+
+func (s *SQLite) commitGroup(group []appendReq) {
+	live := group[:0:0]
+	for _, r := range group {
+		if err := r.ctx.Err(); err != nil {
+			r.done <- appendRes{err: fmt.Errorf("upload from %s: %w", r.u.Host, err)}
+			continue
 		}
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		return
+	}
+	us := make([]Upload, len(live))
+	for i, r := range live {
+		us[i] = r.u
+	}
+	// The first caller's context bounds the transaction, without its
+	// cancellation: the others are waiting on the same commit.
+	ctx := context.WithoutCancel(live[0].ctx)
+	lasts, err := s.AppendBatch(ctx, us)
+	if err == nil {
+		for i, r := range live {
+			r.done <- appendRes{last: lasts[i]}
+		}
+		return
+	}
+	if len(live) == 1 {
+		live[0].done <- appendRes{err: err}
+		return
+	}
+	for _, r := range live {
+		lasts, err := s.AppendBatch(ctx, []Upload{r.u})
+		if err != nil {
+			r.done <- appendRes{err: err}
+			continue
+		}
+		r.done <- appendRes{last: lasts[0]}
+	}
+}
+
+// AppendBatch stores uploads as Append would one after the other, in one
+// transaction, writing each queued digest's rows once. An upload that
+// cannot be stored fails the whole batch.
+func (s *SQLite) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error) {
+	if len(us) == 0 {
+		return nil, nil
+	}
+	for _, u := range us {
+		if u.ThroughID < u.AfterID {
+			return nil, fmt.Errorf("upload from %s: through id %d before after id %d", u.Host, u.ThroughID, u.AfterID)
+		}
+	}
+	what := "upload from " + us[0].Host
+	if len(us) > 1 {
+		what = fmt.Sprintf("%d uploads", len(us))
+	}
+	type cursor struct{ last, lost uint64 }
+	lasts := make([]uint64, len(us))
+	err := s.tx(ctx, what, func(tx *sql.Tx) error {
+		hosts := map[string]*cursor{}
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO events (host, agent_id, time_ns, kind, event) VALUES (?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
 		defer ins.Close()
-		for _, ev := range u.Events {
-			id := ev.GetId()
-			if id <= last || id <= u.AfterID || id > u.ThroughID {
-				continue // a duplicate of what arrived before, or outside what the batch covers
+		agg := queuedAggs{}
+		for i, u := range us {
+			c := hosts[u.Host]
+			if c == nil {
+				c = &cursor{}
+				if err := tx.QueryRowContext(ctx, `SELECT last_event_id, events_lost FROM hosts WHERE id = ?`, u.Host).Scan(&c.last, &c.lost); err != nil {
+					if errors.Is(err, sql.ErrNoRows) {
+						return fmt.Errorf("host %q: %w", u.Host, ErrNotFound)
+					}
+					return err
+				}
+				hosts[u.Host] = c
 			}
-			blob, err := proto.Marshal(ev)
-			if err != nil {
-				return fmt.Errorf("event %d: %w", id, err)
+			if u.AfterID > c.last {
+				c.lost += u.AfterID - c.last // store ids that were never sent (pruned before upload)
 			}
-			t := ev.GetTime().AsTime().UnixNano()
-			if _, err := ins.ExecContext(ctx, u.Host, id, t, ev.GetKind(), blob); err != nil {
+			for _, ev := range u.Events {
+				id := ev.GetId()
+				if id <= c.last || id <= u.AfterID || id > u.ThroughID {
+					continue // a duplicate of what arrived before, or outside what the batch covers
+				}
+				blob, err := proto.Marshal(ev)
+				if err != nil {
+					return fmt.Errorf("event %d: %w", id, err)
+				}
+				t := ev.GetTime().AsTime()
+				if _, err := ins.ExecContext(ctx, u.Host, id, t.UnixNano(), ev.GetKind(), blob); err != nil {
+					return err
+				}
+				agg.add(u.Host, ev, t)
+			}
+			c.last = max(c.last, u.ThroughID)
+			lasts[i] = c.last
+		}
+		if err := sqliteEnqueue(ctx, tx, agg); err != nil {
+			return err
+		}
+		for id, c := range hosts {
+			if _, err := tx.ExecContext(ctx, `UPDATE hosts SET last_event_id = ?, events_lost = ? WHERE id = ?`, c.last, c.lost, id); err != nil {
 				return err
 			}
-			if sha, ok := queued(ev); ok {
-				if err := enqueue(ctx, tx, sha, u.Host, ev, t); err != nil {
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return lasts, nil
+}
+
+// sqliteEnqueue adds a batch's queued digests to the approval queue.
+func sqliteEnqueue(ctx context.Context, tx *sql.Tx, agg queuedAggs) error {
+	for sha, a := range agg {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO queue (sha, count, refused, first_ns, last_ns) VALUES (?1, ?2, ?3, ?4, ?5)
+			ON CONFLICT (sha) DO UPDATE SET count = count + ?2, refused = refused + ?3,
+				first_ns = min(first_ns, ?4), last_ns = max(last_ns, ?5)`, sha, a.count, a.refused, a.first.UnixNano(), a.last.UnixNano()); err != nil {
+			return err
+		}
+		for kind, seen := range a.seen {
+			whats := newestSeen(seen)
+			for _, w := range whats {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO queue_seen (sha, kind, what, last_ns) VALUES (?1, ?2, ?3, ?4)
+					ON CONFLICT (sha, kind, what) DO UPDATE SET last_ns = max(last_ns, ?4)`, sha, kind, w, seen[w].UnixNano()); err != nil {
 					return err
 				}
 			}
-		}
-		last = max(last, u.ThroughID)
-		_, err = tx.ExecContext(ctx, `UPDATE hosts SET last_event_id = ?, events_lost = ? WHERE id = ?`, last, lost, u.Host)
-		return err
-	})
-	return last, err
-}
-
-func enqueue(ctx context.Context, tx *sql.Tx, sha, host string, ev *vigilv1.Event, t int64) error {
-	refused := 0
-	if ev.GetVerdict().GetRefused() {
-		refused = 1
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO queue (sha, count, refused, first_ns, last_ns) VALUES (?1, 1, ?2, ?3, ?3)
-		ON CONFLICT (sha) DO UPDATE SET count = count + 1, refused = refused + ?2,
-			first_ns = min(first_ns, ?3), last_ns = max(last_ns, ?3)`, sha, refused, t); err != nil {
-		return err
-	}
-	for _, r := range seenOf(host, ev) {
-		kind, what := r.kind, r.what
-		if _, err := tx.ExecContext(ctx, `INSERT INTO queue_seen (sha, kind, what, last_ns) VALUES (?1, ?2, ?3, ?4)
-			ON CONFLICT (sha, kind, what) DO UPDATE SET last_ns = max(last_ns, ?4)`, sha, kind, what, t); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM queue_seen WHERE sha = ?1 AND kind = ?2 AND what NOT IN
-			(SELECT what FROM queue_seen WHERE sha = ?1 AND kind = ?2 ORDER BY last_ns DESC LIMIT ?3)`, sha, kind, maxSeen); err != nil {
-			return err
+			if len(whats) > 0 {
+				if _, err := tx.ExecContext(ctx, `DELETE FROM queue_seen WHERE sha = ?1 AND kind = ?2 AND what NOT IN
+					(SELECT what FROM queue_seen WHERE sha = ?1 AND kind = ?2 ORDER BY last_ns DESC, what LIMIT ?3)`, sha, kind, maxSeen); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	return nil

@@ -4,9 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -369,4 +372,62 @@ func checkQueueSigners(t *testing.T, db, other storeSink) {
 func sorted(s ...string) []string {
 	slices.Sort(s)
 	return s
+}
+
+// TestSQLiteConcurrentUploads: checkConcurrentUploads on the embedded
+// store, whose Append commits concurrent uploads together.
+func TestSQLiteConcurrentUploads(t *testing.T) {
+	db, _ := open(t)
+	checkConcurrentUploads(t, db, db)
+}
+
+// TestSQLiteAppendBatch: the same checks as PostgreSQL's.
+func TestSQLiteAppendBatch(t *testing.T) {
+	db, _ := open(t)
+	checkAppendBatch(t, db)
+}
+
+// TestSQLiteCloseWithUploadsInFlight: Close waits for the group being
+// stored; an upload after Close is refused, not lost silently.
+func TestSQLiteCloseWithUploadsInFlight(t *testing.T) {
+	db, path := open(t)
+	ctx := context.Background()
+	for i := range 50 {
+		if _, err := db.Enroll(ctx, fleetdb.Host{ID: fmt.Sprint("h", i), CertSerial: "1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sha := strings.Repeat("ab", 32)
+	var wg sync.WaitGroup
+	var stored, refused atomic.Int64
+	for i := range 50 {
+		wg.Go(func() {
+			u := fleetdb.Upload{Host: fmt.Sprint("h", i), ThroughID: 1, Events: []*vigilv1.Event{upEvent(1, sha, 1, true)}}
+			if _, err := db.Append(ctx, u); err != nil {
+				refused.Add(1)
+				if !strings.Contains(err.Error(), "closed") {
+					t.Errorf("upload %d: %v", i, err)
+				}
+				return
+			}
+			stored.Add(1)
+		})
+	}
+	time.Sleep(5 * time.Millisecond)
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if stored.Load()+refused.Load() != 50 {
+		t.Fatalf("%d stored + %d refused != 50", stored.Load(), refused.Load())
+	}
+	t.Logf("%d uploads stored before Close, %d refused after", stored.Load(), refused.Load())
+	again, err := fleetdb.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if evs, _ := again.Events(ctx, "", 1000); int64(len(evs)) != stored.Load() {
+		t.Fatalf("%d events in the database, %d uploads were answered as stored", len(evs), stored.Load())
+	}
 }
