@@ -420,10 +420,25 @@ func (r *Report) writeAuth(b *strings.Builder) {
 		"on the bench's tmpfs while execs are driven at %d/s for %.0f s (%.0f/s achieved, %d execs). "+
 		"Latency is the agent's, from sending the request to receiving the answer, per decision record.\n\n",
 		a.Rate, a.Seconds, a.Achieved, a.Execs)
-	table(b, []string{"place", "decisions", "p50", "p99", "max", "deadlines missed"}, [][]string{{
-		a.Place, fmt.Sprint(a.Samples), fmt.Sprintf("%.0f µs", a.P50us), fmt.Sprintf("%.0f µs", a.P99us),
-		fmt.Sprintf("%.0f µs", a.MaxUs), fmt.Sprint(a.Missed),
-	}})
+	us := func(v float64) string { return fmt.Sprintf("%.0f µs", v) }
+	rows := [][]string{{"AUTH round trip (agent ↔ client), " + a.Place, fmt.Sprint(a.Samples), us(a.P50us), us(a.P99us), us(a.MaxUs), fmt.Sprint(a.Missed)}}
+	for _, f := range []struct {
+		what string
+		l    *Latency
+	}{{"floor: two processes, one byte back and forth, idle machine", a.FloorIdle},
+		{"floor: the same, under the same exec load, no agent", a.FloorLoaded}} {
+		switch {
+		case f.l == nil:
+		case f.l.Error != "":
+			rows = append(rows, []string{f.what, "not measured: " + f.l.Error, "", "", "", ""})
+		default:
+			rows = append(rows, []string{f.what, fmt.Sprint(f.l.Samples), us(f.l.P50us), us(f.l.P99us), us(f.l.MaxUs), "–"})
+		}
+	}
+	table(b, []string{"what", "samples", "p50", "p99", "max", "deadlines missed"}, rows)
+	b.WriteString("\nThe floors are the machine's, not Vigil's: two Go processes on the netpoller pass a byte over a unix socket pair " +
+		"at the same rate (bench/harness/pingpong.go). Every AUTH request wakes the client and every answer wakes the agent, " +
+		"so the round trip cannot beat the floor under the same load.\n")
 }
 
 func (r *Report) writeFleet(b *strings.Builder) {

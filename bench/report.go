@@ -273,7 +273,26 @@ type Auth struct {
 	P50us    float64 `json:"p50_us"`
 	P99us    float64 `json:"p99_us"`
 	MaxUs    float64 `json:"max_us"`
-	Reason   string  `json:"reason,omitempty"` // why it did not run
+	// Floors: a byte back and forth between two processes at the same
+	// rate, no agent (the machine's wakeup cost; see harness/pingpong.go),
+	// on the idle machine and while the same exec load runs.
+	FloorIdle   *Latency `json:"floor_idle,omitempty"`
+	FloorLoaded *Latency `json:"floor_loaded,omitempty"`
+	Reason      string   `json:"reason,omitempty"` // why it did not run
+}
+
+// Latency is a sample's size and percentiles, µs.
+type Latency struct {
+	Samples int     `json:"samples"`
+	P50us   float64 `json:"p50_us"`
+	P99us   float64 `json:"p99_us"`
+	MaxUs   float64 `json:"max_us"`
+	Error   string  `json:"error,omitempty"` // why it was not measured
+}
+
+// NewLatency summarizes lat (µs).
+func NewLatency(lat []float64) *Latency {
+	return &Latency{Samples: len(lat), P50us: Percentile(lat, 50), P99us: Percentile(lat, 99), MaxUs: Percentile(lat, 100)}
 }
 
 // Fleet is the fleet server's load benchmark (issue 9): simulated agents

@@ -64,6 +64,13 @@ func (e *Env) runAuth(ctx context.Context, secs float64) *bench.Auth {
 	if out, err := exec.CommandContext(ctx, e.Vigil, "filter", "sign", "--key", key+".key", "--out", signed, cfgFile).CombinedOutput(); err != nil {
 		return fail(fmt.Sprintf("filter sign: %v: %s", err, out))
 	}
+	// The floors, before the agent starts: idle, then under the same exec
+	// load with no agent.
+	res.FloorIdle = e.floor(ctx, secs, nil)
+	res.FloorLoaded = e.floor(ctx, secs, func() error {
+		_, err := runRate(ctx, e.Tools, "exec", AuthRate, secs, 2, e.Tools.Target)
+		return err
+	})
 	r, err := e.startAgent(ctx, dir, nil, []string{"--backend", "tracepoint", "--fanotify-mark", e.execFS,
 		"--admin-key", key + ".pub", "--protect=false", "--host-id-file", hostID, "--filter-clients", signed})
 	if err != nil {
@@ -160,4 +167,26 @@ func parseAuthLatencies(out []byte) ([]float64, int, error) {
 		}
 	}
 	return lat, missed, sc.Err()
+}
+
+// floor measures the two-process wakeup floor (pingPong) at AuthRate for
+// secs, while load runs (nil: idle).
+func (e *Env) floor(ctx context.Context, secs float64, load func() error) *bench.Latency {
+	var loadErr error
+	done := make(chan struct{})
+	if load != nil {
+		go func() { defer close(done); loadErr = load() }()
+	} else {
+		close(done)
+	}
+	lat, err := pingPong(ctx, AuthRate, secs)
+	<-done
+	if err == nil {
+		err = loadErr
+	}
+	if err != nil {
+		e.errorf("auth floor: %v", err)
+		return &bench.Latency{Error: err.Error()}
+	}
+	return bench.NewLatency(lat)
 }

@@ -43,6 +43,8 @@ func main() {
 		err = cmdCleanup(ctx, os.Args[2:])
 	case "exec-in":
 		err = harness.ExecIn(os.Args[2:])
+	case "echo-peer":
+		err = harness.EchoPeer()
 	case "guest":
 		err = harness.Guest(ctx, os.Args[2:], slog.New(slog.NewTextHandler(os.Stdout, nil)))
 	case "-h", "-help", "--help", "help":
