@@ -33,9 +33,10 @@ import (
 // they come out of the pipeline. A catalog whose signature names an
 // approved key but does not verify (forged) claims nothing, nor does an
 // event about trusted or denied code. Approving a signer adds its catalog
-// (its digests are trusted, it claims nothing more); revoking it makes its
-// catalog claim again, and approving it once more adds the catalog again;
-// a catalog_dir emptied claims nothing.
+// (its digests are trusted, it claims nothing more; an older catalog it
+// supersedes claims nothing either); revoking it makes its catalogs claim
+// again, and approving it once more adds them again, even with no reload
+// between the two; a catalog_dir emptied claims nothing.
 func TestCatalogSignersClaimed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -84,6 +85,13 @@ func TestCatalogSignersClaimed(t *testing.T) {
 		return b
 	}
 	writeCat("k.catalog", k.priv, "k", d, many)
+	// An older catalog of K's of the same name: once K is approved the
+	// newer one supersedes it, and what only it lists is neither trusted
+	// nor claimed.
+	old := sum("old")
+	issued = issued.Add(-time.Minute)
+	writeCat("k-old.catalog", k.priv, "k", d, old, sum("old too"))
+	issued = issued.Add(time.Minute)
 	writeCat("k-again.catalog", k.priv, "k-again", d) // K twice for D: once in the event
 	writeCat("k2.catalog", k2.priv, "k2", d)
 	writeCat("approved.catalog", approved.priv, "approved", trustedD)
@@ -113,7 +121,7 @@ func TestCatalogSignersClaimed(t *testing.T) {
 	fake := &compilingSensor{Sensor: agenttest.New(sensor.Info{Backend: sensor.BackendTracepoint})}
 	var s sensor.Sensor = fake
 	a := &agent{cfg: Config{StateDir: dir}, log: slog.New(slog.DiscardHandler),
-		xc:      &execState{db: db, catDone: map[string][]string{}, pending: make(chan trust.Attempt, pendingQueue)},
+		xc:      &execState{db: db, catDone: map[string]string{}, pending: make(chan trust.Attempt, pendingQueue)},
 		metrics: metrics.New(), broker: server.NewBroker(), local: make(chan *vigilv1.Event, localQueue), store: st}
 	a.sensor.Store(&s)
 	src := fmt.Sprintf("version: 1\nname: lockdown\nmode: enforce\nrules: []\ntrust:\n  mode: lockdown\n  sources: [catalogs]\n  catalog_dir: %s\n", catDir)
@@ -173,6 +181,7 @@ func TestCatalogSignersClaimed(t *testing.T) {
 	check("denied D", "denied", d, nil...)
 	check("unknown code in no catalog", "unknown", sum("nowhere"), nil...)
 	check("unknown digest of many signers", "unknown", many, manyIDs[:maxClaimed]...)
+	check("unknown digest of K's older catalog", "unknown", old, k.id)
 
 	// K approved: its catalogs are added, only K2 still claims D.
 	if _, err := db.ApproveSigner(ctx, k.pub, ""); err != nil {
@@ -183,21 +192,43 @@ func TestCatalogSignersClaimed(t *testing.T) {
 		t.Fatalf("K approved, its catalog not added: %v", cats)
 	}
 	check("unknown D, K approved", "unknown", d, k2.id)
+	reload() // the older catalog of K's is superseded now
+	check("unknown digest of K's superseded catalog, K approved", "unknown", old, nil...)
+	hasK := func() bool {
+		cats, err := db.Catalogs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(cats, func(c trust.CatalogInfo) bool { return c.KeyID == k.id && c.Name == "k" && c.Digests == 2 })
+	}
 	// K revoked: its catalogs are gone from the database and claim again.
 	if err := db.RevokeSigner(ctx, k.id); err != nil {
 		t.Fatal(err)
 	}
 	reload()
 	check("unknown D, K revoked", "unknown", d, kk2...)
+	check("unknown digest of K's older catalog, K revoked", "unknown", old, k.id)
 	// K approved once more: its catalogs are added again.
 	if _, err := db.ApproveSigner(ctx, k.pub, ""); err != nil {
 		t.Fatal(err)
 	}
 	reload()
-	if cats, _ := db.Catalogs(ctx); !slices.ContainsFunc(cats, func(c trust.CatalogInfo) bool { return c.KeyID == k.id }) {
-		t.Fatalf("K approved again, its catalog not added again: %v", cats)
+	if !hasK() {
+		t.Fatal("K approved again, its catalog not added again")
 	}
 	check("unknown D, K approved again", "unknown", d, k2.id)
+	// Revoked and approved again with no reload in between: the agent
+	// still sees its catalogs are gone from the database.
+	if err := db.RevokeSigner(ctx, k.id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ApproveSigner(ctx, k.pub, ""); err != nil {
+		t.Fatal(err)
+	}
+	reload()
+	if !hasK() {
+		t.Fatal("K revoked and approved again between two reloads, its catalog not added again")
+	}
 	// catalog_dir emptied: nothing is claimed.
 	if err := os.RemoveAll(catDir); err != nil {
 		t.Fatal(err)

@@ -52,9 +52,10 @@ type execState struct {
 	gen    uint64 // database generation in force
 	catSig string // catalog directory listing last read
 	// catDone holds the catalog files (by content digest) added or
-	// superseded, each with the signers it counts under: done while one of
-	// them stays approved.
-	catDone  map[string][]string
+	// superseded, each with the payload digest of the stored catalog that
+	// accounts for it (trust.CatalogInfo.SHA256): done while the database
+	// holds that one.
+	catDone  map[string]string
 	warnings []string // of the execution control in force
 	pending  chan trust.Attempt
 	// claims is what catalog_dir's catalogs by signers not approved
@@ -96,7 +97,7 @@ func (a *agent) openTrust(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.xc = &execState{db: db, catDone: map[string][]string{}, pending: make(chan trust.Attempt, pendingQueue)}
+	a.xc = &execState{db: db, catDone: map[string]string{}, pending: make(chan trust.Attempt, pendingQueue)}
 	return nil
 }
 
@@ -224,9 +225,9 @@ func (a *agent) setExecControlLocked(ctx context.Context, t *policy.Trust) ([]st
 // addCatalogs adds the catalog files of dir the database does not hold
 // yet. A catalog that is refused (bad signature, signer not approved) is a
 // warning; it is tried again when the database changes (a signer may have
-// been approved since). A catalog added earlier whose signer is no longer
-// approved is tried again too: revoking a signer deletes its catalogs from
-// the database, so approving it again must add them again.
+// been approved since). A catalog added earlier that the database no
+// longer holds is tried again too: revoking a signer deletes its catalogs,
+// so approving it again must add them again.
 //
 // It also returns what the catalogs refused as not signed by an approved
 // signer claim (catalogClaims). A catalog refused for a bad signature
@@ -242,15 +243,15 @@ func (a *agent) addCatalogs(ctx context.Context, dir string) ([]string, catalogC
 		return []string{fmt.Sprintf("trust.catalog_dir: %v", err)}, claims
 	}
 	var warnings []string
-	if signers, err := a.xc.db.Signers(ctx); err != nil {
-		warnings = append(warnings, fmt.Sprintf("trust.catalog_dir: catalogs of revoked signers not checked: %v", err))
+	if stored, err := a.xc.db.Catalogs(ctx); err != nil {
+		warnings = append(warnings, fmt.Sprintf("trust.catalog_dir: catalogs removed from the trust database not checked: %v", err))
 	} else {
-		approved := map[string]bool{}
-		for _, s := range signers {
-			approved[s.KeyID] = true
+		held := map[string]bool{}
+		for _, c := range stored {
+			held[c.SHA256] = true
 		}
-		for key, ids := range a.xc.catDone {
-			if !slices.ContainsFunc(ids, func(id string) bool { return approved[id] }) {
+		for key, payload := range a.xc.catDone {
+			if !held[payload] {
 				delete(a.xc.catDone, key)
 			}
 		}
@@ -274,15 +275,11 @@ func (a *agent) addCatalogs(ctx context.Context, dir string) ([]string, catalogC
 		switch {
 		case err == nil:
 			a.log.Info("catalog added", "file", path, "name", info.Name, "signer", info.KeyID, "digests", info.Digests)
-			a.xc.catDone[key] = []string{info.KeyID}
+			a.xc.catDone[key] = info.SHA256
 		case errors.Is(err, trust.ErrStaleCatalog):
-			// Superseded by a newer one of its signer: done while a
-			// signer it names stays approved.
-			var ids []string
-			if c, err := trust.ReadCatalogClaim(b); err == nil {
-				ids = c.KeyIDs
-			}
-			a.xc.catDone[key] = ids
+			// Superseded by a newer one of its signer: done while the
+			// database holds that one.
+			a.xc.catDone[key] = a.supersedingCatalog(ctx, b)
 		case errors.Is(err, trust.ErrUnapprovedSigner):
 			if c, err := trust.ReadCatalogClaim(b); err == nil {
 				claims.add(c.KeyIDs, c.SHA)
@@ -293,6 +290,26 @@ func (a *agent) addCatalogs(ctx context.Context, dir string) ([]string, catalogC
 		}
 	}
 	return warnings, claims
+}
+
+// supersedingCatalog returns the payload digest of the stored catalog
+// that supersedes the catalog file b (same name, from a signer b names);
+// "" if there is none (b is then tried again next time).
+func (a *agent) supersedingCatalog(ctx context.Context, b []byte) string {
+	c, err := trust.ReadCatalogClaim(b)
+	if err != nil {
+		return ""
+	}
+	stored, err := a.xc.db.Catalogs(ctx)
+	if err != nil {
+		return ""
+	}
+	for _, s := range stored {
+		if s.Name == c.Name && slices.Contains(c.KeyIDs, s.KeyID) {
+			return s.SHA256
+		}
+	}
+	return ""
 }
 
 // noteClaims sets the catalog signers of an event about unknown code to
