@@ -392,6 +392,7 @@ func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
 			kindCounters[ev.GetKind()] = byKind
 		}
 		byKind.Inc()
+		a.noteClaims(ev)
 		a.notePending(ev)
 		a.fleetPreview(ev)
 		if w := a.integrity.Load(); w != nil {

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,21 +29,67 @@ import (
 // digests and hands it to the sensor, which decides in the kernel. It
 // reloads when the database or the catalog directory changes, and records
 // the unknown code the sensor reports for `vigil pending`.
+//
+// Catalogs in catalog_dir whose signer the host does not approve trust
+// nothing, but the agent keeps what they claim (trust.CatalogClaim): for
+// each digest they list, the key IDs of their signers. An event about
+// unknown code whose digest one of them lists carries those key IDs
+// (Trust.catalog_signers), so the fleet server's queue can offer to
+// approve the signer. The host cannot verify such a claim (it lacks the
+// key); approving the signer with its real public key does, when the
+// catalog is added then.
 
 const (
 	trustPoll    = 2 * time.Second // how often the database and catalogs are checked for changes
 	pendingQueue = 1024            // attempts waiting to be recorded
+	maxClaimed   = 8               // catalog signers reported per event, at most
 )
 
 // execState is the agent's execution control state; guarded by
 // agent.policy.mu, like the policy it belongs to.
 type execState struct {
-	db       *trust.DB
-	gen      uint64          // database generation in force
-	catSig   string          // catalog directory listing last read
-	catDone  map[string]bool // catalog files (by content digest) added or superseded
-	warnings []string        // of the execution control in force
+	db     *trust.DB
+	gen    uint64 // database generation in force
+	catSig string // catalog directory listing last read
+	// catDone holds the catalog files (by content digest) added or
+	// superseded, each with the payload digest of the stored catalog that
+	// accounts for it (trust.CatalogInfo.SHA256): done while the database
+	// holds that one.
+	catDone  map[string]string
+	warnings []string // of the execution control in force
 	pending  chan trust.Attempt
+	// claims is what catalog_dir's catalogs by signers not approved
+	// claim, read by the pipeline without a lock; replaced (never
+	// changed) each time catalog_dir is read. nil: none.
+	claims atomic.Pointer[catalogClaims]
+}
+
+// catalogClaims maps a digest to the key IDs (sorted, without duplicates,
+// at most maxClaimed) of signers not approved on this host whose catalogs
+// in catalog_dir list it: unverified claims (trust.CatalogClaim). Never
+// changed once published.
+type catalogClaims map[[32]byte][]string
+
+// add files ids (sorted, without duplicates) under each of ds.
+func (cc catalogClaims) add(ids []string, ds [][32]byte) {
+	if len(ids) == 0 {
+		return
+	}
+	if len(ids) > maxClaimed {
+		ids = ids[:maxClaimed]
+	}
+	for _, d := range ds {
+		have := cc[d]
+		if len(have) == 0 {
+			cc[d] = ids // shared by the digests of one catalog: read only
+			continue
+		}
+		merged := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(have), ids...))))
+		if len(merged) > maxClaimed {
+			merged = merged[:maxClaimed]
+		}
+		cc[d] = merged
+	}
 }
 
 func (a *agent) openTrust(ctx context.Context) error {
@@ -49,7 +97,7 @@ func (a *agent) openTrust(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.xc = &execState{db: db, catDone: map[string]bool{}, pending: make(chan trust.Attempt, pendingQueue)}
+	a.xc = &execState{db: db, catDone: map[string]string{}, pending: make(chan trust.Attempt, pendingQueue)}
 	return nil
 }
 
@@ -131,14 +179,22 @@ func (a *agent) setExecControlLocked(ctx context.Context, t *policy.Trust) ([]st
 	if err != nil {
 		return nil, fmt.Errorf("trust database: %w", err)
 	}
-	var warnings []string
+	var (
+		warnings []string
+		claims   catalogClaims
+	)
 	if t != nil && t.CatalogDir != "" {
 		a.xc.catSig = catalogSig(t.CatalogDir)
-		warnings = append(warnings, a.addCatalogs(ctx, t.CatalogDir)...)
+		var w []string
+		w, claims = a.addCatalogs(ctx, t.CatalogDir)
+		warnings = append(warnings, w...)
 		if gen, err = a.xc.db.Generation(ctx); err != nil {
 			return nil, fmt.Errorf("trust database: %w", err)
 		}
 	}
+	// What catalog_dir holds now: a catalog added since (its signer
+	// approved) claims nothing any more, nor one removed.
+	a.xc.claims.Store(&claims)
 	xc, w, err := a.buildExecControl(ctx, t)
 	if err != nil {
 		return nil, err
@@ -169,16 +225,37 @@ func (a *agent) setExecControlLocked(ctx context.Context, t *policy.Trust) ([]st
 // addCatalogs adds the catalog files of dir the database does not hold
 // yet. A catalog that is refused (bad signature, signer not approved) is a
 // warning; it is tried again when the database changes (a signer may have
-// been approved since).
-func (a *agent) addCatalogs(ctx context.Context, dir string) []string {
+// been approved since). A catalog added earlier that the database no
+// longer holds is tried again too: revoking a signer deletes its catalogs,
+// so approving it again must add them again.
+//
+// It also returns what the catalogs refused as not signed by an approved
+// signer claim (catalogClaims). A catalog refused for a bad signature
+// claims nothing: it names an approved key and does not verify with it
+// (forged or damaged).
+func (a *agent) addCatalogs(ctx context.Context, dir string) ([]string, catalogClaims) {
+	claims := catalogClaims{}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil
+			return nil, claims
 		}
-		return []string{fmt.Sprintf("trust.catalog_dir: %v", err)}
+		return []string{fmt.Sprintf("trust.catalog_dir: %v", err)}, claims
 	}
 	var warnings []string
+	if stored, err := a.xc.db.Catalogs(ctx); err != nil {
+		warnings = append(warnings, fmt.Sprintf("trust.catalog_dir: catalogs removed from the trust database not checked: %v", err))
+	} else {
+		held := map[string]bool{}
+		for _, c := range stored {
+			held[c.SHA256] = true
+		}
+		for key, payload := range a.xc.catDone {
+			if !held[payload] {
+				delete(a.xc.catDone, key)
+			}
+		}
+	}
 	for _, e := range entries {
 		if !e.Type().IsRegular() {
 			continue
@@ -191,21 +268,69 @@ func (a *agent) addCatalogs(ctx context.Context, dir string) []string {
 		}
 		sum := sha256.Sum256(b)
 		key := hex.EncodeToString(sum[:])
-		if a.xc.catDone[key] {
+		if _, done := a.xc.catDone[key]; done {
 			continue
 		}
 		info, err := a.xc.db.AddCatalog(ctx, b)
 		switch {
 		case err == nil:
 			a.log.Info("catalog added", "file", path, "name", info.Name, "signer", info.KeyID, "digests", info.Digests)
-			a.xc.catDone[key] = true
+			a.xc.catDone[key] = info.SHA256
 		case errors.Is(err, trust.ErrStaleCatalog):
-			a.xc.catDone[key] = true
+			// Superseded by a newer one of its signer: done while the
+			// database holds that one.
+			a.xc.catDone[key] = a.supersedingCatalog(ctx, b)
+		case errors.Is(err, trust.ErrUnapprovedSigner):
+			if c, err := trust.ReadCatalogClaim(b); err == nil {
+				claims.add(c.KeyIDs, c.SHA)
+			}
+			warnings = append(warnings, fmt.Sprintf("catalog %s refused, it trusts nothing: %v", path, err))
 		default:
 			warnings = append(warnings, fmt.Sprintf("catalog %s refused, it trusts nothing: %v", path, err))
 		}
 	}
-	return warnings
+	return warnings, claims
+}
+
+// supersedingCatalog returns the payload digest of the stored catalog
+// that supersedes the catalog file b (same name, from a signer b names);
+// "" if there is none (b is then tried again next time).
+func (a *agent) supersedingCatalog(ctx context.Context, b []byte) string {
+	c, err := trust.ReadCatalogClaim(b)
+	if err != nil {
+		return ""
+	}
+	stored, err := a.xc.db.Catalogs(ctx)
+	if err != nil {
+		return ""
+	}
+	for _, s := range stored {
+		if s.Name == c.Name && slices.Contains(c.KeyIDs, s.KeyID) {
+			return s.SHA256
+		}
+	}
+	return ""
+}
+
+// noteClaims sets the catalog signers of an event about unknown code to
+// those catalog_dir's catalogs claim for its digest (unverified, see
+// catalogClaims). It never blocks and takes no lock.
+func (a *agent) noteClaims(ev *vigilv1.Event) {
+	t := ev.GetTrust()
+	if a.xc == nil || t == nil || t.Verdict != "unknown" || t.Sha256 == "" {
+		return
+	}
+	cc := a.xc.claims.Load()
+	if cc == nil || len(*cc) == 0 {
+		return
+	}
+	sha, err := trust.ParseDigest(t.Sha256)
+	if err != nil {
+		return
+	}
+	if ids := (*cc)[sha]; len(ids) > 0 {
+		t.CatalogSigners = slices.Clone(ids) // the index is shared, the event is not
+	}
 }
 
 // catalogSig is a cheap signature of dir's listing: names, sizes, times.

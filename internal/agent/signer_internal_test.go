@@ -88,7 +88,7 @@ func TestSignerCatalogChangeRecompiles(t *testing.T) {
 	}
 	fake := &compilingSensor{Sensor: agenttest.New(sensor.Info{Backend: sensor.BackendLSM})}
 	var s sensor.Sensor = fake
-	a := &agent{cfg: Config{StateDir: dir}, log: slog.New(slog.DiscardHandler), xc: &execState{db: db, catDone: map[string]bool{}}}
+	a := &agent{cfg: Config{StateDir: dir}, log: slog.New(slog.DiscardHandler), xc: &execState{db: db, catDone: map[string]string{}}}
 	a.sensor.Store(&s)
 
 	src := fmt.Sprintf("version: 1\nmode: enforce\nrules:\n  - {id: by-k, on: [exec], action: deny, match: {process: {signer: [%s]}}}\n", k)

@@ -6,7 +6,8 @@
 // The payload type names what is inside (for example
 // "application/vnd.vigil.integrity-baseline+json"); Verify refuses an
 // envelope of another type, so a signed policy cannot be replayed as a
-// baseline. Key IDs are the SHA-256 of the PKIX public key, hex.
+// baseline. Key IDs are the SSH-style SHA-256 fingerprint of the public
+// key: "SHA256:" and 43 characters of unpadded standard base64.
 package sign
 
 import (
@@ -14,12 +15,15 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 )
@@ -36,9 +40,19 @@ func GenerateKey() (ed25519.PublicKey, ed25519.PrivateKey, error) {
 	return ed25519.GenerateKey(rand.Reader)
 }
 
-// KeyID is the hex SHA-256 of the PKIX encoding of pub.
+// KeyID is pub's key ID: its SSH-style SHA-256 fingerprint ("SHA256:"
+// and 43 characters of unpadded standard base64), as `vigil keys id`
+// prints it.
 func KeyID(pub ed25519.PublicKey) (string, error) {
 	return dsse.SHA256KeyID(pub)
+}
+
+// IsKeyID reports whether s has the form of a key ID (KeyID). It says
+// nothing about whether any key has that ID.
+func IsKeyID(s string) bool {
+	b64, ok := strings.CutPrefix(s, "SHA256:")
+	b, err := base64.RawStdEncoding.Strict().DecodeString(b64)
+	return ok && err == nil && len(b) == sha256.Size
 }
 
 // MarshalPrivateKey encodes priv as a PKCS#8 "PRIVATE KEY" PEM block.

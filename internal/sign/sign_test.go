@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -62,5 +63,33 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 	}
 	if _, err := ParsePrivateKey([]byte("junk")); err == nil {
 		t.Fatal("junk key accepted")
+	}
+}
+
+func TestIsKeyID(t *testing.T) {
+	pub, _, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := KeyID(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		s    string
+		want bool
+	}{
+		{id, true},
+		{"", false},
+		{id[len("SHA256:"):], false},             // no prefix
+		{"sha256:" + id[len("SHA256:"):], false}, // prefix is case-sensitive
+		{id + "=", false},                        // padded
+		{id[:len(id)-1], false},                  // short
+		{id + "A", false},                        // long
+		{"SHA256:" + strings.Repeat("!", 43), false},
+	} {
+		if got := IsKeyID(tc.s); got != tc.want {
+			t.Errorf("IsKeyID(%q) = %v, want %v", tc.s, got, tc.want)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package trust
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -9,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -145,13 +147,7 @@ func VerifyCatalog(ctx context.Context, envelope []byte, keys ...ed25519.PublicK
 			}
 			return nil, err
 		}
-		var c Catalog
-		dec := json.NewDecoder(strings.NewReader(string(payload)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&c); err != nil {
-			return nil, fmt.Errorf("catalog payload: %w", err)
-		}
-		ds, err := c.Parse()
+		c, ds, err := decodeCatalog(payload)
 		if err != nil {
 			return nil, err
 		}
@@ -164,6 +160,72 @@ func VerifyCatalog(ctx context.Context, envelope []byte, keys ...ed25519.PublicK
 		return nil, ErrUnapprovedSigner
 	}
 	return nil, fmt.Errorf("%w: signed by %s", ErrUnapprovedSigner, strings.Join(signedBy, ", "))
+}
+
+// decodeCatalog decodes and checks a catalog payload: the one decoder of
+// VerifyCatalog and ReadCatalogClaim, so both are as strict.
+func decodeCatalog(payload []byte) (Catalog, [][32]byte, error) {
+	var c Catalog
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Catalog{}, nil, fmt.Errorf("catalog payload: %w", err)
+	}
+	ds, err := c.Parse()
+	if err != nil {
+		return Catalog{}, nil, err
+	}
+	return c, ds, nil
+}
+
+// CatalogClaim is what a catalog file says of itself, its signature NOT
+// checked: the keys its signatures name and the digests it lists.
+//
+// A host cannot check the signature of a signer it does not approve: it
+// does not hold that signer's public key, only the key ID a signature
+// names, which anyone can write. A claim therefore trusts nothing. It only
+// tells the fleet which signer an admin could consider approving; approving
+// that signer with its real public key is what verifies the catalog, when
+// AddCatalog adds it then (a forged catalog is refused there and trusts
+// nothing).
+type CatalogClaim struct {
+	Catalog
+	// KeyIDs are the key IDs the signatures name, sorted, without
+	// duplicates; a name that is not of the form of a key ID
+	// (sign.IsKeyID) is left out, as no key could have it.
+	KeyIDs []string
+	SHA    [][32]byte // its digests, parsed
+}
+
+// ReadCatalogClaim reads a catalog file (a DSSE envelope) WITHOUT
+// verifying its signatures (see CatalogClaim): the envelope must hold a
+// catalog (CatalogPayloadType) whose payload is as well formed as
+// VerifyCatalog requires.
+func ReadCatalogClaim(envelope []byte) (*CatalogClaim, error) {
+	env, err := sign.ReadEnvelope(envelope)
+	if err != nil {
+		return nil, err
+	}
+	if env.PayloadType != CatalogPayloadType {
+		return nil, fmt.Errorf("envelope holds %q, not a catalog (%s)", env.PayloadType, CatalogPayloadType)
+	}
+	// Standard or URL-safe base64, as DSSE allows.
+	payload, err := env.DecodeB64Payload()
+	if err != nil {
+		return nil, fmt.Errorf("catalog payload: %w", err)
+	}
+	c, ds, err := decodeCatalog(payload)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, s := range env.Signatures {
+		if sign.IsKeyID(s.KeyID) {
+			ids = append(ids, s.KeyID)
+		}
+	}
+	slices.Sort(ids)
+	return &CatalogClaim{Catalog: c, KeyIDs: slices.Compact(ids), SHA: ds}, nil
 }
 
 // CatalogInfo describes a stored catalog.

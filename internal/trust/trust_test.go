@@ -9,10 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 
 	"github.com/vigil-hips/vigil/internal/sign"
 )
@@ -594,4 +597,94 @@ func TestSignedDigests(t *testing.T) {
 func sorted(ds ...[32]byte) [][32]byte {
 	sortDigests(ds)
 	return ds
+}
+
+// TestReadCatalogClaim: a catalog file's claim is read without its
+// signer's key: the key IDs its signatures name and its digests, as
+// strictly decoded as VerifyCatalog decodes; anything that is not a
+// well-formed catalog is an error.
+func TestReadCatalogClaim(t *testing.T) {
+	ctx := context.Background()
+	pubK, privK := genKey(t)
+	pubL, privL := genKey(t)
+	idK, _ := sign.KeyID(pubK)
+	idL, _ := sign.KeyID(pubL)
+	a, b := digest("a"), digest("b")
+	// The name leads the payload: "~~~" there makes its standard base64
+	// hold '+', so the URL-safe encoding differs.
+	const name = "tools ~~~"
+	good := writeCatalog(t, privK, name, time.Now(), b, a, a)
+	envelope := func(payloadType string, payload []byte, keys ...ed25519.PrivateKey) *sign.Envelope {
+		t.Helper()
+		env := &sign.Envelope{PayloadType: payloadType, Payload: base64.StdEncoding.EncodeToString(payload)}
+		for _, k := range keys {
+			e, err := sign.Sign(ctx, k, payloadType, payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env.Payload = e.Payload
+			env.Signatures = append(env.Signatures, e.Signatures...)
+		}
+		return env
+	}
+	marshal := func(env *sign.Envelope) []byte { b, _ := json.Marshal(env); return b }
+	payload, _ := json.Marshal(NewCatalog(name, [][32]byte{a, b}, time.Now()))
+	// Signed by L and K, K twice, and a signature naming no well-formed key.
+	several := envelope(CatalogPayloadType, payload, privL, privK, privK)
+	several.Signatures = append(several.Signatures, dsse.Signature{KeyID: "not-a-key", Sig: several.Signatures[0].Sig})
+	// The payload in URL-safe base64 (DSSE accepts either).
+	urlSafe := envelope(CatalogPayloadType, payload, privK)
+	urlSafe.Payload = base64.URLEncoding.EncodeToString(payload)
+	if urlSafe.Payload == base64.StdEncoding.EncodeToString(payload) {
+		t.Fatal("the URL-safe payload is the standard one: the case tests nothing")
+	}
+	// K's signature over another payload: the claim is read all the same
+	// (it is not verified); VerifyCatalog would refuse it.
+	tampered := envelope(CatalogPayloadType, payload, privK)
+	other, _ := json.Marshal(NewCatalog(name, [][32]byte{a}, time.Now()))
+	tampered.Payload = base64.StdEncoding.EncodeToString(other)
+
+	for _, tc := range []struct {
+		name     string
+		file     []byte
+		wantIDs  []string
+		wantSHA  [][32]byte
+		wantErr  string
+		verifies bool // with K's key
+	}{
+		{name: "good catalog of an unapproved key", file: good, wantIDs: []string{idK}, wantSHA: sorted(a, b), verifies: true},
+		{name: "several signers", file: marshal(several), wantIDs: slices.Sorted(slices.Values([]string{idK, idL})), wantSHA: sorted(a, b), verifies: true},
+		{name: "URL-safe payload", file: marshal(urlSafe), wantIDs: []string{idK}, wantSHA: sorted(a, b), verifies: true},
+		{name: "tampered payload", file: marshal(tampered), wantIDs: []string{idK}, wantSHA: [][32]byte{a}},
+		{name: "no signature", file: marshal(envelope(CatalogPayloadType, payload)), wantSHA: sorted(a, b)},
+		{name: "wrong payload type", file: marshal(envelope("application/vnd.vigil.policy+yaml", payload, privK)), wantErr: "not a catalog"},
+		{name: "garbage", file: []byte("not json"), wantErr: "not a DSSE envelope"},
+		{name: "empty envelope", file: []byte("{}"), wantErr: "not a DSSE envelope"},
+		{name: "payload not base64", file: []byte(`{"payloadType":"` + CatalogPayloadType + `","payload":"%%%","signatures":[]}`), wantErr: "catalog payload"},
+		{name: "bad digest", file: marshal(envelope(CatalogPayloadType, []byte(`{"name":"x","digests":["zz"],"issued":"2026-01-01T00:00:00Z"}`), privK)), wantErr: "catalog digest 1"},
+		{name: "unknown field", file: marshal(envelope(CatalogPayloadType, []byte(`{"name":"x","digests":[],"issued":"2026-01-01T00:00:00Z","trust":"all"}`), privK)), wantErr: "unknown field"},
+		{name: "no name", file: marshal(envelope(CatalogPayloadType, []byte(`{"name":" ","digests":[],"issued":"2026-01-01T00:00:00Z"}`), privK)), wantErr: "no name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ReadCatalogClaim(tc.file)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want one saying %q", err, tc.wantErr)
+				}
+				if _, verr := VerifyCatalog(ctx, tc.file, pubK); verr == nil {
+					t.Fatal("VerifyCatalog accepts what ReadCatalogClaim refuses")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(c.KeyIDs, tc.wantIDs) || !slices.Equal(c.SHA, tc.wantSHA) || c.Name != name {
+				t.Fatalf("claim: name %q key ids %v digests %x; want %v %x", c.Name, c.KeyIDs, c.SHA, tc.wantIDs, tc.wantSHA)
+			}
+			if _, err := VerifyCatalog(ctx, tc.file, pubK); (err == nil) != tc.verifies {
+				t.Fatalf("VerifyCatalog with K: %v, want verified %v", err, tc.verifies)
+			}
+		})
+	}
 }

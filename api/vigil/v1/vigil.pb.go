@@ -1549,10 +1549,13 @@ type Trust struct {
 	Source  string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`   // rule:ID | database | dpkg:PACKAGE | catalog:KEYID | memfd | anonymous
 	Cached  bool                   `protobuf:"varint,4,opt,name=cached,proto3" json:"cached,omitempty"`  // decided from the kernel verdict cache
 	Mode    string                 `protobuf:"bytes,5,opt,name=mode,proto3" json:"mode,omitempty"`       // monitor | lockdown
-	// catalog_signers: key ids of the signers of the catalogs the host holds
-	// that list sha256 and whose signature verifies with the key they name,
-	// approved or not (set for unknown code, so the fleet can approve by
-	// signer).
+	// catalog_signers: set for unknown code only, so the fleet can approve by
+	// signer: the key ids (SHA256:base64, sorted, at most 8) named by the
+	// signatures of catalogs in the host's trust.catalog_dir that list
+	// sha256 and whose signer the host does not approve. Unverified claims:
+	// the host lacks those signers' keys, so anyone can write such a
+	// catalog. They trust nothing; approving a signer with its real public
+	// key is what verifies its catalogs, when the host adds them.
 	CatalogSigners []string `protobuf:"bytes,6,rep,name=catalog_signers,json=catalogSigners,proto3" json:"catalog_signers,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

@@ -492,7 +492,9 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 }
 
 // approveSigner approves the catalog signer a queue row lists: the key
-// pasted must be the one whose id the hosts reported.
+// pasted must be the one whose id the hosts reported. The hosts' report is
+// an unverified claim; the rule carries the pasted key, with which each
+// host verifies the catalogs.
 func (c *Console) approveSigner(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	id, scope, key := r.PostForm.Get("signer"), r.PostForm.Get("scope"), r.PostForm.Get("signer_key")
 	pub, err := sign.ParsePublicKey([]byte(key))

@@ -953,7 +953,8 @@ type QueueEntry struct {
 	Processes []string               `protobuf:"bytes,7,rep,name=processes,proto3" json:"processes,omitempty"` // "HOST PID EXE", most recent first
 	Paths     []string               `protobuf:"bytes,8,rep,name=paths,proto3" json:"paths,omitempty"`
 	// signers: key ids of the catalog signers hosts reported as listing the
-	// digest (verified catalogs they hold), most recent first.
+	// digest (Trust.catalog_signers: unverified claims of catalogs whose
+	// signer the host does not approve), most recent first.
 	Signers       []string `protobuf:"bytes,9,rep,name=signers,proto3" json:"signers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
