@@ -66,3 +66,35 @@ func TestAppendBatchSizes(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenDropsThePIDIndex: a store made before the pid index was dropped
+// loses it at Open (appends stop paying for it), and pid queries still
+// answer.
+func TestOpenDropsThePIDIndex(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.ExecContext(ctx, `CREATE INDEX events_pid ON events(pid, id)`); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'events_pid'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("events_pid after Open: %d (%v)", n, err)
+	}
+	evs := benchEvents(8, 0)
+	if err := s.Append(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Query(ctx, Filter{PID: evs[3].GetProcess().GetPid()})
+	if err != nil || len(got) == 0 || got[0].GetProcess().GetPid() != evs[3].GetProcess().GetPid() {
+		t.Fatalf("pid query: %v %v", got, err)
+	}
+}
