@@ -312,6 +312,10 @@ func attach(prog *ebpf.Program, section string) (link.Link, error) {
 // default) holds far more than that at any event rate seen.
 const readerPoll = 10 * time.Millisecond
 
+// readerBurst bounds the decoded events the reader holds before handing
+// them on (read): a full ring is handed on in parts as it is decoded.
+const readerBurst = 256
+
 // read drains the ring buffer until closed. Loss is checked after every
 // record and at every readerPoll.
 func (s *Sensor) read(ctx context.Context) {
@@ -353,17 +357,34 @@ func (s *Sensor) read(ctx context.Context) {
 	// A deadline in the past: ReadInto polls without waiting, returns what
 	// the ring holds, then os.ErrDeadlineExceeded.
 	s.reader.SetDeadline(time.Unix(0, 1))
-	var rec ringbuf.Record
+	// Decoded events are handed on in bursts, not one by one: sent one at
+	// a time, each woke the agent's pipeline goroutine (parked again by
+	// the time the next was decoded), and the Go scheduler's wakeups cost
+	// more CPU than the events.
+	var (
+		rec   ringbuf.Record
+		burst []*vigilv1.Event
+	)
+	handOn := func() {
+		for i, ev := range burst {
+			s.emit(ctx, ev)
+			burst[i] = nil
+		}
+		burst = burst[:0]
+		checkLoss()
+	}
 	for {
 		err := s.reader.ReadInto(&rec)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			checkLoss()
+			handOn()
 			<-tick.C
 			continue
 		case errors.Is(err, ringbuf.ErrClosed):
+			handOn()
 			return
 		case err != nil:
+			handOn()
 			s.log.Error("ring buffer read", "err", err)
 			return
 		}
@@ -376,8 +397,9 @@ func (s *Sensor) read(ctx context.Context) {
 		if ev.Seq > maxSeq {
 			maxSeq = ev.Seq
 		}
-		s.emit(ctx, ev)
-		checkLoss()
+		if burst = append(burst, ev); len(burst) == readerBurst {
+			handOn()
+		}
 	}
 }
 
