@@ -764,25 +764,9 @@ func (s *SQLite) Events(ctx context.Context, host string, limit int) ([]HostEven
 		return nil, fmt.Errorf("events: %w", err)
 	}
 	defer rows.Close()
-	var out []HostEvent
-	for rows.Next() {
-		var (
-			he   HostEvent
-			id   uint64
-			blob []byte
-		)
-		if err := rows.Scan(&he.Host, &id, &blob); err != nil {
-			return nil, fmt.Errorf("events: %w", err)
-		}
-		he.Event = new(vigilv1.Event)
-		if err := proto.Unmarshal(blob, he.Event); err != nil {
-			return nil, fmt.Errorf("events: decode: %w", err)
-		}
-		he.Event.Id = id
-		out = append(out, he)
-	}
+	out, _, err := pageEvents(rows, EventFilter{Limit: limit})
 	slices.Reverse(out)
-	return out, rows.Err()
+	return out, err
 }
 
 func (s *SQLite) QueryEvents(ctx context.Context, f EventFilter) ([]HostEvent, int, error) {
