@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -9,14 +8,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	fleetv1 "github.com/vigil-hips/vigil/api/vigil/fleet/v1"
 	"github.com/vigil-hips/vigil/internal/fleet"
@@ -56,24 +53,10 @@ func TestFleetApproveBySigner(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := startFleetServer(t, filepath.Join(dir, "server"), "--signing-key", filepath.Join(dir, "admin.key"))
-	secret, err := srv.fleet("secret", "create", "--name", "e2e-signer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretFile := filepath.Join(dir, "secret")
-	os.WriteFile(secretFile, bytes.TrimSpace(secret), 0o600)
-	hostIDFile := filepath.Join(dir, "machine-id")
-	os.WriteFile(hostIDFile, []byte(randomID(t)+"\n"), 0o644)
-
-	// This test binary is trusted (scanned); its variants are not. The
-	// vendor's catalog lists one of them.
-	state := filepath.Join(dir, "agent-state")
+	// The agent starts after the vendor's catalog is in its catalog_dir.
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if out, stderr, code := vigilRun(t, "trust", "scan", "--db", filepath.Join(state, "trust.db"), exe); code != 0 {
-		t.Fatalf("vigil trust scan: exit %d\n%s%s", code, out, stderr)
 	}
 	tag := make([]byte, 16)
 	rand.Read(tag)
@@ -87,53 +70,13 @@ func TestFleetApproveBySigner(t *testing.T) {
 		"--out", filepath.Join(catDir, "vendor.catalog"), vendorTool); code != 0 {
 		t.Fatalf("vigil catalog sign: exit %d: %s", code, stderr)
 	}
-	src, err := os.ReadFile(lockdownPolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol := filepath.Join(dir, "lockdown.yaml")
-	os.WriteFile(pol, []byte(strings.Replace(string(src), "/etc/vigil/catalogs", catDir, 1)), 0o644)
-	a := startAgent(t, "--backend", "tracepoint", "--fanotify-mark", mnt, "--policy", pol, "--state-dir", state,
-		"--admin-key", filepath.Join(dir, "admin.pub"), "--protect=false", "--host-id-file", hostIDFile,
-		"--fleet-server", srv.addr, "--fleet-ca", srv.ca, "--fleet-enroll-secret-file", secretFile,
-		"--fleet-tag", "e2e", "--fleet-poll", "2s")
-	if err := within(20*time.Second, func() error {
-		_, err := os.Stat(filepath.Join(state, "fleet", fleet.BundleFile))
-		return err
-	}); err != nil {
-		t.Fatalf("the agent applied no bundle: %v\nagent log:\n%s", err, a.log)
-	}
+	a := startFleetAgent(t, srv, dir, mnt, filepath.Join(dir, "admin.pub"), catDir)
 
 	// Refused: the vendor is not approved, its catalog trusts nothing.
 	if err := testworkload.Noop(vendorTool); !errors.Is(err, syscall.EPERM) {
 		t.Fatalf("exec of code in the unapproved vendor's catalog: %v, want EPERM", err)
 	}
-	queued := func() (*fleetv1.QueueEntry, error) {
-		out, err := srv.fleet("queue", "-o", "json")
-		if err != nil {
-			return nil, err
-		}
-		var q fleetv1.ListQueueResponse
-		if err := protojson.Unmarshal(out, &q); err != nil {
-			return nil, err
-		}
-		for _, e := range q.GetEntries() {
-			if e.GetSha256() == vendorSHA {
-				return e, nil
-			}
-		}
-		return nil, nil
-	}
-	var entry *fleetv1.QueueEntry
-	if err := within(20*time.Second, func() error {
-		entry, err = queued()
-		if err == nil && entry == nil {
-			err = errors.New("not queued")
-		}
-		return err
-	}); err != nil {
-		t.Fatalf("the refused code is not in the server's queue: %v\nagent log:\n%s", err, a.log)
-	}
+	entry := srv.waitQueued(t, vendorSHA, a.agent)
 	if !slices.Equal(entry.GetSigners(), []string{vendorID}) || entry.GetRefused() == 0 {
 		t.Fatalf("queue entry: signers %q, refused %d; want [%s] and refused\n%v", entry.GetSigners(), entry.GetRefused(), vendorID, entry)
 	}
@@ -160,7 +103,7 @@ func TestFleetApproveBySigner(t *testing.T) {
 			time.Since(approved), err, a.log)
 	}
 	t.Logf("the approved signer's code ran on the real agent %s after the approval", time.Since(approved).Round(time.Millisecond))
-	if e, err := queued(); err != nil || e != nil {
+	if e, err := srv.queueEntry(vendorSHA); err != nil || e != nil {
 		t.Fatalf("the signer's digest after the approval: %v %v, want off the queue", e, err)
 	}
 	// The approval is of the signer's catalog, not of the tmpfs.

@@ -79,6 +79,90 @@ func randomID(t *testing.T) string {
 	return hex.EncodeToString(b)
 }
 
+// queueEntry is the server's approval queue entry of sha, nil if none.
+func (s *fleetServer) queueEntry(sha string) (*fleetv1.QueueEntry, error) {
+	out, err := s.fleet("queue", "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	var q fleetv1.ListQueueResponse
+	if err := protojson.Unmarshal(out, &q); err != nil {
+		return nil, err
+	}
+	for _, e := range q.GetEntries() {
+		if e.GetSha256() == sha {
+			return e, nil
+		}
+	}
+	return nil, nil
+}
+
+// waitQueued waits up to 20 s for sha in the server's queue.
+func (s *fleetServer) waitQueued(t *testing.T, sha string, a *agent) *fleetv1.QueueEntry {
+	t.Helper()
+	var entry *fleetv1.QueueEntry
+	if err := within(20*time.Second, func() error {
+		var err error
+		entry, err = s.queueEntry(sha)
+		if err == nil && entry == nil {
+			err = errors.New("not queued")
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("the refused code is not in the server's queue: %v\nagent log:\n%s", err, a.log)
+	}
+	return entry
+}
+
+// fleetAgent is a real agent in lockdown on a fanotify-marked tmpfs,
+// enrolled with a fleet server.
+type fleetAgent struct {
+	*agent
+	hostID, state, exe, secretFile string
+	args                           []string // to start it again
+}
+
+// startFleetAgent starts a real agent in lockdown on mnt only, enrolled
+// with srv (a new enrollment secret, a random host id, tag e2e) and
+// trusting adminPub's bundles; lockdown.yaml's catalog_dir is catDir.
+// This test binary is trusted (scanned into the agent's database), its
+// variants are not. It returns once the agent applied its first bundle.
+func startFleetAgent(t *testing.T, srv *fleetServer, dir, mnt, adminPub, catDir string) *fleetAgent {
+	t.Helper()
+	secret, err := srv.fleet("secret", "create", "--name", "e2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa := &fleetAgent{hostID: randomID(t), state: filepath.Join(dir, "agent-state"), secretFile: filepath.Join(dir, "secret")}
+	os.WriteFile(fa.secretFile, bytes.TrimSpace(secret), 0o600)
+	hostIDFile := filepath.Join(dir, "machine-id")
+	os.WriteFile(hostIDFile, []byte(fa.hostID+"\n"), 0o644)
+	if fa.exe, err = os.Executable(); err != nil {
+		t.Fatal(err)
+	}
+	if out, stderr, code := vigilRun(t, "trust", "scan", "--db", filepath.Join(fa.state, "trust.db"), fa.exe); code != 0 {
+		t.Fatalf("vigil trust scan: exit %d\n%s%s", code, out, stderr)
+	}
+	src, err := os.ReadFile(lockdownPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := filepath.Join(dir, "lockdown.yaml")
+	os.WriteFile(pol, []byte(strings.Replace(string(src), "/etc/vigil/catalogs", catDir, 1)), 0o644)
+	fa.args = []string{"--backend", "tracepoint", "--fanotify-mark", mnt, "--policy", pol, "--state-dir", fa.state,
+		"--admin-key", adminPub, "--protect=false", "--host-id-file", hostIDFile,
+		"--fleet-server", srv.addr, "--fleet-ca", srv.ca, "--fleet-enroll-secret-file", fa.secretFile,
+		"--fleet-tag", "e2e", "--fleet-poll", "2s"}
+	fa.agent = startAgent(t, fa.args...)
+	if err := within(20*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(fa.state, "fleet", fleet.BundleFile))
+		return err
+	}); err != nil {
+		t.Fatalf("the agent applied no bundle: %v\nagent log:\n%s", err, fa.log)
+	}
+	return fa
+}
+
 // TestFleetEndToEnd: `vigil server` (online signing), a real agent in
 // lockdown on a fanotify-marked tmpfs and a simulated second agent enroll.
 // New code on the tmpfs is refused and shows up in the server's queue;
@@ -98,38 +182,8 @@ func TestFleetEndToEnd(t *testing.T) {
 	adminPub := filepath.Join(dir, "admin.pub")
 	srv := startFleetServer(t, filepath.Join(dir, "server"), "--signing-key", filepath.Join(dir, "admin.key"))
 
-	secret, err := srv.fleet("secret", "create", "--name", "e2e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretFile := filepath.Join(dir, "secret")
-	os.WriteFile(secretFile, bytes.TrimSpace(secret), 0o600)
-
-	hostID := randomID(t)
-	hostIDFile := filepath.Join(dir, "machine-id")
-	os.WriteFile(hostIDFile, []byte(hostID+"\n"), 0o644)
-
-	// The real agent: lockdown on the marked tmpfs only; this test binary
-	// is trusted (scanned), its variants are not.
-	state := filepath.Join(dir, "agent-state")
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, stderr, code := vigilRun(t, "trust", "scan", "--db", filepath.Join(state, "trust.db"), exe); code != 0 {
-		t.Fatalf("vigil trust scan: exit %d\n%s%s", code, out, stderr)
-	}
-	src, err := os.ReadFile(lockdownPolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol := filepath.Join(dir, "lockdown.yaml")
-	os.WriteFile(pol, []byte(strings.Replace(string(src), "/etc/vigil/catalogs", filepath.Join(dir, "no-catalogs"), 1)), 0o644)
-	agentArgs := []string{"--backend", "tracepoint", "--fanotify-mark", mnt, "--policy", pol, "--state-dir", state,
-		"--admin-key", adminPub, "--protect=false", "--host-id-file", hostIDFile,
-		"--fleet-server", srv.addr, "--fleet-ca", srv.ca, "--fleet-enroll-secret-file", secretFile,
-		"--fleet-tag", "e2e", "--fleet-poll", "2s"}
-	a := startAgent(t, agentArgs...)
+	fa := startFleetAgent(t, srv, dir, mnt, adminPub, filepath.Join(dir, "no-catalogs"))
+	a, hostID, state, exe, secretFile, agentArgs := fa.agent, fa.hostID, fa.state, fa.exe, fa.secretFile, fa.args
 
 	// The simulated agent.
 	simID := randomID(t)
@@ -172,13 +226,9 @@ func TestFleetEndToEnd(t *testing.T) {
 	}()
 
 	// The real agent enrolled and applied its first bundle (no rules).
-	keptBundle := filepath.Join(state, "fleet", fleet.BundleFile)
-	var firstBundle []byte
-	if err := within(20*time.Second, func() error {
-		firstBundle, err = os.ReadFile(keptBundle)
-		return err
-	}); err != nil {
-		t.Fatalf("the agent applied no bundle: %v\nagent log:\n%s", err, a.log)
+	firstBundle, err := os.ReadFile(filepath.Join(state, "fleet", fleet.BundleFile))
+	if err != nil {
+		t.Fatal(err)
 	}
 	cert, err := os.ReadFile(filepath.Join(state, "fleet", fleet.CertFile))
 	if err != nil {
@@ -189,26 +239,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	if err := testworkload.Noop(fresh); !errors.Is(err, syscall.EPERM) {
 		t.Fatalf("exec of new code: %v, want EPERM", err)
 	}
-	var entry *fleetv1.QueueEntry
-	if err := within(20*time.Second, func() error {
-		out, err := srv.fleet("queue", "-o", "json")
-		if err != nil {
-			return err
-		}
-		var q fleetv1.ListQueueResponse
-		if err := protojson.Unmarshal(out, &q); err != nil {
-			return err
-		}
-		for _, e := range q.GetEntries() {
-			if e.GetSha256() == freshSHA {
-				entry = e
-				return nil
-			}
-		}
-		return errors.New("not queued")
-	}); err != nil {
-		t.Fatalf("the refused code is not in the server's queue: %v\nagent log:\n%s", err, a.log)
-	}
+	entry := srv.waitQueued(t, freshSHA, a)
 	if entry.GetRefused() == 0 || len(entry.GetHosts()) != 1 || entry.GetHosts()[0] != hostID || len(entry.GetProcesses()) == 0 ||
 		entry.GetPaths()[0] != fresh {
 		t.Fatalf("queue entry: %v", entry)
