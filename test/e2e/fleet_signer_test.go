@@ -98,14 +98,17 @@ func TestFleetApproveBySigner(t *testing.T) {
 	if rule.GetKind() != fleet.KindSigner {
 		t.Fatalf("approve by signer made rule %v", rule)
 	}
+	// Off the queue when Approve returns. (Checked before the execs below:
+	// those refused before the agent has the new bundle are new attempts,
+	// queued again, as they should be.)
+	if e, err := srv.queueEntry(vendorSHA); err != nil || e != nil {
+		t.Fatalf("the signer's digest after the approval: %v %v, want off the queue", e, err)
+	}
 	if err := within(10*time.Second, func() error { return testworkload.Noop(vendorTool) }); err != nil {
 		t.Fatalf("code of the approved signer's catalog still refused %s after the approval: %v\nagent log:\n%s",
 			time.Since(approved), err, a.log)
 	}
 	t.Logf("the approved signer's code ran on the real agent %s after the approval", time.Since(approved).Round(time.Millisecond))
-	if e, err := srv.queueEntry(vendorSHA); err != nil || e != nil {
-		t.Fatalf("the signer's digest after the approval: %v %v, want off the queue", e, err)
-	}
 	// The approval is of the signer's catalog, not of the tmpfs.
 	if err := testworkload.Noop(other); !errors.Is(err, syscall.EPERM) {
 		t.Fatalf("exec of code in no catalog after the approval: %v, want EPERM", err)
