@@ -422,6 +422,14 @@ func (r *Report) writeAuth(b *strings.Builder) {
 		a.Rate, a.Seconds, a.Achieved, a.Execs)
 	us := func(v float64) string { return fmt.Sprintf("%.0f µs", v) }
 	rows := [][]string{{"AUTH round trip (agent ↔ client), " + a.Place, fmt.Sprint(a.Samples), us(a.P50us), us(a.P99us), us(a.MaxUs), fmt.Sprint(a.Missed)}}
+	if rt := a.Realtime; rt != nil {
+		what := "the same, agent --realtime and client -realtime (SCHED_RR 1)"
+		if rt.Reason != "" {
+			rows = append(rows, []string{what, "not measured: " + rt.Reason, "", "", "", ""})
+		} else {
+			rows = append(rows, []string{what, fmt.Sprint(rt.Samples), us(rt.P50us), us(rt.P99us), us(rt.MaxUs), fmt.Sprint(rt.Missed)})
+		}
+	}
 	for _, f := range []struct {
 		what string
 		l    *Latency
@@ -438,7 +446,8 @@ func (r *Report) writeAuth(b *strings.Builder) {
 	table(b, []string{"what", "samples", "p50", "p99", "max", "deadlines missed"}, rows)
 	b.WriteString("\nThe floors are the machine's, not Vigil's: two Go processes on the netpoller pass a byte over a unix socket pair " +
 		"at the same rate (bench/harness/pingpong.go). Every AUTH request wakes the client and every answer wakes the agent, " +
-		"so the round trip cannot beat the floor under the same load.\n")
+		"so the round trip at normal priority cannot beat the floor under the same load; at real-time priority the two wakeups " +
+		"no longer wait behind the exec load (internal/sched, docs/filter-api.md).\n")
 }
 
 func (r *Report) writeFleet(b *strings.Builder) {

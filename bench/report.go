@@ -279,6 +279,21 @@ type Auth struct {
 	FloorIdle   *Latency `json:"floor_idle,omitempty"`
 	FloorLoaded *Latency `json:"floor_loaded,omitempty"`
 	Reason      string   `json:"reason,omitempty"` // why it did not run
+	// Realtime is the same round trip with the agent (--realtime) and
+	// the client (-realtime) at SCHED_RR 1 (internal/sched).
+	Realtime *AuthRun `json:"realtime,omitempty"`
+}
+
+// AuthRun is one run of the AUTH round trip.
+type AuthRun struct {
+	Achieved float64 `json:"achieved"`
+	Execs    int64   `json:"execs"`
+	Samples  int     `json:"samples"`
+	Missed   int     `json:"missed"`
+	P50us    float64 `json:"p50_us"`
+	P99us    float64 `json:"p99_us"`
+	MaxUs    float64 `json:"max_us"`
+	Reason   string  `json:"reason,omitempty"` // why it did not run
 }
 
 // Latency is a sample's size and percentiles, µs.

@@ -23,8 +23,9 @@ import (
 // exec authorization of every exec on the bench's tmpfs while execs are
 // driven at a fixed rate; the agent records each client's latency in the
 // decision record (verdict.clients[].latency_us), which is read back from
-// the event store. Host only: fanotify marks the bench's tmpfs, nothing
-// else.
+// the event store. It runs twice: at normal priority, and with the agent
+// (--realtime) and the client (-realtime) at SCHED_RR 1. Host only:
+// fanotify marks the bench's tmpfs, nothing else.
 
 // AuthRate is the exec rate the auth phase drives.
 const AuthRate = 1000
@@ -71,24 +72,56 @@ func (e *Env) runAuth(ctx context.Context, secs float64) *bench.Auth {
 		_, err := runRate(ctx, e.Tools, "exec", AuthRate, secs, 2, e.Tools.Target)
 		return err
 	})
-	r, err := e.startAgent(ctx, dir, nil, []string{"--backend", "tracepoint", "--fanotify-mark", e.execFS,
-		"--admin-key", key + ".pub", "--protect=false", "--host-id-file", hostID, "--filter-clients", signed})
+	def := e.authRun(ctx, filepath.Join(dir, "default"), key, signed, hostID, scanner, secs, false)
+	if def.Reason != "" {
+		return fail(def.Reason)
+	}
+	res.Execs, res.Achieved, res.Samples, res.Missed = def.Execs, def.Achieved, def.Samples, def.Missed
+	res.P50us, res.P99us, res.MaxUs = def.P50us, def.P99us, def.MaxUs
+	res.Realtime = e.authRun(ctx, filepath.Join(dir, "realtime"), key, signed, hostID, scanner, secs, true)
+	if why := res.Realtime.Reason; why != "" {
+		e.errorf("auth, real-time: %s", why)
+	}
+	return res
+}
+
+// authRun starts an agent in dir and the example client, drives execs at
+// AuthRate for secs and reads the client's latencies back; realtime runs
+// both at SCHED_RR 1 (agent --realtime, client -realtime).
+func (e *Env) authRun(ctx context.Context, dir, key, signed, hostID, scanner string, secs float64, realtime bool) *bench.AuthRun {
+	res := &bench.AuthRun{}
+	fail := func(why string) *bench.AuthRun {
+		res.Reason = why
+		return res
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fail(err.Error())
+	}
+	args := []string{"--backend", "tracepoint", "--fanotify-mark", e.execFS,
+		"--admin-key", key + ".pub", "--protect=false", "--host-id-file", hostID, "--filter-clients", signed}
+	cargs := []string{"-socket", filepath.Join(dir, "filter.sock"), "-name", "bench", "-altitude", "100",
+		"-path-prefix", e.execFS, "-no-cache", "-no-scan"}
+	if realtime {
+		args = append(args, "--realtime")
+		cargs = append(cargs, "-realtime")
+	}
+	r, err := e.startAgent(ctx, dir, nil, args)
 	if err != nil {
 		return fail(err.Error())
 	}
 	defer r.Stop(ctx)
-	sock := filepath.Join(dir, "filter.sock")
-	client := exec.CommandContext(ctx, scanner, "-socket", sock, "-name", "bench", "-altitude", "100",
-		"-path-prefix", e.execFS, "-no-cache", "-no-scan")
+	client := exec.CommandContext(ctx, scanner, cargs...)
 	var out bytes.Buffer
 	client.Stdout, client.Stderr = &out, &out
 	if err := client.Start(); err != nil {
 		return fail(err.Error())
 	}
-	defer func() { client.Process.Kill(); client.Wait() }()
+	exited := make(chan struct{})
+	go func() { client.Wait(); close(exited) }()
+	defer func() { client.Process.Kill(); <-exited }()
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(out.String(), "connected as") {
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || isDone(exited) {
 			return fail("the client did not connect: " + out.String())
 		}
 		time.Sleep(100 * time.Millisecond)

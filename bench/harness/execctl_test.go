@@ -225,4 +225,17 @@ func TestParseAuthLatencies(t *testing.T) {
 	if got := authTarget(r); got.Verdict != bench.NotMet {
 		t.Fatalf("target %+v", got)
 	}
+	// The real-time run meets it: met, and the line says by which.
+	r.Auth.Realtime = &bench.AuthRun{Samples: 2, P50us: 200, P99us: 400}
+	if got := authTarget(r); got.Verdict != bench.Met || !strings.Contains(got.Measured, "met with --realtime only") {
+		t.Fatalf("target %+v", got)
+	}
+	r.Auth.Realtime.Missed = 1
+	if got := authTarget(r); got.Verdict != bench.NotMet {
+		t.Fatalf("target %+v", got)
+	}
+	r.Auth.Realtime = &bench.AuthRun{Reason: "no CAP_SYS_NICE"}
+	if got := authTarget(r); got.Verdict != bench.NotMet || !strings.Contains(got.Measured, "no CAP_SYS_NICE") {
+		t.Fatalf("target %+v", got)
+	}
 }

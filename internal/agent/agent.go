@@ -31,6 +31,7 @@ import (
 	"github.com/vigil-hips/vigil/internal/integrity"
 	"github.com/vigil-hips/vigil/internal/metrics"
 	"github.com/vigil-hips/vigil/internal/ocsf"
+	"github.com/vigil-hips/vigil/internal/sched"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/server"
 	"github.com/vigil-hips/vigil/internal/store"
@@ -89,6 +90,14 @@ func Run(ctx context.Context, cfg Config, deps Deps) (err error) {
 	log := deps.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	// Before any goroutine of the agent starts: threads made later
+	// inherit the policy, and bulk work moves itself off it.
+	if cfg.Realtime {
+		if err := sched.Realtime(); err != nil {
+			return fmt.Errorf("--realtime: %w", err)
+		}
+		log.Info("decision path at real-time priority", "policy", "SCHED_RR", "priority", sched.Priority)
 	}
 	a := &agent{
 		cfg:     cfg,
@@ -372,6 +381,7 @@ func (a *agent) emit(ev *vigilv1.Event) {
 // sensor still delivers) or the sensor's channel closes on its own (an
 // error).
 func (a *agent) pipeline(ctx context.Context, s sensor.Sensor) error {
+	defer sched.Background(a.warnSched)()
 	events := s.Events()
 	batch := make([]*vigilv1.Event, 0, batchSize)
 	tick := time.NewTicker(flushInterval)
@@ -533,7 +543,11 @@ func (a *agent) updateLost(s sensor.Sensor) {
 
 // pruneLoop prunes the store to the retention bounds, at start and every
 // PruneInterval.
+// warnSched logs that bulk work could not leave real-time priority.
+func (a *agent) warnSched(err error) { a.log.Warn("scheduling", "err", err) }
+
 func (a *agent) pruneLoop(ctx context.Context) {
+	defer sched.Background(a.warnSched)()
 	r := a.cfg.Retention
 	if r.MaxAge <= 0 && r.MaxRows <= 0 {
 		return

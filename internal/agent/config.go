@@ -86,6 +86,12 @@ type Config struct {
 	// held in memory.
 	IntegrityBaseline string
 	IntegrityPubKey   string
+	// Realtime runs the agent's decision path (fanotify permission
+	// events, the filter API's AUTH round trips, the API) at SCHED_RR 1;
+	// storing and decoding events stay at normal priority
+	// (internal/sched). An exec held for a decision then waits less
+	// behind the machine's other work.
+	Realtime bool
 	// Protect turns tamper protection on where BPF LSM is active and an
 	// admin key is set (internal/tamper, docs/tamper.md).
 	Protect bool

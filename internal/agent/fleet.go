@@ -25,6 +25,7 @@ import (
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/admin"
 	"github.com/vigil-hips/vigil/internal/fleet"
+	"github.com/vigil-hips/vigil/internal/sched"
 	"github.com/vigil-hips/vigil/internal/sign"
 	"github.com/vigil-hips/vigil/internal/store"
 	"github.com/vigil-hips/vigil/internal/trust"
@@ -184,6 +185,7 @@ func (a *agent) fleetMerge(t map[[32]byte]bool) {
 
 // runFleet runs the fleet client until ctx is done.
 func (a *agent) runFleet(ctx context.Context) {
+	defer sched.Background(a.warnSched)()
 	f := a.fleet
 	var cred *fleet.Credential
 	for backoff := time.Second; ; backoff = min(2*backoff, fleetBackoffMax) {

@@ -65,6 +65,7 @@ and serve the API on the socket. Stops on SIGINT or SIGTERM.`,
 	f.DurationVar(&cfg.IntegrityInterval, "integrity-interval", cfg.IntegrityInterval, "run the kernel integrity checks this often, and after each BPF program load, module load or tracefs control write (0: off)")
 	f.StringVar(&cfg.IntegrityBaseline, "integrity-baseline", "", "compare the kernel with this signed baseline (vigil integrity baseline); default: the state at agent start, held in memory")
 	f.StringVar(&cfg.IntegrityPubKey, "integrity-pubkey", "", "admin public key (ed25519) that verifies --integrity-baseline")
+	f.BoolVar(&cfg.Realtime, "realtime", false, "run the decision path (fanotify permission events, filter API round trips) at real-time priority, SCHED_RR 1; event storage stays at normal priority (see docs/filter-api.md)")
 	f.BoolVar(&cfg.Protect, "protect", cfg.Protect, "protect the agent from root (needs BPF LSM and an admin key; see docs/tamper.md)")
 	f.StringVar(&cfg.AdminKeyPath, "admin-key", "", "admin ed25519 public key that signs stop/apply-policy tokens (default "+agent.DefaultAdminKey+" if present)")
 	f.StringVar(&cfg.HostIDFile, "host-id-file", cfg.HostIDFile, "file naming this host in admin tokens")

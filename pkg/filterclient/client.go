@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
+	"github.com/vigil-hips/vigil/internal/sched"
 )
 
 // DefaultSocket is where the agent serves the filter API.
@@ -232,3 +233,16 @@ func (c *Client) Close() error {
 	c.cancel()
 	return c.conn.Close()
 }
+
+// Realtime puts every thread of the client's process on real-time
+// scheduling (SCHED_RR at the lowest priority, 1). Call it before
+// Connect. An exec the client is asked about waits until the client is
+// woken and answers; on a loaded machine that wait, not the client's
+// work, is most of the tail of the round trip, and normal priorities
+// (nice) do not shorten it. Use it only if what the client does per
+// request is small and bounded: a real-time process that loops starves
+// normal work on its CPU (up to the kernel's real-time throttle,
+// sched_rt_runtime_us). It needs CAP_SYS_NICE or RLIMIT_RTPRIO ≥ 1
+// (systemd: CPUSchedulingPolicy=rr, CPUSchedulingPriority=1 does the
+// same for the whole service). See docs/filter-api.md.
+func Realtime() error { return sched.Realtime() }

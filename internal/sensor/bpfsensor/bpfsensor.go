@@ -28,6 +28,7 @@ import (
 	"github.com/vigil-hips/vigil/internal/policy"
 	"github.com/vigil-hips/vigil/internal/probe"
 	"github.com/vigil-hips/vigil/internal/proc"
+	"github.com/vigil-hips/vigil/internal/sched"
 	"github.com/vigil-hips/vigil/internal/sensor"
 )
 
@@ -320,6 +321,8 @@ const readerBurst = 256
 // record and at every readerPoll.
 func (s *Sensor) read(ctx context.Context) {
 	defer close(s.readerDone)
+	// Decoding is bulk work: off the real-time threads (internal/sched).
+	defer sched.Background(func(err error) { s.log.Warn("ring buffer reader", "err", err) })()
 	defer func() {
 		if s.fan != nil {
 			s.fan.Close() // no more fanotify events into s.out
