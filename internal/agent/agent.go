@@ -541,11 +541,11 @@ func (a *agent) updateLost(s sensor.Sensor) {
 	}
 }
 
-// pruneLoop prunes the store to the retention bounds, at start and every
-// PruneInterval.
 // warnSched logs that bulk work could not leave real-time priority.
 func (a *agent) warnSched(err error) { a.log.Warn("scheduling", "err", err) }
 
+// pruneLoop prunes the store to the retention bounds, at start and every
+// PruneInterval.
 func (a *agent) pruneLoop(ctx context.Context) {
 	defer sched.Background(a.warnSched)()
 	r := a.cfg.Retention

@@ -39,10 +39,18 @@ import (
 // higher) still come first.
 const Priority = 1
 
+// realtime: Realtime succeeded in this process.
 var realtime atomic.Bool
 
-// Enabled says whether Realtime has been called in this process.
-func Enabled() bool { return realtime.Load() }
+// setPolicy sets one thread's policy (tid 0: the calling thread):
+// SCHED_RR at Priority when rt, else SCHED_OTHER at nice 0.
+func setPolicy(tid int, rt bool) error {
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
+	if rt {
+		attr.Policy, attr.Priority = unix.SCHED_RR, Priority
+	}
+	return unix.SchedSetAttr(tid, &attr, 0)
+}
 
 // Realtime puts every thread of this process on SCHED_RR at Priority.
 // Threads the Go runtime creates later are cloned from these and inherit
@@ -50,10 +58,8 @@ func Enabled() bool { return realtime.Load() }
 // when it fails, the threads it changed are put back to normal priority.
 // Call it once, early, before Background.
 func Realtime() error {
-	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: Priority}
-	if err := eachThread(func(tid int) error { return unix.SchedSetAttr(tid, &attr, 0) }); err != nil {
-		normal := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
-		eachThread(func(tid int) error { unix.SchedSetAttr(tid, &normal, 0); return nil })
+	if err := eachThread(func(tid int) error { return setPolicy(tid, true) }); err != nil {
+		eachThread(func(tid int) error { setPolicy(tid, false); return nil })
 		if errors.Is(err, unix.EPERM) {
 			return fmt.Errorf("real-time scheduling (SCHED_RR %d): %w (needs CAP_SYS_NICE; with cgroup real-time group scheduling the cgroup also needs cpu.rt_runtime_us)", Priority, err)
 		}
@@ -77,8 +83,7 @@ func Background(warn func(error)) (done func()) {
 		return func() {}
 	}
 	runtime.LockOSThread()
-	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
-	if err := unix.SchedSetAttr(0, &attr, 0); err != nil && warn != nil {
+	if err := setPolicy(0, false); err != nil && warn != nil {
 		warn(fmt.Errorf("bulk work stays at real-time priority: %w", err))
 	}
 	// The thread is normal now: when the goroutine is done with it, the
@@ -86,8 +91,7 @@ func Background(warn func(error)) (done func()) {
 	// decisions at normal priority. Ending the goroutine while locked
 	// ends the thread; unlocking after putting it back is the other way.
 	return func() {
-		rt := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: Priority}
-		if unix.SchedSetAttr(0, &rt, 0) == nil {
+		if setPolicy(0, true) == nil {
 			runtime.UnlockOSThread()
 		}
 		// Otherwise the goroutine stays locked: its thread ends with it.

@@ -2,7 +2,6 @@ package sched
 
 import (
 	"os"
-	"strconv"
 	"sync"
 	"testing"
 
@@ -11,14 +10,9 @@ import (
 
 func threads(t *testing.T) []int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var tids []int
-	for _, e := range ents {
-		tid, _ := strconv.Atoi(e.Name())
-		tids = append(tids, tid)
+	if err := eachThread(func(tid int) error { tids = append(tids, tid); return nil }); err != nil {
+		t.Fatal(err)
 	}
 	return tids
 }
@@ -29,8 +23,8 @@ func TestRealtimeAndBackground(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs CAP_SYS_NICE (run as root)")
 	}
-	if Enabled() {
-		t.Fatal("Enabled before Realtime")
+	if realtime.Load() {
+		t.Fatal("real-time before Realtime")
 	}
 	if done := Background(nil); done == nil {
 		t.Fatal("Background returned nil")
@@ -47,12 +41,11 @@ func TestRealtimeAndBackground(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		normal := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
-		eachThread(func(tid int) error { return unix.SchedSetAttr(tid, &normal, 0) })
+		eachThread(func(tid int) error { return setPolicy(tid, false) })
 		realtime.Store(false)
 	})
-	if !Enabled() {
-		t.Fatal("not Enabled after Realtime")
+	if !realtime.Load() {
+		t.Fatal("not real-time after Realtime")
 	}
 	for _, tid := range threads(t) {
 		p, prio, err := Policy(tid)
