@@ -1,9 +1,11 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -160,7 +162,11 @@ func (r *Report) writeConfigs(b *strings.Builder) {
 func (r *Report) writeSummary(b *strings.Builder) {
 	b.WriteString("## Overhead against no agent\n\n")
 	b.WriteString("Median time per operation under each configuration divided by the median with no agent, " +
-		"in the same run. Below 1.000× is noise.\n\n")
+		"in the same run. Below 1.000× is noise. A row \"CPU time of its own processes\" measures the same runs by the " +
+		"CPU the operation's processes spent (user and system, the kernel's hooks included), not by the clock: " +
+		"it leaves out other work that ran on the CPU meanwhile, such as the agent storing the events of the " +
+		"execs (the agent's own cost, the cost phase), and a decision made in user space (a fanotify round trip), " +
+		"which only the wall-clock row shows.\n\n")
 	for _, s := range r.Micro {
 		fmt.Fprintf(b, "### %s\n\n", s.Place)
 		if s.Note != "" {
@@ -210,7 +216,79 @@ func (r *Report) writeSummary(b *strings.Builder) {
 			rows = append(rows, row)
 		}
 		table(b, head, rows)
+		r.writeBPF(b, s)
 	}
+}
+
+// writeBPF is the in-kernel time of the operations reported by CPU time.
+func (r *Report) writeBPF(b *strings.Builder, s MicroSuite) {
+	if s.BPFNote != "" {
+		fmt.Fprintf(b, "In-kernel time of the BPF programs: %s.\n\n", s.BPFNote)
+	}
+	if len(s.BPF) == 0 {
+		return
+	}
+	b.WriteString("**In-kernel time of the BPF programs** per operation, by the kernel's own statistics " +
+		"(BPF_ENABLE_STATS, on only for a separate run of the operation after the timed ones): what every loaded " +
+		"program ran, the agent's own activity meanwhile included, and, in brackets, that time less the " +
+		"baseline's as a share of the operation's median wall-clock time with no agent. It is the work the hooks " +
+		"add to the operation's own path, untouched by the machine's noise; it leaves out the cost of calling " +
+		"the hooks and what they do to the caches.\n\n")
+	head := []string{"operation"}
+	for _, c := range s.Configs {
+		head = append(head, r.label(c))
+	}
+	var rows [][]string
+	for _, op := range s.Ops {
+		row := []string{op.Label}
+		seen := false
+		for _, c := range s.Configs {
+			t := s.BPFOf(op.Op, c)
+			if t == nil {
+				row = append(row, "–")
+				continue
+			}
+			seen = true
+			ns := FormatNS(t.NSPerOp)
+			if t.NSPerOp <= 0 {
+				ns = "0 ns"
+			}
+			cell := fmt.Sprintf("%s (%.1f runs)", ns, t.RunsPerOp)
+			if c != s.Baseline {
+				cell += fmt.Sprintf(" [%+.2f%%]", t.Share*100)
+			}
+			row = append(row, cell)
+		}
+		if seen {
+			rows = append(rows, row)
+		}
+	}
+	table(b, head, rows)
+	for _, t := range s.BPF {
+		if top := topPrograms(t.Programs, 4); t.Config != s.Baseline && top != "" {
+			fmt.Fprintf(b, "- %s under %s, by program: %s\n", t.Op, r.label(t.Config), top)
+		}
+	}
+	b.WriteString("\n")
+}
+
+// topPrograms names the n programs that ran longest, with their time.
+func topPrograms(ns map[string]float64, n int) string {
+	names := make([]string, 0, len(ns))
+	for name := range ns {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		if c := cmp.Compare(ns[b], ns[a]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	var parts []string
+	for _, name := range names[:min(n, len(names))] {
+		parts = append(parts, fmt.Sprintf("%s %s", name, FormatNS(ns[name])))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (r *Report) writeTargets(b *strings.Builder) {

@@ -76,6 +76,40 @@ type MicroSuite struct {
 	// Absolute says whether the absolute times mean anything (false in
 	// an emulated VM, where only ratios do).
 	Absolute bool `json:"absolute"`
+	// BPF is the in-kernel time of the operations also reported by CPU
+	// time: what the loaded BPF programs ran per operation, by the
+	// kernel's statistics. BPFNote says why it is missing, if it is.
+	BPF     []BPFTime `json:"bpf,omitempty"`
+	BPFNote string    `json:"bpf_note,omitempty"`
+}
+
+// BPFTime is the run time of every loaded BPF program during an operation,
+// per operation, under one configuration, all rounds summed.
+type BPFTime struct {
+	Op     string `json:"op"`
+	Config string `json:"config"`
+	Ops    int64  `json:"ops"`
+	// NSPerOp is the programs' run time per operation; RunsPerOp the
+	// program runs per operation.
+	NSPerOp   float64 `json:"ns_per_op"`
+	RunsPerOp float64 `json:"runs_per_op"`
+	// Programs is the run time per operation by program name (programs
+	// of the same name added up).
+	Programs map[string]float64 `json:"programs_ns_per_op,omitempty"`
+	// Share is NSPerOp less the baseline's, over the baseline's median
+	// wall-clock time of the operation: the fraction of an operation the
+	// configuration's programs add to its path.
+	Share float64 `json:"share"`
+}
+
+// BPFOf returns the in-kernel time of op under config, or nil.
+func (s *MicroSuite) BPFOf(op, config string) *BPFTime {
+	for i := range s.BPF {
+		if s.BPF[i].Op == op && s.BPF[i].Config == config {
+			return &s.BPF[i]
+		}
+	}
+	return nil
 }
 
 // OpResult is one operation measured under each configuration.

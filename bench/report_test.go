@@ -25,6 +25,10 @@ func sampleReport() *Report {
 	}}
 	vm := host
 	vm.Place, vm.Absolute, vm.Configs = "vm 6.12", false, []string{"none", "vigil"}
+	vm.BPF = []BPFTime{{Op: "exec", Config: "none", Ops: 50},
+		{Op: "exec", Config: "vigil", Ops: 50, NSPerOp: 12_500, RunsPerOp: 8, Share: 0.0125,
+			Programs: map[string]float64{"sched_process_exec": 6000, "sched_process_fork": 3000, "lsm_file_open": 3000, "x": 500}}}
+	host.BPFNote = "in-kernel time not measured: BPF run-time statistics: operation not permitted"
 	r := &Report{
 		Mode:    "quick",
 		Started: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
@@ -75,6 +79,10 @@ func TestWriteMarkdown(t *testing.T) {
 		"| agent CPU at 1,000 execs/s | ≤ 2% of one core | 1.5% | met |",
 		"- something to know",
 		"1.50% at 1.0k execs/s",
+		"In-kernel time of the BPF programs: in-kernel time not measured: BPF run-time statistics: operation not permitted.",
+		"| fork+exec | 0 ns (0.0 runs) | 12.5 µs (8.0 runs) [+1.25%] |",
+		// Longest first, ties by name; at most four.
+		"- exec under vigil agent, by program: sched_process_exec 6.00 µs, lsm_file_open 3.00 µs, sched_process_fork 3.00 µs, x 500 ns",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)

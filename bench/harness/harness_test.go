@@ -114,12 +114,15 @@ Components: main
 }
 
 func TestParseHelperOutput(t *testing.T) {
-	xs, err := parseSamples([]byte("100.5\n200.0\n\n300\n"))
-	if err != nil || len(xs) != 3 || xs[0] != 100.5 || xs[2] != 300 {
-		t.Errorf("parseSamples = %v, %v", xs, err)
+	xs, err := parseSamples([]byte("100.5 90\n200.0 180.5\n\n300 7\n"))
+	if err != nil || len(xs.Wall) != 3 || xs.Wall[0] != 100.5 || xs.Wall[2] != 300 ||
+		len(xs.CPU) != 3 || xs.CPU[1] != 180.5 || xs.CPU[2] != 7 {
+		t.Errorf("parseSamples = %+v, %v", xs, err)
 	}
-	if _, err := parseSamples([]byte("12\nmicro: oops\n")); err == nil {
-		t.Error("bad sample: no error")
+	for _, bad := range []string{"12 3\nmicro: oops\n", "12\n", "12 x\n"} {
+		if _, err := parseSamples([]byte(bad)); err == nil {
+			t.Errorf("bad sample %q: no error", bad)
+		}
 	}
 	r, err := parseRate("ops 4000 seconds 2.000\n")
 	if err != nil || r.Ops != 4000 || r.Rate() != 2000 {
@@ -319,9 +322,18 @@ func TestHelpers(t *testing.T) {
 			t.Errorf("%s: %v", op.Name, err)
 			continue
 		}
-		for _, s := range samples {
+		for _, s := range samples.Wall {
 			if s <= 0 {
 				t.Errorf("%s: sample %v", op.Name, s)
+			}
+		}
+		// CPU time has microsecond resolution; a batch of exec or dlopen
+		// takes far longer, and so must its CPU time.
+		if op.CPU {
+			for _, s := range samples.CPU {
+				if s <= 0 {
+					t.Errorf("%s: CPU sample %v", op.Name, s)
+				}
 			}
 		}
 	}

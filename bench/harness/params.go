@@ -58,7 +58,7 @@ func FullParams() Params {
 		VMDecisionSamples: 10,
 		VMKernels:         []string{"6.12", "6.1"},
 		VMRounds:          3,
-		VMBatchScale:      0.12,
+		VMBatchScale:      0.5,
 		VMTimeout:         25 * time.Minute,
 	}
 }

@@ -76,6 +76,7 @@ func (e *Env) runSuite(ctx context.Context, place string, cfgs []*Config, rounds
 		byName[c.Name] = c
 	}
 	var col bench.Collector
+	bpf := newBPFAcc()
 	schedule := bench.Schedule(names, rounds)
 	var r *Running // the running configuration, kept across a round boundary
 	for i, slot := range schedule {
@@ -112,7 +113,10 @@ func (e *Env) runSuite(ctx context.Context, place string, cfgs []*Config, rounds
 				}
 				continue
 			}
-			col.Add(op.Name, c.Name, slot.Round, samples)
+			col.Add(op.Name, c.Name, slot.Round, samples.Wall)
+			if op.CPU {
+				col.Add(op.CPUInfo().Name, c.Name, slot.Round, samples.CPU)
+			}
 			if op.Name == "exec" && r.d != nil {
 				acc := e.microCost[c.Name]
 				if acc == nil {
@@ -123,6 +127,9 @@ func (e *Env) runSuite(ctx context.Context, place string, cfgs []*Config, rounds
 				acc.wall += wall
 				acc.ops += int64(n * op.PerBatch)
 			}
+		}
+		if bpf.note == "" {
+			bpf.measure(ctx, e.Tools, ops, c.Name)
 		}
 		if r.d != nil && !r.d.alive() {
 			e.errorf("%s: %s died during round %d%s", place, c.Name, slot.Round+1, r.d.logTail())
@@ -139,17 +146,19 @@ func (e *Env) runSuite(ctx context.Context, place string, cfgs []*Config, rounds
 		e.stopConfig(ctx, r, "microbenchmarks")
 	}
 	suite := bench.MicroSuite{Place: place, Baseline: Baseline, Rounds: rounds, Absolute: !e.InVM}
+	rows := Rows(ops)
 	for _, n := range names {
-		for _, op := range ops {
-			if len(col.Results(op.OpInfo, []string{n}, Baseline).Results) > 0 {
+		for _, op := range rows {
+			if len(col.Results(op, []string{n}, Baseline).Results) > 0 {
 				suite.Configs = append(suite.Configs, n)
 				break
 			}
 		}
 	}
-	for _, op := range ops {
-		suite.Ops = append(suite.Ops, col.Results(op.OpInfo, suite.Configs, Baseline))
+	for _, op := range rows {
+		suite.Ops = append(suite.Ops, col.Results(op, suite.Configs, Baseline))
 	}
+	suite.BPF, suite.BPFNote = bpf.results(&suite)
 	return suite
 }
 
