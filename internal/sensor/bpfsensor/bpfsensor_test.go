@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -299,5 +300,46 @@ func TestDirectLoaderCall(t *testing.T) {
 	})
 	if p := got["exec of the loader"].GetExec().GetFile().GetPath(); p != ldso {
 		t.Errorf("exec file %q, want the loader %q", p, ldso)
+	}
+}
+
+// TestExecImageReportedOnce: with BPF LSM the kernel's own mapping of the
+// program it execs passes mmap_file too; the exec event names that file,
+// so it is not reported again as an image_load. The interpreter the kernel
+// maps in the same exec is another image and is reported.
+func TestExecImageReportedOnce(t *testing.T) {
+	testutil.RequireBPFLSM(t)
+	prog := dynamicProgram()
+	if prog == "" {
+		if testutil.InVM() {
+			t.Fatal("no dynamically linked program in the VM image")
+		}
+		t.Skip("no dynamically linked program here")
+	}
+	s := startSensor(t, Config{Backend: sensor.BackendLSM})
+	prog, _ = filepath.EvalSymlinks(prog)
+	ldso, err := filepath.EvalSymlinks("/lib64/ld-linux-x86-64.so.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(prog, "--version")
+	cmd.Run() // its exit status does not matter: the exec does
+	pid := uint32(cmd.ProcessState.Pid())
+	var loads []string
+	awaitEvents(t, s, map[string]func(*vigilv1.Event) bool{
+		"exec": func(e *vigilv1.Event) bool { return e.Kind == "exec" && e.Process.Pid == pid },
+		// Events come in order: once the exit is here, every load is.
+		"exit": func(e *vigilv1.Event) bool {
+			if e.Kind == "image_load" && e.Process.Pid == pid {
+				loads = append(loads, e.GetImageLoad().GetFile().GetPath())
+			}
+			return e.Kind == "exit" && e.Process.Pid == pid
+		},
+	})
+	if slices.Contains(loads, prog) {
+		t.Errorf("the exec'd program %s reported as an image_load too: %q", prog, loads)
+	}
+	if !slices.Contains(loads, ldso) {
+		t.Errorf("the interpreter %s mapped at exec not reported: %q", ldso, loads)
 	}
 }

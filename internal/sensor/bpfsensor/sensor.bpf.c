@@ -506,6 +506,19 @@ static __always_inline void mprotect_event(__u32 hook, struct vm_area_struct___v
 	submit(b, off);
 }
 
+// exec_image_mapping: the kernel is mapping the program being exec'd (the
+// ELF loader, inside the current task's execve, after the new mm names
+// the file as its exe). The exec event already reports that file; the
+// interpreter, mapped the same way, is another file and still reported.
+static __always_inline int exec_image_mapping(struct file *file)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (!file || !BPF_CORE_READ_BITFIELD_PROBED(task, in_execve))
+		return 0;
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	return exe && BPF_CORE_READ(exe, f_inode) == BPF_CORE_READ(file, f_inode);
+}
+
 SEC("lsm/mmap_file")
 int BPF_PROG(lsm_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
 	     unsigned long flags)
@@ -527,7 +540,10 @@ int BPF_PROG(lsm_mmap_file, struct file *file, unsigned long reqprot, unsigned l
 	}
 	struct verdict v = {};
 	int no = decide(f, &v);
-	mmap_event(HOOK_LSM_MMAP_FILE, file, 0, 0, prot, flags, &v, no);
+	// The program's own mapping at exec is decided like any other, but
+	// reported only if a rule acted on it: the exec event names it.
+	if (v.action != ACT_NONE || !exec_image_mapping(file))
+		mmap_event(HOOK_LSM_MMAP_FILE, file, 0, 0, prot, flags, &v, no);
 	return no ? refuse(&v) : 0;
 }
 
