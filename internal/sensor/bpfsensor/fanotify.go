@@ -47,13 +47,21 @@ func (s *Sensor) decidePerm(pid int32, op fanotify.Op, f fanotify.File) bool {
 // procOf describes the process behind a permission event.
 func (s *Sensor) procOf(pid int32) *vigilv1.Process {
 	proc := &vigilv1.Process{Pid: uint32(pid)}
-	if cached, ok := s.cache.Lookup(uint32(pid)); ok {
+	cached, known := s.cache.Lookup(uint32(pid))
+	if known {
 		proc.Ppid, proc.Exe, proc.StartTimeNs = cached.PPID, cached.Exe, cached.StartTime
 	}
 	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
 		proc.Exe = exe
 	}
-	proc.Uid = procUID(pid)
+	var ppid uint32
+	proc.Uid, ppid = procStatus(pid)
+	if !known {
+		// A process younger than the reader's last poll (its fork event
+		// still in the ring): its parent from /proc, so that the
+		// ancestry is the parent's, which the cache knows.
+		proc.Ppid = ppid
+	}
 	s.cache.Enrich(proc)
 	return proc
 }
@@ -235,24 +243,37 @@ func (s *Sensor) SetOpenAuth(on bool) error {
 	return s.fan.SetOpen(on)
 }
 
-// procUID is the real uid of pid (from /proc), or the nobody uid.
-func procUID(pid int32) uint32 {
+// procStatus reads the real uid and the parent of pid from
+// /proc/PID/status; the uid is nobody's and the parent 0 when unreadable.
+func procStatus(pid int32) (uid, ppid uint32) {
+	uid = 65534
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 65534
+		return uid, 0
 	}
 	defer f.Close()
+	field := func(line, name string) (uint32, bool) {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok {
+			return 0, false
+		}
+		fields := strings.Fields(rest)
+		if len(fields) == 0 {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(fields[0], 10, 32)
+		return uint32(n), err == nil
+	}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "Uid:"); ok {
-			if fields := strings.Fields(rest); len(fields) > 0 {
-				if n, err := strconv.ParseUint(fields[0], 10, 32); err == nil {
-					return uint32(n)
-				}
-			}
+		if n, ok := field(sc.Text(), "PPid:"); ok {
+			ppid = n
+		} else if n, ok := field(sc.Text(), "Uid:"); ok {
+			uid = n
+			break // Uid follows PPid
 		}
 	}
-	return 65534
+	return uid, ppid
 }
 
 // procEnv answers the evaluator's questions about one process from /proc.
