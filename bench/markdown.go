@@ -176,10 +176,7 @@ func (r *Report) writeSummary(b *strings.Builder) {
 			b.WriteString("No results.\n\n")
 			continue
 		}
-		head := []string{"operation"}
-		for _, c := range s.Configs {
-			head = append(head, r.label(c))
-		}
+		head := r.suiteHead(s)
 		var rows [][]string
 		for _, op := range s.Ops {
 			row := []string{op.Label}
@@ -220,6 +217,16 @@ func (r *Report) writeSummary(b *strings.Builder) {
 	}
 }
 
+// suiteHead is the head of a table of s's operations: a column for each
+// configuration.
+func (r *Report) suiteHead(s MicroSuite) []string {
+	head := []string{"operation"}
+	for _, c := range s.Configs {
+		head = append(head, r.label(c))
+	}
+	return head
+}
+
 // writeBPF is the in-kernel time of the operations reported by CPU time.
 func (r *Report) writeBPF(b *strings.Builder, s MicroSuite) {
 	if s.BPFNote != "" {
@@ -234,10 +241,7 @@ func (r *Report) writeBPF(b *strings.Builder, s MicroSuite) {
 		"baseline's as a share of the operation's median wall-clock time with no agent. It is the work the hooks " +
 		"add to the operation's own path, untouched by the machine's noise; it leaves out the cost of calling " +
 		"the hooks and what they do to the caches.\n\n")
-	head := []string{"operation"}
-	for _, c := range s.Configs {
-		head = append(head, r.label(c))
-	}
+	head := r.suiteHead(s)
 	var rows [][]string
 	for _, op := range s.Ops {
 		row := []string{op.Label}
