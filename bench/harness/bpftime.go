@@ -123,7 +123,7 @@ func newBPFAcc() *bpfAcc { return &bpfAcc{sums: map[[2]string]*bpfSum{}} }
 // time, with the statistics on, and adds what the programs ran.
 func (a *bpfAcc) measure(ctx context.Context, t Tools, ops []OpSpec, config string) {
 	for _, op := range ops {
-		if !op.CPU || ctx.Err() != nil {
+		if !op.CPU || ctx.Err() != nil || a.note != "" {
 			continue
 		}
 		stats, err := enableBPFStats()
@@ -167,36 +167,30 @@ func (a *bpfAcc) results(s *bench.MicroSuite) ([]bench.BPFTime, string) {
 	}
 	var out []bench.BPFTime
 	for _, op := range s.Ops {
+		base, wall := a.sums[[2]string{op.Op, s.Baseline}], op.Result(s.Baseline)
 		for _, config := range s.Configs {
 			sum := a.sums[[2]string{op.Op, config}]
 			if sum == nil || sum.ops == 0 {
 				continue
 			}
 			t := bench.BPFTime{Op: op.Op, Config: config, Ops: sum.ops,
-				NSPerOp:   float64(sum.runtime.Nanoseconds()) / float64(sum.ops),
-				RunsPerOp: float64(sum.runs) / float64(sum.ops)}
-			for name, d := range sum.byName {
-				if t.Programs == nil {
-					t.Programs = map[string]float64{}
+				NSPerOp: sum.perOp(sum.runtime), RunsPerOp: float64(sum.runs) / float64(sum.ops)}
+			if len(sum.byName) > 0 {
+				t.Programs = make(map[string]float64, len(sum.byName))
+				for name, d := range sum.byName {
+					t.Programs[name] = sum.perOp(d)
 				}
-				t.Programs[name] = float64(d.Nanoseconds()) / float64(sum.ops)
+			}
+			if base != nil && base.ops > 0 && wall != nil && wall.NS.Median > 0 {
+				t.Share = (t.NSPerOp - base.perOp(base.runtime)) / wall.NS.Median
 			}
 			out = append(out, t)
 		}
 	}
-	found := &bench.MicroSuite{BPF: out}
-	for i := range out {
-		base := found.BPFOf(out[i].Op, s.Baseline)
-		var wall *bench.ConfigResult
-		for j := range s.Ops {
-			if s.Ops[j].Op == out[i].Op {
-				wall = s.Ops[j].Result(s.Baseline)
-			}
-		}
-		if base == nil || wall == nil || wall.NS.Median <= 0 {
-			continue
-		}
-		out[i].Share = (out[i].NSPerOp - base.NSPerOp) / wall.NS.Median
-	}
 	return out, ""
+}
+
+// perOp is d per operation, in ns.
+func (s *bpfSum) perOp(d time.Duration) float64 {
+	return float64(d.Nanoseconds()) / float64(s.ops)
 }

@@ -83,13 +83,13 @@ func (o OpSpec) Arg(t Tools) string {
 	return o.arg(t)
 }
 
-// CPUSuffix names the CPU-time row of an operation: "exec" + CPUSuffix.
-const CPUSuffix = ".cpu"
+// cpuSuffix names the CPU-time row of an operation: "exec" + cpuSuffix.
+const cpuSuffix = ".cpu"
 
 // CPUInfo is the row of o measured in CPU time.
 func (o OpSpec) CPUInfo() bench.OpInfo {
 	info := o.OpInfo
-	info.Name += CPUSuffix
+	info.Name += cpuSuffix
 	info.Label += ", CPU time of its own processes"
 	return info
 }

@@ -128,9 +128,7 @@ func (e *Env) runSuite(ctx context.Context, place string, cfgs []*Config, rounds
 				acc.ops += int64(n * op.PerBatch)
 			}
 		}
-		if bpf.note == "" {
-			bpf.measure(ctx, e.Tools, ops, c.Name)
-		}
+		bpf.measure(ctx, e.Tools, ops, c.Name)
 		if r.d != nil && !r.d.alive() {
 			e.errorf("%s: %s died during round %d%s", place, c.Name, slot.Round+1, r.d.logTail())
 		}
