@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"strings"
 )
@@ -56,6 +57,9 @@ func (c *Collector) Results(op OpInfo, configs []string, baseline string) OpResu
 			continue
 		}
 		res := ConfigResult{Config: cfg, NS: Summarize(all), Ratio: Ratio(Median(all), baseMedian)}
+		if cfg != baseline {
+			res.RatioInterval = c.ratioInterval(op.Name, cfg, baseline)
+		}
 		for r := 0; r < c.rounds; r++ {
 			xs := c.samples[sampleKey{op.Name, cfg, r}]
 			if len(xs) == 0 {
@@ -70,6 +74,53 @@ func (c *Collector) Results(op OpInfo, configs []string, baseline string) OpResu
 		out.Results = append(out.Results, res)
 	}
 	return out
+}
+
+// Bootstrap settings of ratioInterval: resamples, and the fixed seed that
+// makes a report's interval reproducible from its samples.
+const (
+	bootstrapResamples = 400
+	bootstrapSeed      = 0x5eed
+)
+
+// ratioInterval is the 90% bootstrap interval of config's pooled-median
+// ratio to baseline: each configuration's rounds are drawn with
+// replacement, independently, so the interval carries the machine's drift
+// from one slot to the next as well as the scatter within a batch. The
+// draws are not paired by round: on the machine this was built on the
+// speed changes within seconds, faster than a round, so two slots of one
+// round share no more of the drift than any two. Nil with fewer than
+// three rounds on either side.
+func (c *Collector) ratioInterval(op, config, baseline string) []float64 {
+	have := func(cfg string) [][]float64 {
+		var out [][]float64
+		for r := 0; r < c.rounds; r++ {
+			if xs := c.samples[sampleKey{op, cfg, r}]; len(xs) > 0 {
+				out = append(out, xs)
+			}
+		}
+		return out
+	}
+	cr, br := have(config), have(baseline)
+	if len(cr) < 3 || len(br) < 3 {
+		return nil
+	}
+	rng := rand.New(rand.NewPCG(bootstrapSeed, uint64(len(cr))<<32|uint64(len(br))))
+	var buf []float64
+	median := func(rounds [][]float64) float64 {
+		buf = buf[:0]
+		for range rounds {
+			buf = append(buf, rounds[rng.IntN(len(rounds))]...)
+		}
+		slices.Sort(buf)
+		return percentileSorted(buf, 50)
+	}
+	ratios := make([]float64, 0, bootstrapResamples)
+	for range bootstrapResamples {
+		ratios = append(ratios, Ratio(median(cr), median(br)))
+	}
+	slices.Sort(ratios)
+	return []float64{percentileSorted(ratios, 5), percentileSorted(ratios, 95)}
 }
 
 func (c *Collector) pooled(op, config string) []float64 {
@@ -114,12 +165,17 @@ func ControlFindings(s MicroSuite, label func(string) string) []string {
 
 // OverheadOf returns the ratio of config for op in suite, or 0.
 func (s *MicroSuite) OverheadOf(op, config string) float64 {
-	i := slices.IndexFunc(s.Ops, func(o OpResult) bool { return o.Op == op })
-	if i < 0 {
-		return 0
-	}
-	if r := s.Ops[i].Result(config); r != nil {
+	if r := s.ResultOf(op, config); r != nil {
 		return r.Ratio
 	}
 	return 0
+}
+
+// ResultOf returns the result of config for op in suite, or nil.
+func (s *MicroSuite) ResultOf(op, config string) *ConfigResult {
+	i := slices.IndexFunc(s.Ops, func(o OpResult) bool { return o.Op == op })
+	if i < 0 {
+		return nil
+	}
+	return s.Ops[i].Result(config)
 }

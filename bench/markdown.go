@@ -314,6 +314,8 @@ func (r *Report) writeMicroDetails(b *strings.Builder) {
 	b.WriteString("## Microbenchmarks in detail\n\n")
 	b.WriteString("One sample is the mean time per operation of one batch (batch size in the heading); " +
 		"median, p99 and min–max are over all samples of all rounds. " +
+		"\"90% interval\" is a bootstrap over rounds (each configuration's rounds drawn on their own): " +
+		"how far this run's ratio could move with the machine's drift from round to round. " +
 		"\"per round\" is the median and range of the ratios of each round's medians: a round whose two " +
 		"configurations ran a few seconds apart is the least exposed to slow changes of the machine.\n\n")
 	for _, s := range r.Micro {
@@ -327,16 +329,19 @@ func (r *Report) writeMicroDetails(b *strings.Builder) {
 					rs := Summarize(res.RoundRatios)
 					per = fmt.Sprintf("%.3f (%.3f–%.3f)", rs.Median, rs.Min, rs.Max)
 				}
-				ratio := FormatRatio(res.Ratio)
+				ratio, iv := FormatRatio(res.Ratio), FormatInterval(res.RatioInterval)
+				if iv == "" {
+					iv = "–"
+				}
 				if res.Config == s.Baseline {
-					ratio, per = "baseline", "–"
+					ratio, per, iv = "baseline", "–", "–"
 				}
 				rows = append(rows, []string{r.label(res.Config),
 					FormatNS(res.NS.Median), FormatNS(res.NS.P99),
 					FormatNS(res.NS.Min) + " – " + FormatNS(res.NS.Max),
-					fmt.Sprint(res.NS.N), ratio, per})
+					fmt.Sprint(res.NS.N), ratio, iv, per})
 			}
-			table(b, []string{"configuration", "median", "p99", "min – max", "samples", "ratio", "per round"}, rows)
+			table(b, []string{"configuration", "median", "p99", "min – max", "samples", "ratio", "90% interval", "per round"}, rows)
 		}
 	}
 }

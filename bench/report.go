@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"time"
 )
@@ -143,6 +144,18 @@ type ConfigResult struct {
 	// tells how stable the ratio is.
 	RoundRatios  []float64 `json:"round_ratios,omitempty"`
 	RoundMedians []float64 `json:"round_medians"`
+	// RatioInterval is the 90% bootstrap interval of Ratio over rounds
+	// ([low, high]); absent with fewer than three rounds.
+	RatioInterval []float64 `json:"ratio_interval_90,omitempty"`
+}
+
+// FormatInterval renders a ratio interval as overheads: "−1.2…+7.4%"; ""
+// when there is none.
+func FormatInterval(iv []float64) string {
+	if len(iv) != 2 {
+		return ""
+	}
+	return fmt.Sprintf("%+.1f…%+.1f%%", (iv[0]-1)*100, (iv[1]-1)*100)
 }
 
 // Throughput is the ramp of the agent's load until it loses events.

@@ -3,6 +3,7 @@ package bench
 import (
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -134,6 +135,58 @@ func TestCollectorResults(t *testing.T) {
 	}
 	if op.Result("absent") != nil {
 		t.Error("a configuration without samples has a result")
+	}
+}
+
+func TestRatioInterval(t *testing.T) {
+	// vigil is 4% above the baseline in every round, but the machine's
+	// speed changes from slot to slot: the interval must hold 1.04, be
+	// wider when two rounds of vigil alone ran slow, and narrow as rounds
+	// are added.
+	speeds := []float64{100, 130, 95, 160, 100, 110, 90, 140, 105, 100}
+	collect := func(rounds int, slow ...int) *Collector {
+		var c Collector
+		for r := range rounds {
+			sp := speeds[r%len(speeds)]
+			c.Add("exec", "none", r, []float64{sp - 1, sp, sp + 1})
+			v := sp * 1.04
+			if slices.Contains(slow, r) {
+				v *= 1.5
+			}
+			c.Add("exec", "vigil", r, []float64{v - 1, v, v + 1})
+		}
+		return &c
+	}
+	op := OpInfo{Name: "exec"}
+	interval := func(c *Collector) []float64 {
+		res := c.Results(op, []string{"none", "vigil"}, "none")
+		if res.Result("none").RatioInterval != nil {
+			t.Error("the baseline has an interval")
+		}
+		return res.Result("vigil").RatioInterval
+	}
+	steady := interval(collect(10))
+	if len(steady) != 2 || steady[0] > 1.04 || steady[1] < 1.04 {
+		t.Fatalf("steady interval = %v, want it to hold 1.04", steady)
+	}
+	noisy := interval(collect(10, 3, 7))
+	if len(noisy) != 2 || noisy[1] <= steady[1] {
+		t.Errorf("noisy interval %v does not reach above the steady %v", noisy, steady)
+	}
+	long := interval(collect(40))
+	if len(long) != 2 || long[1]-long[0] >= steady[1]-steady[0] || long[0] > 1.04 || long[1] < 1.04 {
+		t.Errorf("40 rounds: interval %v, 10 rounds: %v; want narrower, holding 1.04", long, steady)
+	}
+	// The same samples give the same interval (fixed seed).
+	if again := interval(collect(10, 3, 7)); !reflect.DeepEqual(again, noisy) {
+		t.Errorf("interval not reproducible: %v then %v", noisy, again)
+	}
+	// Too few rounds: no interval.
+	if iv := interval(collect(2)); iv != nil {
+		t.Errorf("two rounds gave interval %v", iv)
+	}
+	if got := FormatInterval([]float64{0.988, 1.074}); got != "-1.2…+7.4%" {
+		t.Errorf("FormatInterval = %q", got)
 	}
 }
 

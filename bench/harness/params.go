@@ -42,7 +42,7 @@ type Params struct {
 func FullParams() Params {
 	return Params{
 		Mode:              "full",
-		Rounds:            8,
+		Rounds:            16,
 		BatchScale:        1,
 		Settle:            time.Second,
 		CostSeconds:       10,

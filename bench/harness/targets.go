@@ -9,13 +9,20 @@ import (
 )
 
 // overheads lists the overhead of config for op in every suite that has
-// it: "+2.1% (host), +4.0% (vm 6.12)".
+// it, with its 90% interval over rounds where there is one:
+// "+2.1% (host; 90% interval −0.5…+4.6%), +4.0% (vm 6.12)".
 func overheads(r *bench.Report, op, config string) string {
 	var parts []string
 	for _, s := range r.Micro {
-		if ratio := s.OverheadOf(op, config); ratio > 0 {
-			parts = append(parts, fmt.Sprintf("%+.1f%% (%s)", (ratio-1)*100, s.Place))
+		res := s.ResultOf(op, config)
+		if res == nil || res.Ratio <= 0 {
+			continue
 		}
+		where := s.Place
+		if iv := bench.FormatInterval(res.RatioInterval); iv != "" {
+			where += "; 90% interval " + iv
+		}
+		parts = append(parts, fmt.Sprintf("%+.1f%% (%s)", (res.Ratio-1)*100, where))
 	}
 	return strings.Join(parts, ", ")
 }
