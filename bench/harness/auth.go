@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vigil-hips/vigil/bench"
+	"github.com/vigil-hips/vigil/internal/syncbuf"
 )
 
 // The auth phase (issue 7): the filter API's round trip. One approved
@@ -111,7 +112,7 @@ func (e *Env) authRun(ctx context.Context, dir, key, signed, hostID, scanner str
 	}
 	defer r.Stop(ctx)
 	client := exec.CommandContext(ctx, scanner, cargs...)
-	var out bytes.Buffer
+	var out syncbuf.Buffer // read below while the client writes
 	client.Stdout, client.Stderr = &out, &out
 	if err := client.Start(); err != nil {
 		return fail(err.Error())

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,25 +23,8 @@ import (
 	"github.com/vigil-hips/vigil/internal/agent/agenttest"
 	"github.com/vigil-hips/vigil/internal/cli"
 	"github.com/vigil-hips/vigil/internal/sensor"
+	"github.com/vigil-hips/vigil/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe to read while a command writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type env struct {
 	t       *testing.T
@@ -262,7 +244,7 @@ func TestAgentAndCommands(t *testing.T) {
 	// Follow: the stored events, then a new one.
 	followCtx, stopFollow := context.WithCancel(context.Background())
 	defer stopFollow()
-	var followOut syncBuffer
+	var followOut syncbuf.Buffer
 	followDone := make(chan error, 1)
 	go func() {
 		followDone <- e.run(followCtx, &followOut, "events", "--follow", "-o", "json", "--kind", "exec,gap")
@@ -317,7 +299,7 @@ func TestAgentAndCommands(t *testing.T) {
 	}
 
 	// A follower when the agent stops: told so.
-	var lateOut syncBuffer
+	var lateOut syncbuf.Buffer
 	lateDone := make(chan error, 1)
 	go func() { lateDone <- e.run(context.Background(), &lateOut, "events", "-f", "-o", "json") }()
 	waitFor(t, "the second follower", func() bool { return strings.Count(lateOut.String(), "\n") == 5 })

@@ -2,31 +2,17 @@ package testutil
 
 import (
 	"os/exec"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vigil-hips/vigil/internal/syncbuf"
 )
 
 // SyncBuffer is an io.Writer a process's output can go to while a test
 // reads it.
-type SyncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *SyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *SyncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type SyncBuffer = syncbuf.Buffer
 
 // Daemon is a long-running process a test started (an agent, a server).
 // Its output is kept in Log and shown when the test fails; it is stopped
