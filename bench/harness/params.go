@@ -2,7 +2,7 @@ package harness
 
 import "time"
 
-// Params size a run. Full is what `make bench` runs (about 15–20 minutes
+// Params size a run. Full is what `make bench` runs (about 30 minutes
 // on a 2-core machine); Quick is for working on the bench itself (about 3
 // minutes), with the same phases at a smaller scale.
 type Params struct {
