@@ -397,3 +397,35 @@ func TestFleetTarget(t *testing.T) {
 		}
 	}
 }
+
+// The overhead verdict is the wall clock's; the operation's own CPU time
+// and its BPF programs' share are shown beside it.
+func TestOverheadTargetMeasures(t *testing.T) {
+	vm := bench.MicroSuite{Place: "vm 6.12", Baseline: "none", Ops: []bench.OpResult{
+		{Op: "exec", Results: []bench.ConfigResult{{Config: "none", Ratio: 1}, {Config: "vigil-enforce", Ratio: 1.30}}},
+		{Op: "exec" + cpuSuffix, Results: []bench.ConfigResult{{Config: "none", Ratio: 1}, {Config: "vigil-enforce", Ratio: 1.022}}},
+	}, BPF: []bench.BPFTime{{Op: "exec", Config: "vigil-enforce", Share: 0.031}}}
+	r := &bench.Report{
+		Configs: []bench.ConfigStatus{{Name: "vigil-enforce", Place: "vm 6.12", Ran: true}},
+		Micro:   []bench.MicroSuite{vm},
+	}
+	const what = "exec overhead, enforce (cached path)"
+	got := ""
+	for _, tg := range Targets(r) {
+		if tg.What == what {
+			got = tg.Verdict + ": " + tg.Measured
+		}
+	}
+	want := "not met: wall clock +30.0% (vm 6.12); CPU time of its own processes +2.2% (vm 6.12); " +
+		"in the kernel (its BPF programs' run time) +3.10% (vm 6.12)"
+	if got != want {
+		t.Errorf("%s:\n got %q\nwant %q", what, got, want)
+	}
+	// Within the limit by the wall clock: met.
+	r.Micro[0].Ops[0].Results[1].Ratio = 1.04
+	for _, tg := range Targets(r) {
+		if tg.What == what && tg.Verdict != bench.Met {
+			t.Errorf("wall clock +4%%: verdict %q", tg.Verdict)
+		}
+	}
+}

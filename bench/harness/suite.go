@@ -101,6 +101,8 @@ func (e *Env) runSuite(ctx context.Context, place string, cfgs []*Config, rounds
 				r = &Running{Config: c.Name} // the baseline: nothing runs
 			}
 			sleepCtx(ctx, e.P.Settle)
+			e.waitQuiet(ctx, place, r)
+			e.warmUp(ctx, place, c.Name, ops, scale)
 		}
 		for _, op := range ops {
 			n := batches(op.Batches, scale)
@@ -158,6 +160,85 @@ func (e *Env) runSuite(ctx context.Context, place string, cfgs []*Config, rounds
 	}
 	suite.BPF, suite.BPFNote = bpf.results(&suite)
 	return suite
+}
+
+// Quiet: a configuration's timing starts once what it runs (in the VM:
+// the whole guest) spent under quietShare of a CPU over a quietWindow (a
+// second: the guest counts its CPU time in 10 ms ticks), or
+// after quietLimit. An agent is busy for a while after it starts (its
+// first scans, its first store transactions), and a guest just booted runs
+// the kernel's crypto self-tests (cryptomgr_test, about 2.4 s of CPU on
+// 6.12 under TCG), which landed in the first round's baseline and made its
+// execs twice as slow as in later rounds.
+const (
+	quietWindow = time.Second
+	quietShare  = 0.02
+	quietLimit  = 30 * time.Second
+)
+
+// waitQuiet waits, after r started, until it is quiet (see quietWindow).
+// On the host only the configuration's own processes are watched (the
+// baseline has none): the machine's other load is not the bench's to wait
+// for.
+func (e *Env) waitQuiet(ctx context.Context, place string, r *Running) {
+	var cpu func() (time.Duration, error)
+	switch {
+	case e.InVM:
+		cpu = systemBusy
+	case r != nil && r.d != nil:
+		cpu = func() (time.Duration, error) { return r.CPU(), nil }
+	default:
+		return
+	}
+	waited, quiet, err := waitIdle(ctx, cpu, quietWindow, quietShare, quietLimit)
+	switch {
+	case err != nil:
+		e.Log.Warn("waiting for quiet", "place", place, "config", r.Config, "err", err)
+	case !quiet && ctx.Err() == nil:
+		e.Log.Warn("still busy, timing anyway", "place", place, "config", r.Config, "waited", waited.Round(time.Millisecond))
+	case waited > 2*quietWindow:
+		e.Log.Info("quiet", "place", place, "config", r.Config, "waited", waited.Round(time.Millisecond))
+	}
+}
+
+// waitIdle waits until cpu, a running total of CPU time, grows by less
+// than share of window over one window, or until limit has passed. It
+// returns how long it waited and whether it saw such a window.
+func waitIdle(ctx context.Context, cpu func() (time.Duration, error), window time.Duration, share float64, limit time.Duration) (time.Duration, bool, error) {
+	start := time.Now()
+	last, err := cpu()
+	if err != nil {
+		return 0, false, err
+	}
+	for time.Since(start) < limit && ctx.Err() == nil {
+		t0 := time.Now()
+		sleepCtx(ctx, window)
+		now, err := cpu()
+		if err != nil {
+			return time.Since(start), false, err
+		}
+		if float64(now-last) < share*float64(time.Since(t0)) {
+			return time.Since(start), true, nil
+		}
+		last = now
+	}
+	return time.Since(start), false, nil
+}
+
+// warmUp runs a tenth of each op's batches, untimed, after a
+// configuration starts. The first operations after a start pay for what
+// the start left cold: the page cache and the CPU's caches on the host;
+// in the VM, TCG's translation of every kernel and user path the
+// operation takes, which made the first configuration of the first round
+// (the baseline) twice as slow as in later rounds and so flattered every
+// ratio. Under an agent it also fills the agent's caches (the verdict
+// cache of the exec target): the microbenchmarks time the cached path.
+func (e *Env) warmUp(ctx context.Context, place, config string, ops []OpSpec, scale float64) {
+	for _, op := range ops {
+		if _, _, err := runOp(ctx, e.Tools, op, max(batches(op.Batches, scale)/10, 1)); err != nil && ctx.Err() == nil {
+			e.Log.Warn("warm-up failed", "place", place, "config", config, "op", op.Name, "err", err)
+		}
+	}
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

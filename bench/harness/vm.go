@@ -150,8 +150,8 @@ func (e *Env) runVM(ctx context.Context, kernel string, decision bool) (bench.Mi
 	for _, d := range deps {
 		include = append(include, d+":"+d)
 	}
-	args := []string{"run", "-kernel", kernel, "-timeout", e.P.VMTimeout.String(), e.Self, "guest",
-		"-place", place, "-rounds", strconv.Itoa(e.P.VMRounds),
+	args := []string{"run", "-kernel", kernel, "-timeout", e.P.VMTimeout.String(), "-icount", e.P.VMIcount,
+		e.Self, "guest", "-place", place, "-icount", e.P.VMIcount, "-rounds", strconv.Itoa(e.P.VMRounds),
 		"-scale", strconv.FormatFloat(e.P.VMBatchScale, 'f', -1, 64),
 		"-settle", e.P.Settle.String()}
 	if decision {
@@ -224,6 +224,7 @@ func Guest(ctx context.Context, args []string, log *slog.Logger) error {
 	scale := fs.Float64("scale", 0.1, "batch count scale")
 	settle := fs.Duration("settle", 0, "pause after a configuration starts")
 	bundle := fs.String("bundle", guestBundle, "directory of the helpers")
+	icount := fs.String("icount", "", "the qemu -icount setting the VM runs with (for the report)")
 	vigil := fs.String("vigil", "/usr/bin/vigil", "the vigil binary")
 	decRounds := fs.Int("decision-rounds", 1, "rounds of the decision latency")
 	decSamples := fs.Int("decision-samples", 0, "samples per file size and round of the decision latency (0: not measured)")
@@ -284,6 +285,11 @@ func Guest(ctx context.Context, args []string, log *slog.Logger) error {
 	res.Suite.Kernel = unix.ByteSliceToString(u.Release[:])
 	res.Suite.Note = fmt.Sprintf("Kernel %s in qemu with TCG (software emulation), BPF LSM on: only the ratios within "+
 		"the VM mean anything, absolute times do not.", res.Suite.Kernel)
+	if *icount != "" {
+		res.Suite.Note += fmt.Sprintf(" The guest's clock counts instructions (qemu -icount %s): a time here is the "+
+			"instructions the operation ran, at a fixed time each, every process's in between included (the agent's too, "+
+			"on the one vCPU); the host's load and speed do not enter it, nor do caches, which TCG does not model.", *icount)
+	}
 	for i := range res.Configs {
 		st := &res.Configs[i]
 		if why, ok := e.broken[st.Name]; ok {

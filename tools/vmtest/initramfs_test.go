@@ -268,3 +268,15 @@ func TestANSIEscapeStripped(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+func TestQemuArgsIcount(t *testing.T) {
+	o := runOptions{mem: "2048", smp: 1}
+	if got := strings.Join(qemuArgs(o, "vmlinux", "initrd"), " "); strings.Contains(got, "-icount") {
+		t.Errorf("no icount asked, got %q", got)
+	}
+	o.icount = "shift=2,sleep=off"
+	got := strings.Join(qemuArgs(o, "vmlinux", "initrd"), " ")
+	if !strings.Contains(got, "-icount shift=2,sleep=off") || !strings.Contains(got, "-accel tcg") {
+		t.Errorf("icount asked, got %q", got)
+	}
+}

@@ -31,6 +31,22 @@ const (
 // its exit status before it is killed.
 const powerOffGrace = 15 * time.Second
 
+// qemuArgs is qemu's command line for o, booting image with initrd.
+func qemuArgs(o runOptions, image, initrd string) []string {
+	args := []string{
+		"-accel", "tcg", "-cpu", "max",
+		"-m", o.mem, "-smp", strconv.Itoa(o.smp),
+		"-nographic", "-no-reboot",
+		"-kernel", image,
+		"-initrd", initrd,
+		"-append", kernelCmdline,
+	}
+	if o.icount != "" {
+		args = append(args, "-icount", o.icount)
+	}
+	return args
+}
+
 // kernelCmdline is DESIGN.md's verified recipe: BPF LSM on, everything on
 // the serial console, and a panic powers the VM off (with -no-reboot).
 const kernelCmdline = "console=ttyS0 quiet lsm=lockdown,capability,landlock,bpf panic=-1"
@@ -41,6 +57,7 @@ type runOptions struct {
 	cache   string
 	mem     string
 	smp     int
+	icount  string
 	qemu    string
 	dmesg   bool
 	verbose bool
@@ -72,6 +89,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// oopsed the guest ("Oops: int3" in syscall_trace_enter). On a 2-core
 	// host the suite runs two VMs at once anyway.
 	fs.IntVar(&o.smp, "smp", 1, "guest CPUs (qemu -smp)")
+	// A clock that counts instructions: the guest's time then advances by
+	// the code it runs, not by the host's clock, so the host's load and
+	// speed changes do not reach what the guest measures (the bench's
+	// VM phase). Slower to emulate; tests have no use for it.
+	fs.StringVar(&o.icount, "icount", os.Getenv("VMTEST_ICOUNT"), "qemu -icount setting, e.g. shift=2,sleep=off (empty: the host's clock) ($VMTEST_ICOUNT)")
 	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "qemu binary")
 	fs.BoolVar(&o.dmesg, "dmesg", os.Getenv("VMTEST_DMESG") == "1", "print the guest's kernel log after the test ($VMTEST_DMESG=1)")
 	fs.BoolVar(&o.bzImage, "bzimage", os.Getenv("VMTEST_BZIMAGE") == "1", "boot the compressed bzImage instead of the extracted vmlinux (PVH); slower ($VMTEST_BZIMAGE=1)")
@@ -166,14 +188,7 @@ func (r *runner) run(ctx context.Context, bin string, args []string) int {
 	if image == "" || r.opts.bzImage {
 		image = k.Vmlinuz
 	}
-	qargs := []string{
-		"-accel", "tcg", "-cpu", "max",
-		"-m", r.opts.mem, "-smp", strconv.Itoa(r.opts.smp),
-		"-nographic", "-no-reboot",
-		"-kernel", image,
-		"-initrd", filepath.Join(work, "initramfs.cpio"),
-		"-append", kernelCmdline,
-	}
+	qargs := qemuArgs(r.opts, image, filepath.Join(work, "initramfs.cpio"))
 	qargs = append(qargs, strings.Fields(os.Getenv("VMTEST_QEMU_ARGS"))...)
 	if r.opts.verbose {
 		fmt.Fprintf(r.stderr, "vmtest: %s %s\n", r.opts.qemu, strings.Join(qargs, " "))
