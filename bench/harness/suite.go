@@ -228,10 +228,8 @@ func waitIdle(ctx context.Context, cpu func() (time.Duration, error), window tim
 // warmUp runs a tenth of each op's batches, untimed, after a
 // configuration starts. The first operations after a start pay for what
 // the start left cold: the page cache and the CPU's caches on the host;
-// in the VM, TCG's translation of every kernel and user path the
-// operation takes, which made the first configuration of the first round
-// (the baseline) twice as slow as in later rounds and so flattered every
-// ratio. Under an agent it also fills the agent's caches (the verdict
+// in the VM also TCG's translation of every kernel and user path the
+// operation takes. Under an agent it also fills the agent's caches (the verdict
 // cache of the exec target): the microbenchmarks time the cached path.
 func (e *Env) warmUp(ctx context.Context, place, config string, ops []OpSpec, scale float64) {
 	for _, op := range ops {

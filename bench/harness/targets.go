@@ -81,20 +81,21 @@ func Targets(r *bench.Report) []bench.Target {
 	overheadTarget := func(what, op, config string, limit float64) {
 		t := bench.Target{What: what, Goal: fmt.Sprintf("≤ %.0f%%", (limit-1)*100)}
 		if w, ok := worst(r, op, config); ok && ran(r, config) {
-			t.Measured = overheads(r, op, config)
 			// The wall clock is the verdict. Beside it, the parts that
 			// leave out other processes' work (in the VM the agent's, on
 			// the guest's one vCPU): the operation's own CPU time and its
 			// BPF programs' run time.
+			parts := []string{overheads(r, op, config)}
 			if c := overheads(r, op+cpuSuffix, config); c != "" {
-				t.Measured = "wall clock " + t.Measured + "; CPU time of its own processes " + c
+				parts = append(parts, "CPU time of its own processes "+c)
 			}
 			if k := kernelShares(r, op, config); k != "" {
-				if !strings.HasPrefix(t.Measured, "wall clock ") {
-					t.Measured = "wall clock " + t.Measured
-				}
-				t.Measured += "; in the kernel (its BPF programs' run time) " + k
+				parts = append(parts, "in the kernel (its BPF programs' run time) "+k)
 			}
+			if len(parts) > 1 {
+				parts[0] = "wall clock " + parts[0]
+			}
+			t.Measured = strings.Join(parts, "; ")
 			t.Verdict = bench.NotMet
 			if w <= limit {
 				t.Verdict = bench.Met

@@ -15,9 +15,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vigil-hips/vigil/internal/syncbuf"
 )
 
 // Exit statuses of `vmtest run` when the test binary did not report one.
@@ -202,8 +203,8 @@ func (r *runner) run(ctx context.Context, bin string, args []string) int {
 	defer qcancel()
 	cmd := exec.CommandContext(qctx, r.opts.qemu, qargs...)
 	cmd.Stdin = nil // never hand qemu a terminal: it would switch it to raw mode
-	var qerr strings.Builder
-	cmd.Stderr = &lockedWriter{w: &qerr}
+	var qerr syncbuf.Buffer
+	cmd.Stderr = &qerr
 	// If vmtest dies, so does qemu (main locks its OS thread so this holds).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 5 * time.Second
@@ -480,17 +481,6 @@ func (c *console) dumpBootLog(w io.Writer) {
 // console (clear screen, reset), which would garble the terminal showing a
 // boot log.
 var ansiEscape = regexp.MustCompile(`\x1b(\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_]|c)`)
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
 
 // removeStaleWorkDirs removes work directories left in the temp dir by
 // runs that were SIGKILLed (qemu dies with them, through Pdeathsig, but
