@@ -47,9 +47,9 @@ func (c *Collector) Rounds() int { return c.rounds }
 func (c *Collector) Results(op OpInfo, configs []string, baseline string) OpResult {
 	out := OpResult{Op: op.Name, Label: op.Label, PerBatch: op.PerBatch, Control: op.Control}
 	base := c.pooled(op.Name, baseline)
-	baseMedian := math.NaN()
+	baseMedian, baseMean := math.NaN(), math.NaN()
 	if len(base) > 0 {
-		baseMedian = Median(base)
+		baseMedian, baseMean = Median(base), mean(base)
 	}
 	for _, cfg := range configs {
 		all := c.pooled(op.Name, cfg)
@@ -57,6 +57,7 @@ func (c *Collector) Results(op OpInfo, configs []string, baseline string) OpResu
 			continue
 		}
 		res := ConfigResult{Config: cfg, NS: Summarize(all), Ratio: Ratio(Median(all), baseMedian)}
+		res.MeanRatio = Ratio(res.NS.Mean, baseMean)
 		if cfg != baseline {
 			res.RatioInterval = c.ratioInterval(op.Name, cfg, baseline)
 		}

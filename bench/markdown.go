@@ -166,7 +166,9 @@ func (r *Report) writeSummary(b *strings.Builder) {
 		"CPU the operation's processes spent (user and system, the kernel's hooks included), not by the clock: " +
 		"it leaves out other work that ran on the CPU meanwhile, such as the agent storing the events of the " +
 		"execs (the agent's own cost, the cost phase), and a decision made in user space (a fanotify round trip), " +
-		"which only the wall-clock row shows.\n\n")
+		"which only the wall-clock row shows. The overhead targets are judged by the wall clock, except where the " +
+		"machine had one CPU (the VM's guest): there the agent's recording runs in the timed execs' wall clock " +
+		"rather than beside them, so the CPU-time row judges (see the targets).\n\n")
 	for _, s := range r.Micro {
 		fmt.Fprintf(b, "### %s\n\n", s.Place)
 		if s.Note != "" {

@@ -77,6 +77,10 @@ type MicroSuite struct {
 	// Absolute says whether the absolute times mean anything (false in
 	// an emulated VM, where only ratios do).
 	Absolute bool `json:"absolute"`
+	// CPUs is how many CPUs the machine it ran on had (0: not recorded).
+	// On one CPU the wall clock of an operation also holds whatever the
+	// agent does meanwhile, its recording of that very operation included.
+	CPUs int `json:"cpus,omitempty"`
 	// BPF is the in-kernel time of the operations also reported by CPU
 	// time: what the loaded BPF programs ran per operation, by the
 	// kernel's statistics. BPFNote says why it is missing, if it is.
@@ -140,6 +144,8 @@ type ConfigResult struct {
 	NS     Summary `json:"ns_per_op"`
 	// Ratio is NS.Median over the baseline's NS.Median in the same run.
 	Ratio float64 `json:"ratio"`
+	// MeanRatio is NS.Mean over the baseline's NS.Mean.
+	MeanRatio float64 `json:"mean_ratio,omitempty"`
 	// RoundRatios are the ratios of each round's medians: their spread
 	// tells how stable the ratio is.
 	RoundRatios  []float64 `json:"round_ratios,omitempty"`

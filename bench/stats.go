@@ -14,9 +14,12 @@ import (
 type Summary struct {
 	N      int     `json:"n"`
 	Median float64 `json:"median"`
-	P99    float64 `json:"p99"`
-	Min    float64 `json:"min"`
-	Max    float64 `json:"max"`
+	// Mean is the samples' mean: unlike the median it carries work that
+	// lands on a few samples only (on one CPU, an agent's batch).
+	Mean float64 `json:"mean"`
+	P99  float64 `json:"p99"`
+	Min  float64 `json:"min"`
+	Max  float64 `json:"max"`
 }
 
 // Summarize returns the median, 99th percentile and range of samples. An
@@ -30,6 +33,7 @@ func Summarize(samples []float64) Summary {
 	return Summary{
 		N:      len(s),
 		Median: percentileSorted(s, 50),
+		Mean:   mean(s),
 		P99:    percentileSorted(s, 99),
 		Min:    s[0],
 		Max:    s[len(s)-1],
@@ -125,4 +129,13 @@ func DecisionRow(file string, size int64, place, config string, refused []float6
 		d.Status = fmt.Sprintf("only %d of %d refused: the others ran (not decided as unknown)", len(refused), tried)
 	}
 	return d
+}
+
+// mean returns the mean of xs (NaN for an empty slice).
+func mean(xs []float64) float64 {
+	sum := 0.0
+	for _, x := range xs {
+		sum += x
+	}
+	return sum / float64(len(xs))
 }

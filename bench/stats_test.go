@@ -54,8 +54,8 @@ func short(xs []float64) any {
 func TestSummarizeDoesNotReorder(t *testing.T) {
 	xs := []float64{9, 1, 5, 3, 7}
 	s := Summarize(xs)
-	want := Summary{N: 5, Median: 5, P99: 8.92, Min: 1, Max: 9}
-	if s.N != want.N || s.Median != want.Median || math.Abs(s.P99-want.P99) > 1e-9 || s.Min != want.Min || s.Max != want.Max {
+	want := Summary{N: 5, Median: 5, Mean: 5, P99: 8.92, Min: 1, Max: 9}
+	if s.N != want.N || s.Median != want.Median || s.Mean != want.Mean || math.Abs(s.P99-want.P99) > 1e-9 || s.Min != want.Min || s.Max != want.Max {
 		t.Errorf("Summarize = %+v, want %+v", s, want)
 	}
 	if !reflect.DeepEqual(xs, []float64{9, 1, 5, 3, 7}) {
@@ -135,6 +135,19 @@ func TestCollectorResults(t *testing.T) {
 	}
 	if op.Result("absent") != nil {
 		t.Error("a configuration without samples has a result")
+	}
+}
+
+// TestCollectorMeanRatio: the mean ratio carries what lands on a few
+// samples, which the median ratio does not.
+func TestCollectorMeanRatio(t *testing.T) {
+	var c Collector
+	c.Add("exec", "none", 0, []float64{100, 100, 100, 100})
+	c.Add("exec", "vigil", 0, []float64{100, 100, 100, 300})
+	op := c.Results(OpInfo{Name: "exec", PerBatch: 1}, []string{"none", "vigil"}, "none")
+	v := op.Result("vigil")
+	if v.Ratio != 1 || v.MeanRatio != 1.5 || v.NS.Mean != 150 {
+		t.Errorf("vigil: ratio %v, mean ratio %v, mean %v; want 1, 1.5, 150", v.Ratio, v.MeanRatio, v.NS.Mean)
 	}
 }
 

@@ -401,31 +401,75 @@ func TestFleetTarget(t *testing.T) {
 // The overhead verdict is the wall clock's; the operation's own CPU time
 // and its BPF programs' share are shown beside it.
 func TestOverheadTargetMeasures(t *testing.T) {
-	vm := bench.MicroSuite{Place: "vm 6.12", Baseline: "none", Ops: []bench.OpResult{
-		{Op: "exec", Results: []bench.ConfigResult{{Config: "none", Ratio: 1}, {Config: "vigil-enforce", Ratio: 1.30}}},
-		{Op: "exec" + cpuSuffix, Results: []bench.ConfigResult{{Config: "none", Ratio: 1}, {Config: "vigil-enforce", Ratio: 1.022}}},
-	}, BPF: []bench.BPFTime{{Op: "exec", Config: "vigil-enforce", Share: 0.031}}}
-	r := &bench.Report{
-		Configs: []bench.ConfigStatus{{Name: "vigil-enforce", Place: "vm 6.12", Ran: true}},
-		Micro:   []bench.MicroSuite{vm},
+	// The wall clock's mean ratio is 0.1 above its median ratio; only
+	// one CPU shows it.
+	suite := func(place string, cpus int, wall, cpu float64) bench.MicroSuite {
+		return bench.MicroSuite{Place: place, Baseline: "none", CPUs: cpus, Ops: []bench.OpResult{
+			{Op: "exec", Results: []bench.ConfigResult{{Config: "none", Ratio: 1}, {Config: "vigil-enforce", Ratio: wall, MeanRatio: wall + 0.1}}},
+			{Op: "exec" + cpuSuffix, Results: []bench.ConfigResult{{Config: "none", Ratio: 1}, {Config: "vigil-enforce", Ratio: cpu, MeanRatio: cpu + 0.1}}},
+		}, BPF: []bench.BPFTime{{Op: "exec", Config: "vigil-enforce", Share: 0.031}}}
 	}
 	const what = "exec overhead, enforce (cached path)"
-	got := ""
-	for _, tg := range Targets(r) {
-		if tg.What == what {
-			got = tg.Verdict + ": " + tg.Measured
+	target := func(micro ...bench.MicroSuite) string {
+		r := &bench.Report{
+			Configs: []bench.ConfigStatus{{Name: "vigil-enforce", Place: "vm 6.12", Ran: true}},
+			Micro:   micro,
 		}
+		for _, tg := range Targets(r) {
+			if tg.What == what {
+				return tg.Verdict + ": " + tg.Measured
+			}
+		}
+		t.Fatalf("no target %q", what)
+		return ""
 	}
-	want := "not met: wall clock +30.0% (vm 6.12); CPU time of its own processes +2.2% (vm 6.12); " +
-		"in the kernel (its BPF programs' run time) +3.10% (vm 6.12)"
-	if got != want {
-		t.Errorf("%s:\n got %q\nwant %q", what, got, want)
-	}
-	// Within the limit by the wall clock: met.
-	r.Micro[0].Ops[0].Results[1].Ratio = 1.04
-	for _, tg := range Targets(r) {
-		if tg.What == what && tg.Verdict != bench.Met {
-			t.Errorf("wall clock +4%%: verdict %q", tg.Verdict)
+	for _, c := range []struct {
+		name  string
+		micro []bench.MicroSuite
+		want  string
+	}{
+		{
+			// One CPU: the wall clock holds the agent's recording; the
+			// exec's own CPU time judges, and is within the limit.
+			name:  "one CPU",
+			micro: []bench.MicroSuite{suite("vm 6.12", 1, 1.30, 1.022)},
+			want: "met: wall clock +30.0% (vm 6.12; mean +40.0%); CPU time of its own processes +2.2% (vm 6.12); " +
+				"in the kernel (its BPF programs' run time) +3.10% (vm 6.12); " +
+				"judged by CPU time of its own processes (vm 6.12: one CPU)",
+		},
+		{
+			// One CPU, but the exec's own CPU time is over the limit.
+			name:  "one CPU, own CPU over",
+			micro: []bench.MicroSuite{suite("vm 6.12", 1, 1.04, 1.06)},
+			want: "not met: wall clock +4.0% (vm 6.12; mean +14.0%); CPU time of its own processes +6.0% (vm 6.12); " +
+				"in the kernel (its BPF programs' run time) +3.10% (vm 6.12); " +
+				"judged by CPU time of its own processes (vm 6.12: one CPU)",
+		},
+		{
+			// Two CPUs: the wall clock judges.
+			name:  "two CPUs",
+			micro: []bench.MicroSuite{suite("host", 2, 1.30, 1.022)},
+			want: "not met: wall clock +30.0% (host); CPU time of its own processes +2.2% (host); " +
+				"in the kernel (its BPF programs' run time) +3.10% (host); judged by wall clock (host)",
+		},
+		{
+			// A report from before CPUs were recorded: the wall clock.
+			name:  "CPUs unknown",
+			micro: []bench.MicroSuite{suite("vm 6.12", 0, 1.04, 1.10)},
+			want: "met: wall clock +4.0% (vm 6.12); CPU time of its own processes +10.0% (vm 6.12); " +
+				"in the kernel (its BPF programs' run time) +3.10% (vm 6.12); judged by wall clock (vm 6.12)",
+		},
+		{
+			// The worst place decides.
+			name:  "worst place",
+			micro: []bench.MicroSuite{suite("host", 2, 1.02, 1.01), suite("vm 6.1", 1, 1.40, 1.07)},
+			want: "not met: wall clock +2.0% (host), +40.0% (vm 6.1; mean +50.0%); CPU time of its own processes +1.0% (host), +7.0% (vm 6.1); " +
+				"in the kernel (its BPF programs' run time) +3.10% (host), +3.10% (vm 6.1); " +
+				"judged by wall clock (host), CPU time of its own processes (vm 6.1: one CPU)",
+		},
+	} {
+		if got := target(c.micro...); got != c.want {
+			t.Errorf("%s:\n got %q\nwant %q", c.name, got, c.want)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"time"
 
@@ -145,7 +146,7 @@ func (e *Env) runSuite(ctx context.Context, place string, cfgs []*Config, rounds
 	if r != nil {
 		e.stopConfig(ctx, r, "microbenchmarks")
 	}
-	suite := bench.MicroSuite{Place: place, Baseline: Baseline, Rounds: rounds, Absolute: !e.InVM}
+	suite := bench.MicroSuite{Place: place, Baseline: Baseline, Rounds: rounds, Absolute: !e.InVM, CPUs: runtime.NumCPU()}
 	rows := Rows(ops)
 	for _, n := range names {
 		for _, op := range rows {

@@ -9,8 +9,11 @@ import (
 )
 
 // overheads lists the overhead of config for op in every suite that has
-// it, with its 90% interval over rounds where there is one:
-// "+2.1% (host; 90% interval −0.5…+4.6%), +4.0% (vm 6.12)".
+// it, with its 90% interval over rounds where there is one, and, on one
+// CPU, the ratio of the means of the wall clock (what the agent's
+// batches add to the few operations they land on, which the median
+// leaves out): "+2.1% (host; 90% interval −0.5…+4.6%), +4.0% (vm 6.12;
+// mean +21.0%)".
 func overheads(r *bench.Report, op, config string) string {
 	var parts []string
 	for _, s := range r.Micro {
@@ -21,6 +24,9 @@ func overheads(r *bench.Report, op, config string) string {
 		where := s.Place
 		if iv := bench.FormatInterval(res.RatioInterval); iv != "" {
 			where += "; 90% interval " + iv
+		}
+		if s.CPUs == 1 && !strings.HasSuffix(op, cpuSuffix) && res.MeanRatio > 0 {
+			where += fmt.Sprintf("; mean %+.1f%%", (res.MeanRatio-1)*100)
 		}
 		parts = append(parts, fmt.Sprintf("%+.1f%% (%s)", (res.Ratio-1)*100, where))
 	}
@@ -40,16 +46,48 @@ func kernelShares(r *bench.Report, op, config string) string {
 	return strings.Join(parts, ", ")
 }
 
-// worst returns the largest overhead ratio of config for op over the
-// suites, and whether any suite had it.
-func worst(r *bench.Report, op, config string) (float64, bool) {
-	w, ok := 0.0, false
-	for _, s := range r.Micro {
-		if ratio := s.OverheadOf(op, config); ratio > 0 {
-			w, ok = max(w, ratio), true
+// judged returns the ratio that judges an overhead target for config's op
+// in suite s, and the name of its measure. It is the wall clock, except
+// on a machine with one CPU (the VM suite's guest), where it is the
+// operation's own CPU time when the operation has one: there the wall
+// clock also holds the agent recording the very operations being timed,
+// work that on a machine with a second CPU runs beside them (the host's
+// rows: wall clock and CPU time agree) and that the agent-CPU target
+// judges already. The wall clock is reported beside it in every case.
+func judged(s *bench.MicroSuite, op, config string) (float64, string) {
+	if s.CPUs == 1 {
+		if ratio := s.OverheadOf(op+cpuSuffix, config); ratio > 0 {
+			return ratio, measureCPU
 		}
 	}
-	return w, ok
+	return s.OverheadOf(op, config), measureWall
+}
+
+const (
+	measureWall = "wall clock"
+	measureCPU  = "CPU time of its own processes"
+)
+
+// worst returns the largest judging ratio of config for op over the
+// suites, whether any suite had it, and which measure judged where:
+// "wall clock (host), CPU time of its own processes (vm 6.12: one CPU)".
+func worst(r *bench.Report, op, config string) (float64, bool, string) {
+	w, ok := 0.0, false
+	var by []string
+	for i := range r.Micro {
+		s := &r.Micro[i]
+		ratio, measure := judged(s, op, config)
+		if ratio <= 0 {
+			continue
+		}
+		w, ok = max(w, ratio), true
+		where := s.Place
+		if s.CPUs == 1 {
+			where += ": one CPU"
+		}
+		by = append(by, measure+" ("+where+")")
+	}
+	return w, ok, strings.Join(by, ", ")
 }
 
 func ran(r *bench.Report, config string) bool {
@@ -80,20 +118,21 @@ func Targets(r *bench.Report) []bench.Target {
 	var out []bench.Target
 	overheadTarget := func(what, op, config string, limit float64) {
 		t := bench.Target{What: what, Goal: fmt.Sprintf("≤ %.0f%%", (limit-1)*100)}
-		if w, ok := worst(r, op, config); ok && ran(r, config) {
-			// The wall clock is the verdict. Beside it, the parts that
-			// leave out other processes' work (in the VM the agent's, on
-			// the guest's one vCPU): the operation's own CPU time and its
-			// BPF programs' run time.
+		if w, ok, by := worst(r, op, config); ok && ran(r, config) {
+			// Every measure is shown; judged says which one decides
+			// where. Beside the wall clock, the parts that leave out
+			// other processes' work: the operation's own CPU time and
+			// its BPF programs' run time.
 			parts := []string{overheads(r, op, config)}
 			if c := overheads(r, op+cpuSuffix, config); c != "" {
-				parts = append(parts, "CPU time of its own processes "+c)
+				parts = append(parts, measureCPU+" "+c)
 			}
 			if k := kernelShares(r, op, config); k != "" {
 				parts = append(parts, "in the kernel (its BPF programs' run time) "+k)
 			}
 			if len(parts) > 1 {
-				parts[0] = "wall clock " + parts[0]
+				parts[0] = measureWall + " " + parts[0]
+				parts = append(parts, "judged by "+by)
 			}
 			t.Measured = strings.Join(parts, "; ")
 			t.Verdict = bench.NotMet
