@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vigil-hips/vigil/internal/probe"
 )
@@ -116,4 +117,17 @@ func ActiveLSMs() ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// Within calls f every interval until it returns nil or d has passed,
+// and returns its last error.
+func Within(d, every time.Duration, f func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(every)
+	}
 }

@@ -87,17 +87,6 @@ func randHex(t *testing.T, n int) string {
 	return hex.EncodeToString(b)
 }
 
-func within(d time.Duration, f func() error) error {
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // server is a running `vigil server` with its console.
 type server struct {
 	addr, console, state, ca string
@@ -112,7 +101,7 @@ func startServer(t *testing.T, dir string, args ...string) *server {
 		"--admin-socket", filepath.Join(dir, "admin.sock"), "--console-listen", s.console}, args...)...)
 	d := testutil.StartDaemon(t, "vigil server", cmd, 20*time.Second, nil)
 	s.log = d.Log
-	if err := within(20*time.Second, func() error {
+	if err := testutil.Within(20*time.Second, 100*time.Millisecond, func() error {
 		if !d.Running() {
 			return fmt.Errorf("exited: %v", d.Err())
 		}
@@ -282,7 +271,7 @@ func realAgent(t *testing.T, s *server, dir, secretFile, adminPub string) (mnt, 
 	if out, err := exec.Command(vigilBin(t), "status", "--socket", sock, "--wait", "150s").CombinedOutput(); err != nil {
 		t.Fatalf("agent did not come up: %v\n%s\nagent log:\n%s", err, out, d.Log)
 	}
-	if err := within(20*time.Second, func() error {
+	if err := testutil.Within(20*time.Second, 100*time.Millisecond, func() error {
 		_, err := os.Stat(filepath.Join(state, "fleet", fleet.BundleFile))
 		return err
 	}); err != nil {
@@ -432,7 +421,7 @@ func TestConsoleApproveReachesAgent(t *testing.T) {
 	// The agent uploads what it refused within seconds: reload the
 	// queue until the row is there.
 	row := chromedp.CSS(`tr[data-sha256="` + sha + `"]`)
-	if err := within(30*time.Second, func() error {
+	if err := testutil.Within(30*time.Second, 100*time.Millisecond, func() error {
 		qctx, qcancel := context.WithTimeout(bctx, 3*time.Second)
 		defer qcancel()
 		return chromedp.Do(qctx, chromedp.Click(chromedp.ID("nav-queue")), chromedp.WaitVisible(row))
@@ -476,7 +465,7 @@ func TestConsoleApproveReachesAgent(t *testing.T) {
 	}
 	// It runs on the real host, and the simulated one has the signed
 	// rule, within 10 s of the click.
-	if err := within(10*time.Second-time.Since(clicked), func() error { return exec.Command(path).Run() }); err != nil {
+	if err := testutil.Within(10*time.Second-time.Since(clicked), 100*time.Millisecond, func() error { return exec.Command(path).Run() }); err != nil {
 		t.Fatalf("approved code still refused on the real agent %v after the click: %v", time.Since(clicked), err)
 	}
 	t.Logf("approved in the console; it ran on the real agent %v after the click", time.Since(clicked).Round(time.Millisecond))

@@ -55,16 +55,9 @@ func mapRefused(out string) bool {
 	return strings.Contains(out, "Operation not permitted") || strings.Contains(out, "failed to map segment")
 }
 
-// within retries f until it returns nil or d passes.
+// within retries f every 200 ms until it returns nil or d passes.
 func within(d time.Duration, f func() error) error {
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return testutil.Within(d, 200*time.Millisecond, f)
 }
 
 // TestLockdownPolicy: `vigil agent --policy examples/policies/lockdown.yaml`

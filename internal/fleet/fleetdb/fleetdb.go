@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -260,6 +261,45 @@ type EventSink interface {
 	// signer keyID off the queue (the signer was approved), and returns
 	// them, sorted.
 	DequeueSigner(ctx context.Context, keyID string) ([]string, error)
+}
+
+// StoredFunc is told, after each commit that stored events, which events
+// an upload newly stored: an event already stored (a retried upload) or
+// outside the upload's range is left out, so every event reaches it once,
+// whichever path stored it (an upload straight to the database, or the
+// stream's consumer). It runs on the storing goroutine: it must not block.
+type StoredFunc func(host string, evs []*vigilv1.Event)
+
+// StoreNotifier is an EventSink that tells a StoredFunc what it stored.
+type StoreNotifier interface {
+	// OnStored sets the function (nil: none), or says why it cannot.
+	OnStored(fn StoredFunc) error
+}
+
+// storedHook is the StoreNotifier part of the stores.
+type storedHook struct{ fn atomic.Pointer[StoredFunc] }
+
+func (h *storedHook) OnStored(fn StoredFunc) error {
+	if fn == nil {
+		h.fn.Store(nil)
+		return nil
+	}
+	h.fn.Store(&fn)
+	return nil
+}
+
+// stored tells the function, if any, what each upload of us newly stored
+// (fresh[i] for us[i]).
+func (h *storedHook) stored(us []Upload, fresh [][]*vigilv1.Event) {
+	fn := h.fn.Load()
+	if fn == nil {
+		return
+	}
+	for i, evs := range fresh {
+		if len(evs) > 0 {
+			(*fn)(us[i].Host, evs)
+		}
+	}
 }
 
 // BatchAppender is an EventSink that stores several uploads in one

@@ -39,12 +39,14 @@ import (
 // replicas starting together do not race on it.
 type Postgres struct {
 	pool *pgxpool.Pool
+	storedHook
 }
 
 var (
 	_ Store         = (*Postgres)(nil)
 	_ EventSink     = (*Postgres)(nil)
 	_ BatchAppender = (*Postgres)(nil)
+	_ StoreNotifier = (*Postgres)(nil)
 )
 
 // pgSchemaVersion is the newest schema; pgMigrations[i] takes the
@@ -595,7 +597,9 @@ func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, erro
 		what = fmt.Sprintf("%d uploads from %d hosts", len(us), len(ids))
 	}
 	lasts := make([]uint64, len(us))
+	fresh := make([][]*vigilv1.Event, len(us))
 	err := p.tx(ctx, what, func(tx pgx.Tx) error {
+		clear(fresh) // a retried transaction starts over
 		// The hosts' row locks order their uploads across replicas; taken
 		// in id order, so two batches cannot deadlock on them.
 		rows, err := tx.Query(ctx, `SELECT id, last_event_id, events_lost FROM hosts WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
@@ -638,6 +642,7 @@ func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, erro
 					return err
 				}
 				evRows = append(evRows, row)
+				fresh[i] = append(fresh[i], ev)
 			}
 			st.last = max(st.last, u.ThroughID)
 			lasts[i] = st.last
@@ -663,6 +668,7 @@ func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, erro
 	if err != nil {
 		return nil, err
 	}
+	p.stored(us, fresh)
 	return lasts, nil
 }
 

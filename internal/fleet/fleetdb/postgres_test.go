@@ -221,6 +221,7 @@ type store interface {
 	fleetdb.Store
 	fleetdb.EventSink
 	fleetdb.BatchAppender
+	fleetdb.StoreNotifier
 }
 
 // checkConcurrentUploads: many hosts upload events about the same digests
@@ -362,9 +363,24 @@ func checkAppendBatch(t *testing.T, a store) {
 		}
 		return u
 	}
+	// What the StoredFunc is told: each stored event once, the retried
+	// x (0, 4] not again, nothing of a refused batch.
+	var stored []string
+	if err := a.OnStored(func(host string, evs []*vigilv1.Event) {
+		for _, ev := range evs {
+			stored = append(stored, fmt.Sprintf("%s:%d", host, ev.GetId()))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer a.OnStored(nil) //nolint:errcheck // nil is always taken
 	lasts, err := a.AppendBatch(ctx, []fleetdb.Upload{up("x", 0, 4), up("y", 0, 3), up("x", 4, 6), up("x", 0, 4), up("y", 5, 8)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	want := []string{"x:1", "x:2", "x:3", "x:4", "y:1", "y:2", "y:3", "x:5", "x:6", "y:6", "y:7", "y:8"}
+	if !slices.Equal(stored, want) {
+		t.Fatalf("told stored %v, want %v", stored, want)
 	}
 	if !slices.Equal(lasts, []uint64{4, 3, 6, 6, 8}) {
 		t.Fatalf("last ids %v", lasts)
@@ -386,6 +402,9 @@ func checkAppendBatch(t *testing.T, a store) {
 	}
 	if q, _ = a.Queue(ctx); q[0].Count != 12 {
 		t.Fatalf("a refused batch stored events: count %d", q[0].Count)
+	}
+	if len(stored) != len(want) {
+		t.Fatalf("a refused batch was told stored: %v", stored[len(want):])
 	}
 }
 

@@ -99,6 +99,7 @@ CREATE TABLE IF NOT EXISTS queue_seen (
 // SQLite is the embedded store: Store and EventSink in one SQLite file.
 type SQLite struct {
 	db *sql.DB
+	storedHook
 
 	appends    chan appendReq // to the group-commit writer (Append)
 	closed     chan struct{}
@@ -107,8 +108,9 @@ type SQLite struct {
 }
 
 var (
-	_ Store     = (*SQLite)(nil)
-	_ EventSink = (*SQLite)(nil)
+	_ Store         = (*SQLite)(nil)
+	_ EventSink     = (*SQLite)(nil)
+	_ StoreNotifier = (*SQLite)(nil)
 )
 
 // OpenSQLite opens (creating if needed) the database at path.
@@ -665,6 +667,7 @@ func (s *SQLite) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error)
 	}
 	type cursor struct{ last, lost uint64 }
 	lasts := make([]uint64, len(us))
+	fresh := make([][]*vigilv1.Event, len(us))
 	err := s.tx(ctx, what, func(tx *sql.Tx) error {
 		hosts := map[string]*cursor{}
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO events (host, agent_id, time_ns, kind, event) VALUES (?, ?, ?, ?, ?)`)
@@ -702,6 +705,7 @@ func (s *SQLite) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error)
 					return err
 				}
 				agg.add(u.Host, ev, t)
+				fresh[i] = append(fresh[i], ev)
 			}
 			c.last = max(c.last, u.ThroughID)
 			lasts[i] = c.last
@@ -719,6 +723,7 @@ func (s *SQLite) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error)
 	if err != nil {
 		return nil, err
 	}
+	s.stored(us, fresh)
 	return lasts, nil
 }
 

@@ -61,8 +61,11 @@ type Config struct {
 	// SigningKey's public key.
 	AdminKey ed25519.PublicKey
 	Logger   *slog.Logger
-	// Export, when set, is given each upload's new events (not those of a
-	// retried batch) once they are stored: the OCSF export.
+	// Export, when set, is given the events each upload newly stored,
+	// once they are stored (the OCSF export): every event once, a retried
+	// upload's not again. With a stream that is when the consumer applies
+	// it to the database, on the replica whose consumer did. Sink must then
+	// be a fleetdb.StoreNotifier (both stores and the stream's Sink are).
 	Export func(h fleetdb.Host, evs []*vigilv1.Event)
 	// Notices, when set, carries change notices between replicas
 	// sharing the Store (scale-out): every change this server makes is
@@ -130,7 +133,34 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, changed: map[string]chan struct{}{}, stopping: make(chan struct{})}
 	s.admin = &adminServer{s: s}
+	if cfg.Export != nil {
+		n, ok := cfg.Sink.(fleetdb.StoreNotifier)
+		if !ok {
+			return nil, fmt.Errorf("fleet server: export: the event sink (%T) cannot tell what it stored", cfg.Sink)
+		}
+		if err := n.OnStored(s.export); err != nil {
+			return nil, fmt.Errorf("fleet server: export: %w", err)
+		}
+	}
 	return s, nil
+}
+
+// exportLookup bounds the host lookup of an export.
+const exportLookup = 10 * time.Second
+
+// export gives Export what an upload newly stored, with its host's
+// record. It runs on the storing goroutine, after the commit.
+func (s *Server) export(host string, evs []*vigilv1.Event) {
+	ctx, cancel := context.WithTimeout(context.Background(), exportLookup)
+	defer cancel()
+	h, err := s.cfg.Store.Host(ctx, host)
+	if err != nil {
+		// Stored, but not exported: say how many, so a gap in the export
+		// is never silent.
+		s.log.Error("export: host lookup failed; events stored but not exported", "host", host, "events", len(evs), "err", err)
+		return
+	}
+	s.cfg.Export(h, evs)
 }
 
 // GRPCServer returns the agents' gRPC server (TLS; host certificates
@@ -424,15 +454,6 @@ func (s *Server) UploadEvents(ctx context.Context, req *fleetv1.UploadEventsRequ
 	if req.GetThroughId() < req.GetAfterId() {
 		return nil, status.Errorf(codes.InvalidArgument, "through id %d before after id %d", req.GetThroughId(), req.GetAfterId())
 	}
-	var (
-		h   fleetdb.Host
-		err error
-	)
-	if s.cfg.Export != nil {
-		if h, err = s.cfg.Store.Host(ctx, host); err != nil {
-			return nil, grpcErr(err)
-		}
-	}
 	last, err := s.cfg.Sink.Append(ctx, fleetdb.Upload{Host: host, AfterID: req.GetAfterId(), ThroughID: req.GetThroughId(), Events: req.GetEvents()})
 	switch {
 	case err == nil:
@@ -443,17 +464,6 @@ func (s *Server) UploadEvents(ctx context.Context, req *fleetv1.UploadEventsRequ
 		// The store or the stream failed: the agent keeps its events and
 		// sends them again.
 		return nil, status.Errorf(codes.Unavailable, "upload not stored: %v", err)
-	}
-	if s.cfg.Export != nil {
-		var fresh []*vigilv1.Event
-		for _, ev := range req.GetEvents() {
-			if ev.GetId() > h.LastEventID && ev.GetId() <= last {
-				fresh = append(fresh, ev)
-			}
-		}
-		if len(fresh) > 0 {
-			s.cfg.Export(h, fresh)
-		}
 	}
 	return &fleetv1.UploadEventsResponse{LastEventId: last}, nil
 }

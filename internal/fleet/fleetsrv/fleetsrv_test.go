@@ -35,6 +35,7 @@ type env struct {
 	pub    ed25519.PublicKey
 	priv   ed25519.PrivateKey
 	secret string
+	store  *fleetdb.SQLite
 }
 
 // start runs a server on loopback; online: it holds the signing key.
@@ -58,6 +59,7 @@ func start(t *testing.T, online bool, opts ...func(*fleetsrv.Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	e.store = db
 	cfg := fleetsrv.Config{Store: db, Sink: db, CA: ca, Cert: cert, AdminKey: e.pub}
 	if online {
 		cfg.SigningKey = e.priv

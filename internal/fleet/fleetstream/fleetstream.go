@@ -163,6 +163,16 @@ func (s *Sink) Append(ctx context.Context, u fleetdb.Upload) (uint64, error) {
 	return u.ThroughID, nil
 }
 
+// OnStored sets fn on the analytics store, where the consumer stores
+// what was published (Apply).
+func (s *Sink) OnStored(fn fleetdb.StoredFunc) error {
+	n, ok := s.Store.(fleetdb.StoreNotifier)
+	if !ok {
+		return fmt.Errorf("the analytics store (%T) cannot tell what it stored", s.Store)
+	}
+	return n.OnStored(fn)
+}
+
 func (s *Sink) Events(ctx context.Context, host string, limit int) ([]fleetdb.HostEvent, error) {
 	return s.Store.Events(ctx, host, limit)
 }

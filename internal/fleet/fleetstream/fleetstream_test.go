@@ -15,6 +15,7 @@ import (
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetdb"
 	"github.com/vigil-hips/vigil/internal/fleet/fleetstream"
+	"github.com/vigil-hips/vigil/internal/testutil"
 	"github.com/vigil-hips/vigil/internal/testutil/pgtest"
 )
 
@@ -22,17 +23,6 @@ func event(id uint64, sha string) *vigilv1.Event {
 	return &vigilv1.Event{Id: id, Kind: "exec", Time: timestamppb.Now(), Process: &vigilv1.Process{Pid: 7, Exe: "/bin/sh"},
 		Trust:   &vigilv1.Trust{Sha256: sha, Verdict: "unknown"},
 		Verdict: &vigilv1.Verdict{Refused: true}}
-}
-
-func within(d time.Duration, f func() error) error {
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // TestStreamAppliesInOrderOnce: uploads published through two replicas'
@@ -155,7 +145,7 @@ func streamApplies(t *testing.T, db storeSink) {
 		t.Fatal("a backwards range was published")
 	}
 	want := uint64(hosts*batches*per - 2)
-	if err := within(30*time.Second, func() error {
+	if err := testutil.Within(30*time.Second, 50*time.Millisecond, func() error {
 		q, err := sink.Queue(ctx)
 		if err != nil {
 			return err
@@ -184,7 +174,7 @@ func streamApplies(t *testing.T, db storeSink) {
 		t.Fatal(err)
 	}
 	want += 3
-	if err := within(30*time.Second, func() error {
+	if err := testutil.Within(30*time.Second, 50*time.Millisecond, func() error {
 		q, err := sink.Queue(ctx)
 		if err != nil {
 			return err

@@ -179,7 +179,7 @@ func TestExeDigestLSM(t *testing.T) {
 		t.Errorf("open of a running executable for writing: %v, want ETXTBSY", err)
 	}
 	fresh := sleeperOf(t, binNew)
-	if err := within(5*time.Second, func() error {
+	if err := testutil.Within(5*time.Second, 100*time.Millisecond, func() error {
 		if d, ok := digestOf(fresh.Process.Pid); !ok || d != shaNew {
 			return fmt.Errorf("exec'd under the policy: kernel digest %x (known %v), want %x", d, ok, shaNew)
 		}
@@ -210,18 +210,6 @@ func TestExeDigestLSM(t *testing.T) {
 	child := forkOf(t, binFork)
 	if d, ok := digestOf(child); !ok || d != shaFork {
 		t.Errorf("forked without exec: kernel digest %x (known %v), want the parent's %x", d, ok, shaFork)
-	}
-}
-
-// within retries f until it returns nil or d passes.
-func within(d time.Duration, f func() error) error {
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
