@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -82,6 +83,12 @@ func (a *agent) setFleetPolicies(fp fleetPolicies) (prev fleetPolicies, changed 
 	if err != nil {
 		return prev, false, fmt.Errorf("%w: %w", errFleetPolicy, err)
 	}
+	// A fleet rule's process.signer counts its signer's catalogs, as a
+	// local rule's does.
+	p, signerWarnings, binding, err := a.bindSignersLocked(context.Background(), p)
+	if err != nil {
+		return prev, false, fmt.Errorf("%w: %w", errFleetPolicy, err)
+	}
 	warnings, err := enf.Enforce(p)
 	if err != nil {
 		if _, rerr := enf.Enforce(a.policy.p); rerr != nil {
@@ -89,7 +96,8 @@ func (a *agent) setFleetPolicies(fp fleetPolicies) (prev fleetPolicies, changed 
 		}
 		return prev, false, fmt.Errorf("%w: %w", errFleetPolicy, err)
 	}
-	a.policy.fleet, a.policy.p = fp, p
+	warnings = append(warnings, signerWarnings...)
+	a.policy.fleet, a.policy.p, a.policy.signers = fp, p, binding
 	a.policy.appliedAt = time.Now()
 	for _, w := range warnings {
 		a.log.Warn("fleet policy applied in part", "warning", w)

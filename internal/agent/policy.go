@@ -242,10 +242,17 @@ func (a *agent) startWithoutPolicy() error {
 		if err != nil {
 			return fmt.Errorf("fleet policies: %w", err)
 		}
+		p, signerWarnings, binding, err := a.bindSignersLocked(context.Background(), p)
+		if err != nil {
+			return fmt.Errorf("fleet policies: %w", err)
+		}
 		if _, err := enf.Enforce(p); err != nil {
 			return fmt.Errorf("clear the policy: %w", err)
 		}
-		a.policy.p = p
+		for _, w := range signerWarnings {
+			a.log.Warn("fleet policy applied in part", "warning", w)
+		}
+		a.policy.p, a.policy.signers = p, binding
 		if p != nil {
 			a.policy.appliedAt = time.Now()
 		}

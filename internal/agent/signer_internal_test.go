@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vigil-hips/vigil/internal/agent/agenttest"
+	"github.com/vigil-hips/vigil/internal/fleet"
 	"github.com/vigil-hips/vigil/internal/policy"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/sensor/bpfsensor"
@@ -198,5 +199,60 @@ func TestSignerCatalogChangeRecompiles(t *testing.T) {
 	recompile()
 	if kp, _ := fake.last(); len(kp.Digests) != 0 {
 		t.Errorf("K approved again without catalogs: %d digests", len(kp.Digests))
+	}
+}
+
+// TestFleetPolicySigner: a fleet policy's process.signer is compiled with
+// the digests of its signer's catalogs, as a local policy's is, and is
+// recompiled when they change.
+func TestFleetPolicySigner(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := trust.Open(ctx, filepath.Join(dir, trust.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	kPub, kPriv, _ := sign.GenerateKey()
+	k, err := db.ApproveSigner(ctx, kPub, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, y, z := sum("x"), sum("y"), sum("z")
+	addCat := func(issued time.Time, ds ...[32]byte) {
+		b, err := trust.SignCatalog(ctx, kPriv, trust.NewCatalog("tools", ds, issued))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.AddCatalog(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addCat(time.Now().Add(-time.Hour), x, y)
+	fake := &compilingSensor{Sensor: agenttest.New(sensor.Info{Backend: sensor.BackendLSM})}
+	var s sensor.Sensor = fake
+	a := &agent{cfg: Config{StateDir: dir}, log: slog.New(slog.DiscardHandler), xc: &execState{db: db, catDone: map[string]string{}}}
+	a.sensor.Store(&s)
+
+	fp, err := parseFleetPolicies(&fleet.Bundle{Policies: []fleet.PolicyRule{{Name: "vendor", Scope: "global", Rule: 3,
+		YAML: fmt.Sprintf("version: 1\nname: vendor\nmode: enforce\nrules:\n  - {id: no-vendor, on: [exec], action: deny, match: {process: {signer: [%s]}}}\n", k)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.setFleetPolicies(fp); err != nil {
+		t.Fatal(err)
+	}
+	kp, n := fake.last()
+	if n != 1 || !has(kp, x) || !has(kp, y) || len(kp.Digests) != 2 {
+		t.Fatalf("fleet policy with process.signer [%s]: %d applied, digests %v; want x and y", k, n, kp.Digests)
+	}
+	// K's catalog replaced: the fleet policy is recompiled with it.
+	addCat(time.Now(), z)
+	a.policy.mu.Lock()
+	a.rebindSignersLocked(ctx)
+	a.policy.mu.Unlock()
+	kp, n = fake.last()
+	if n != 2 || !has(kp, z) || len(kp.Digests) != 1 {
+		t.Fatalf("after K's new catalog: %d applied, digests %v; want z only", n, kp.Digests)
 	}
 }
