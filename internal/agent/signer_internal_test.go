@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -68,6 +69,27 @@ func (s *compilingSensor) last() (*bpfsensor.KernelPolicy, int) {
 
 func has(kp *bpfsensor.KernelPolicy, d [32]byte) bool { _, ok := kp.Digests[d]; return ok }
 
+// signerAgent is an agent on a compilingSensor with a trust database in
+// which one signer, k (keys kPub, kPriv), is approved.
+func signerAgent(t *testing.T) (a *agent, fake *compilingSensor, db *trust.DB, k string, kPub ed25519.PublicKey, kPriv ed25519.PrivateKey) {
+	t.Helper()
+	dir := t.TempDir()
+	db, err := trust.Open(context.Background(), filepath.Join(dir, trust.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	kPub, kPriv, _ = sign.GenerateKey()
+	if k, err = db.ApproveSigner(context.Background(), kPub, ""); err != nil {
+		t.Fatal(err)
+	}
+	fake = &compilingSensor{Sensor: agenttest.New(sensor.Info{Backend: sensor.BackendLSM})}
+	var s sensor.Sensor = fake
+	a = &agent{cfg: Config{StateDir: dir}, log: slog.New(slog.DiscardHandler), xc: &execState{db: db, catDone: map[string]string{}}}
+	a.sensor.Store(&s)
+	return a, fake, db, k, kPub, kPriv
+}
+
 // TestSignerCatalogChangeRecompiles: a policy's process.signer is compiled
 // with the digests of its signer's catalogs in the trust database; adding
 // a catalog, replacing it and revoking the signer each recompile and swap
@@ -76,21 +98,7 @@ func has(kp *bpfsensor.KernelPolicy, d [32]byte) bool { _, ok := kp.Digests[d]; 
 // kernel's digest limit leaves the previous expansion in force and says so.
 func TestSignerCatalogChangeRecompiles(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := trust.Open(ctx, filepath.Join(dir, trust.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	kPub, kPriv, _ := sign.GenerateKey()
-	k, err := db.ApproveSigner(ctx, kPub, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := &compilingSensor{Sensor: agenttest.New(sensor.Info{Backend: sensor.BackendLSM})}
-	var s sensor.Sensor = fake
-	a := &agent{cfg: Config{StateDir: dir}, log: slog.New(slog.DiscardHandler), xc: &execState{db: db, catDone: map[string]string{}}}
-	a.sensor.Store(&s)
+	a, fake, db, k, kPub, kPriv := signerAgent(t)
 
 	src := fmt.Sprintf("version: 1\nmode: enforce\nrules:\n  - {id: by-k, on: [exec], action: deny, match: {process: {signer: [%s]}}}\n", k)
 	if _, err := a.applyPolicy("signer.yaml", []byte(src)); err != nil {
@@ -207,17 +215,7 @@ func TestSignerCatalogChangeRecompiles(t *testing.T) {
 // recompiled when they change.
 func TestFleetPolicySigner(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := trust.Open(ctx, filepath.Join(dir, trust.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	kPub, kPriv, _ := sign.GenerateKey()
-	k, err := db.ApproveSigner(ctx, kPub, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, fake, db, k, _, kPriv := signerAgent(t)
 	x, y, z := sum("x"), sum("y"), sum("z")
 	addCat := func(issued time.Time, ds ...[32]byte) {
 		b, err := trust.SignCatalog(ctx, kPriv, trust.NewCatalog("tools", ds, issued))
@@ -229,10 +227,6 @@ func TestFleetPolicySigner(t *testing.T) {
 		}
 	}
 	addCat(time.Now().Add(-time.Hour), x, y)
-	fake := &compilingSensor{Sensor: agenttest.New(sensor.Info{Backend: sensor.BackendLSM})}
-	var s sensor.Sensor = fake
-	a := &agent{cfg: Config{StateDir: dir}, log: slog.New(slog.DiscardHandler), xc: &execState{db: db, catDone: map[string]string{}}}
-	a.sensor.Store(&s)
 
 	fp, err := parseFleetPolicies(&fleet.Bundle{Policies: []fleet.PolicyRule{{Name: "vendor", Scope: "global", Rule: 3,
 		YAML: fmt.Sprintf("version: 1\nname: vendor\nmode: enforce\nrules:\n  - {id: no-vendor, on: [exec], action: deny, match: {process: {signer: [%s]}}}\n", k)}}})
