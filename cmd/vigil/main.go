@@ -43,7 +43,7 @@ func main() {
 		},
 		Kernel: func() agent.Kernel {
 			r := probe.Run()
-			return agent.Kernel{Release: r.KernelRelease, Features: r.Features, Guarantees: r.Guarantees}
+			return agent.Kernel{Release: r.KernelRelease, Features: r.Features, Guarantees: r.Guarantees, GuaranteesFor: r.GuaranteesFor}
 		},
 	})
 	root.AddCommand(newDoctorCmd())

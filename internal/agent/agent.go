@@ -61,9 +61,14 @@ const (
 type Kernel struct {
 	Release  string // uname -r; filled in by the agent when empty
 	Features []*vigilv1.Feature
-	// Guarantees are what the kernel lets the agent guarantee, per
-	// control (internal/probe); reported to the fleet server.
+	// Guarantees are what the kernel lets an agent guarantee at best, per
+	// control (internal/probe).
 	Guarantees []*vigilv1.Guarantee
+	// GuaranteesFor, when set, is what this kernel guarantees for an
+	// agent that runs BPF LSM only if lsm and fanotify exec control only if
+	// fanotify (probe.Report.GuaranteesFor). The fleet server is told
+	// those, not the kernel's best.
+	GuaranteesFor func(lsm, fanotify bool) []*vigilv1.Guarantee
 }
 
 // Deps are the agent's collaborators.

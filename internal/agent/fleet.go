@@ -285,7 +285,7 @@ func (a *agent) fleetPoll(ctx context.Context, c fleetv1.FleetClient) {
 }
 
 func (a *agent) fleetSync(ctx context.Context, c fleetv1.FleetClient) error {
-	req := &fleetv1.SyncRequest{HaveVersion: a.fleetApplied(), AgentVersion: a.version, Guarantees: a.kernel.Guarantees}
+	req := &fleetv1.SyncRequest{HaveVersion: a.fleetApplied(), AgentVersion: a.version, Guarantees: a.guarantees()}
 	if p := a.sensor.Load(); p != nil {
 		req.Backend = (*p).Info().Backend
 		req.KernelLost = (*p).Stats().Lost

@@ -17,6 +17,7 @@ import (
 	vigilv1 "github.com/vigil-hips/vigil/api/vigil/v1"
 	"github.com/vigil-hips/vigil/internal/admin"
 	"github.com/vigil-hips/vigil/internal/policy"
+	"github.com/vigil-hips/vigil/internal/probe"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/sign"
 	"github.com/vigil-hips/vigil/internal/store"
@@ -323,4 +324,28 @@ func (a *agent) stopAgent(ctx context.Context, req *vigilv1.StopRequest) (*vigil
 	a.stopAuthorized.Store(true)
 	a.stop()
 	return &vigilv1.StopResponse{}, nil
+}
+
+// guarantees are what this agent guarantees as it runs: the kernel's, for
+// the backend its sensor is on and with fanotify exec control only where
+// it was given marks; tamper protection that the kernel allows but that is
+// off here (no admin key, --protect=false) is observe only, for the
+// reason the status gives.
+func (a *agent) guarantees() []*vigilv1.Guarantee {
+	if a.kernel.GuaranteesFor == nil {
+		return a.kernel.Guarantees
+	}
+	lsm := false
+	if p := a.sensor.Load(); p != nil {
+		lsm = (*p).Info().Backend == sensor.BackendLSM
+	}
+	gs := a.kernel.GuaranteesFor(lsm, len(a.cfg.FanotifyMarks) > 0)
+	if p := a.prot.Load(); p != nil && !p.protected() {
+		for i, g := range gs {
+			if g.GetControl() == probe.ControlTamper && g.GetLevel() == probe.SyncBlock {
+				gs[i] = &vigilv1.Guarantee{Control: g.GetControl(), Level: probe.ObserveOnly, Why: "tamper protection " + p.detail}
+			}
+		}
+	}
+	return gs
 }

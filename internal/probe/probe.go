@@ -44,6 +44,9 @@ const (
 	NotProvided   = "not provided"
 )
 
+// ControlTamper is the control of the tamper protection guarantee.
+const ControlTamper = "tamper protection of the agent"
+
 // Report is what the kernel offers.
 type Report struct {
 	KernelRelease string
@@ -95,8 +98,16 @@ func Run() Report {
 	}
 	add(FeatureKernelModules, err, "/proc/modules")
 
-	r.Guarantees = guarantees(r)
+	r.Guarantees = guarantees(r, true, true)
 	return r
+}
+
+// GuaranteesFor is what an agent on this kernel guarantees as it runs:
+// BPF LSM counts only if lsm (its sensor is on the LSM backend), fanotify
+// exec control only if fanotify (it was given --fanotify-mark). Report's
+// Guarantees are the kernel's best: both.
+func (r Report) GuaranteesFor(lsm, fanotify bool) []*vigilv1.Guarantee {
+	return guarantees(r, lsm, fanotify)
 }
 
 // BPFLSM returns nil if BPF LSM programs can be loaded and attached here.
@@ -181,12 +192,15 @@ func lockdown() (string, error) {
 // guarantees derives, from the features, what each control can do. This
 // is the one place that states it; doctor prints it and the agent reports
 // it.
-func guarantees(r Report) []*vigilv1.Guarantee {
-	lsm := r.BPFLSM
-	fan := r.Has(FeatureFanotifyPerm)
+func guarantees(r Report, useLSM, useFanotify bool) []*vigilv1.Guarantee {
+	lsm := r.BPFLSM && useLSM
+	fan := r.Has(FeatureFanotifyPerm) && useFanotify
 	kill := r.Has(FeatureSendSignal) && r.Has(FeatureTPBTF)
 	sysTP := r.Has(FeatureSyscallTP) && r.Has(FeatureTPBTF)
-	const noLSM = "BPF LSM is not available"
+	noLSM := "BPF LSM is not available"
+	if r.BPFLSM && !useLSM {
+		noLSM = "BPF LSM is not in use (the agent runs the tracepoint backend)"
+	}
 	var g []*vigilv1.Guarantee
 	pick := func(control string, lsmWhy string, fallbacks ...*vigilv1.Guarantee) {
 		if lsm {
@@ -226,7 +240,7 @@ func guarantees(r Report) []*vigilv1.Guarantee {
 	// Tamper protection: refused in the kernel with BPF LSM (and an admin
 	// key, without which nothing could stop the agent); otherwise
 	// degraded to detection of what the sensors see aimed at the agent.
-	pick("tamper protection of the agent", "lsm/task_kill, ptrace_access_check, file_open, file_permission, path_*, sb_mount, move_mount, task_set*, bpf, bpf_map and bpf_prog refuse, to all but the agent, signals, tracing, writes to its files and cgroup and access to its BPF objects (with an admin key set: --admin-key)",
+	pick(ControlTamper, "lsm/task_kill, ptrace_access_check, file_open, file_permission, path_*, sb_mount, move_mount, task_set*, bpf, bpf_map and bpf_prog refuse, to all but the agent, signals, tracing, writes to its files and cgroup and access to its BPF objects (with an admin key set: --admin-key)",
 		when(sysTP, ObserveOnly, noLSM+": protection is degraded to detection; ptrace, process_vm_writev and /proc/PID/mem aimed at the agent are reported as tamper events; signals, file changes and BPF object access are neither refused nor seen"))
 	return g
 }
