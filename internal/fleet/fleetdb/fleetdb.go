@@ -264,11 +264,12 @@ type EventSink interface {
 }
 
 // StoredFunc is told, after each commit that stored events, which events
-// an upload newly stored: an event already stored (a retried upload) or
+// an upload newly stored, and its host (ID and Hostname only, read with
+// the host's cursor): an event already stored (a retried upload) or
 // outside the upload's range is left out, so every event reaches it once,
 // whichever path stored it (an upload straight to the database, or the
 // stream's consumer). It runs on the storing goroutine: it must not block.
-type StoredFunc func(host string, evs []*vigilv1.Event)
+type StoredFunc func(h Host, evs []*vigilv1.Event)
 
 // StoreNotifier is an EventSink that tells a StoredFunc what it stored.
 type StoreNotifier interface {
@@ -288,16 +289,16 @@ func (h *storedHook) OnStored(fn StoredFunc) error {
 	return nil
 }
 
-// stored tells the function, if any, what each upload of us newly stored
-// (fresh[i] for us[i]).
-func (h *storedHook) stored(us []Upload, fresh [][]*vigilv1.Event) {
+// stored tells the function, if any, what each upload newly stored:
+// fresh[i], from host hosts[i].
+func (h *storedHook) stored(hosts []Host, fresh [][]*vigilv1.Event) {
 	fn := h.fn.Load()
 	if fn == nil {
 		return
 	}
 	for i, evs := range fresh {
 		if len(evs) > 0 {
-			(*fn)(us[i].Host, evs)
+			(*fn)(hosts[i], evs)
 		}
 	}
 }

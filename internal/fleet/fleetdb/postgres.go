@@ -582,7 +582,10 @@ func (p *Postgres) Append(ctx context.Context, u Upload) (uint64, error) {
 // queue's hot rows are written once per batch, not once per upload). An
 // upload that cannot be stored fails the whole batch.
 func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error) {
-	type state struct{ last, lost uint64 }
+	type state struct {
+		last, lost uint64
+		hostname   string
+	}
 	var ids []string
 	for _, u := range us {
 		if u.ThroughID < u.AfterID {
@@ -598,11 +601,12 @@ func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, erro
 	}
 	lasts := make([]uint64, len(us))
 	fresh := make([][]*vigilv1.Event, len(us))
+	from := make([]Host, len(us))
 	err := p.tx(ctx, what, func(tx pgx.Tx) error {
 		clear(fresh) // a retried transaction starts over
 		// The hosts' row locks order their uploads across replicas; taken
 		// in id order, so two batches cannot deadlock on them.
-		rows, err := tx.Query(ctx, `SELECT id, last_event_id, events_lost FROM hosts WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
+		rows, err := tx.Query(ctx, `SELECT id, last_event_id, events_lost, hostname FROM hosts WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
 		if err != nil {
 			return err
 		}
@@ -612,7 +616,7 @@ func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, erro
 				id string
 				st state
 			)
-			if err := rows.Scan(&id, &st.last, &st.lost); err != nil {
+			if err := rows.Scan(&id, &st.last, &st.lost, &st.hostname); err != nil {
 				rows.Close()
 				return err
 			}
@@ -629,6 +633,7 @@ func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, erro
 			if st == nil {
 				return fmt.Errorf("host %q: %w", u.Host, ErrNotFound)
 			}
+			from[i] = Host{ID: u.Host, Hostname: st.hostname}
 			if u.AfterID > st.last {
 				st.lost += u.AfterID - st.last // store ids never sent (pruned before upload)
 			}
@@ -668,7 +673,7 @@ func (p *Postgres) AppendBatch(ctx context.Context, us []Upload) ([]uint64, erro
 	if err != nil {
 		return nil, err
 	}
-	p.stored(us, fresh)
+	p.stored(from, fresh)
 	return lasts, nil
 }
 

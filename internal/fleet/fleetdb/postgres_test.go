@@ -352,7 +352,7 @@ func checkAppendBatch(t *testing.T, a store) {
 	ctx := context.Background()
 	sha := randHex(32)
 	for _, h := range []string{"x", "y"} {
-		if _, err := a.Enroll(ctx, fleetdb.Host{ID: h, CertSerial: "1"}); err != nil {
+		if _, err := a.Enroll(ctx, fleetdb.Host{ID: h, Hostname: "name-" + h, CertSerial: "1"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -363,12 +363,15 @@ func checkAppendBatch(t *testing.T, a store) {
 		}
 		return u
 	}
-	// What the StoredFunc is told: each stored event once, the retried
-	// x (0, 4] not again, nothing of a refused batch.
+	// What the StoredFunc is told: each stored event once with its host's
+	// name, the retried x (0, 4] not again, nothing of a refused batch.
 	var stored []string
-	if err := a.OnStored(func(host string, evs []*vigilv1.Event) {
+	if err := a.OnStored(func(h fleetdb.Host, evs []*vigilv1.Event) {
+		if h.Hostname != "name-"+h.ID {
+			t.Errorf("told host %q named %q", h.ID, h.Hostname)
+		}
 		for _, ev := range evs {
-			stored = append(stored, fmt.Sprintf("%s:%d", host, ev.GetId()))
+			stored = append(stored, fmt.Sprintf("%s:%d", h.ID, ev.GetId()))
 		}
 	}); err != nil {
 		t.Fatal(err)

@@ -665,9 +665,13 @@ func (s *SQLite) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error)
 	if len(us) > 1 {
 		what = fmt.Sprintf("%d uploads", len(us))
 	}
-	type cursor struct{ last, lost uint64 }
+	type cursor struct {
+		last, lost uint64
+		hostname   string
+	}
 	lasts := make([]uint64, len(us))
 	fresh := make([][]*vigilv1.Event, len(us))
+	from := make([]Host, len(us))
 	err := s.tx(ctx, what, func(tx *sql.Tx) error {
 		hosts := map[string]*cursor{}
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO events (host, agent_id, time_ns, kind, event) VALUES (?, ?, ?, ?, ?)`)
@@ -680,7 +684,7 @@ func (s *SQLite) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error)
 			c := hosts[u.Host]
 			if c == nil {
 				c = &cursor{}
-				if err := tx.QueryRowContext(ctx, `SELECT last_event_id, events_lost FROM hosts WHERE id = ?`, u.Host).Scan(&c.last, &c.lost); err != nil {
+				if err := tx.QueryRowContext(ctx, `SELECT last_event_id, events_lost, hostname FROM hosts WHERE id = ?`, u.Host).Scan(&c.last, &c.lost, &c.hostname); err != nil {
 					if errors.Is(err, sql.ErrNoRows) {
 						return fmt.Errorf("host %q: %w", u.Host, ErrNotFound)
 					}
@@ -688,6 +692,7 @@ func (s *SQLite) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error)
 				}
 				hosts[u.Host] = c
 			}
+			from[i] = Host{ID: u.Host, Hostname: c.hostname}
 			if u.AfterID > c.last {
 				c.lost += u.AfterID - c.last // store ids that were never sent (pruned before upload)
 			}
@@ -723,7 +728,7 @@ func (s *SQLite) AppendBatch(ctx context.Context, us []Upload) ([]uint64, error)
 	if err != nil {
 		return nil, err
 	}
-	s.stored(us, fresh)
+	s.stored(from, fresh)
 	return lasts, nil
 }
 

@@ -62,8 +62,8 @@ type Config struct {
 	AdminKey ed25519.PublicKey
 	Logger   *slog.Logger
 	// Export, when set, is given the events each upload newly stored,
-	// once they are stored (the OCSF export): every event once, a retried
-	// upload's not again. With a stream that is when the consumer applies
+	// once they are stored, with their host's ID and Hostname (the OCSF
+	// export): every event once, a retried upload's not again. With a stream that is when the consumer applies
 	// it to the database, on the replica whose consumer did. Sink must then
 	// be a fleetdb.StoreNotifier (both stores and the stream's Sink are).
 	Export func(h fleetdb.Host, evs []*vigilv1.Event)
@@ -138,29 +138,11 @@ func New(cfg Config) (*Server, error) {
 		if !ok {
 			return nil, fmt.Errorf("fleet server: export: the event sink (%T) cannot tell what it stored", cfg.Sink)
 		}
-		if err := n.OnStored(s.export); err != nil {
+		if err := n.OnStored(cfg.Export); err != nil {
 			return nil, fmt.Errorf("fleet server: export: %w", err)
 		}
 	}
 	return s, nil
-}
-
-// exportLookup bounds the host lookup of an export.
-const exportLookup = 10 * time.Second
-
-// export gives Export what an upload newly stored, with its host's
-// record. It runs on the storing goroutine, after the commit.
-func (s *Server) export(host string, evs []*vigilv1.Event) {
-	ctx, cancel := context.WithTimeout(context.Background(), exportLookup)
-	defer cancel()
-	h, err := s.cfg.Store.Host(ctx, host)
-	if err != nil {
-		// Stored, but not exported: say how many, so a gap in the export
-		// is never silent.
-		s.log.Error("export: host lookup failed; events stored but not exported", "host", host, "events", len(evs), "err", err)
-		return
-	}
-	s.cfg.Export(h, evs)
 }
 
 // GRPCServer returns the agents' gRPC server (TLS; host certificates
