@@ -128,6 +128,18 @@ func (a *agent) effectiveLocked(names []string, ps []*policy.Policy, clients map
 	return policy.Merge(names, ps)
 }
 
+// boundLocked is effectiveLocked with its process.signer conditions bound
+// to their signers' catalogs (bindSignersLocked): what a change of the
+// clients' rules or of the fleet's policies, or a start without a policy
+// file, enforces. The caller holds a.policy.mu.
+func (a *agent) boundLocked(clients map[string]map[string][]byte, fl fleetPolicies) (*policy.Policy, []string, signerBinding, error) {
+	p, err := a.effectiveLocked(a.policy.baseNames, a.policy.base, clients, fl)
+	if err != nil {
+		return nil, nil, signerBinding{}, err
+	}
+	return a.bindSignersLocked(context.Background(), p)
+}
+
 // setClientRules makes rules the kernel rules of a filter client (none:
 // removes them) and enforces the result at once; on error nothing changes.
 func (a *agent) setClientRules(client string, rules map[string][]byte) error {
@@ -150,11 +162,7 @@ func (a *agent) setClientRules(client string, rules map[string][]byte) error {
 	} else {
 		next[client] = rules
 	}
-	p, err := a.effectiveLocked(a.policy.baseNames, a.policy.base, next, a.policy.fleet)
-	if err != nil {
-		return err
-	}
-	p, sws, binding, err := a.bindSignersLocked(context.Background(), p)
+	p, sws, binding, err := a.boundLocked(next, a.policy.fleet)
 	if err != nil {
 		return err
 	}

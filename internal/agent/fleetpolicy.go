@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -79,13 +78,9 @@ func (a *agent) setFleetPolicies(fp fleetPolicies) (prev fleetPolicies, changed 
 		}
 		return prev, false, fmt.Errorf("%w: this sensor cannot enforce a policy", errFleetPolicy)
 	}
-	p, err := a.effectiveLocked(a.policy.baseNames, a.policy.base, a.policy.clients, fp)
-	if err != nil {
-		return prev, false, fmt.Errorf("%w: %w", errFleetPolicy, err)
-	}
 	// A fleet rule's process.signer counts its signer's catalogs, as a
 	// local rule's does.
-	p, signerWarnings, binding, err := a.bindSignersLocked(context.Background(), p)
+	p, signerWarnings, binding, err := a.boundLocked(a.policy.clients, fp)
 	if err != nil {
 		return prev, false, fmt.Errorf("%w: %w", errFleetPolicy, err)
 	}

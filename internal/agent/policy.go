@@ -238,11 +238,7 @@ func (a *agent) startWithoutPolicy() error {
 	defer a.policy.mu.Unlock()
 	if enf, ok := (*ptr).(sensor.Enforcer); ok {
 		// The fleet's behavior policies, if the kept bundle has any.
-		p, err := a.effectiveLocked(nil, nil, a.policy.clients, a.policy.fleet)
-		if err != nil {
-			return fmt.Errorf("fleet policies: %w", err)
-		}
-		p, signerWarnings, binding, err := a.bindSignersLocked(context.Background(), p)
+		p, signerWarnings, binding, err := a.boundLocked(a.policy.clients, a.policy.fleet)
 		if err != nil {
 			return fmt.Errorf("fleet policies: %w", err)
 		}
