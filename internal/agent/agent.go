@@ -31,6 +31,7 @@ import (
 	"github.com/vigil-hips/vigil/internal/integrity"
 	"github.com/vigil-hips/vigil/internal/metrics"
 	"github.com/vigil-hips/vigil/internal/ocsf"
+	"github.com/vigil-hips/vigil/internal/probe"
 	"github.com/vigil-hips/vigil/internal/sched"
 	"github.com/vigil-hips/vigil/internal/sensor"
 	"github.com/vigil-hips/vigil/internal/server"
@@ -65,10 +66,9 @@ type Kernel struct {
 	// control (internal/probe).
 	Guarantees []*vigilv1.Guarantee
 	// GuaranteesFor, when set, is what this kernel guarantees for an
-	// agent that runs BPF LSM only if lsm and fanotify exec control only if
-	// fanotify (probe.Report.GuaranteesFor). The fleet server is told
-	// those, not the kernel's best.
-	GuaranteesFor func(lsm, fanotify bool) []*vigilv1.Guarantee
+	// agent that runs as run says (probe.Report.GuaranteesFor). The fleet
+	// server is told those, not the kernel's best.
+	GuaranteesFor func(run probe.Running) []*vigilv1.Guarantee
 }
 
 // Deps are the agent's collaborators.

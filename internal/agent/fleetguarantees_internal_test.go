@@ -89,7 +89,7 @@ func TestFleetSyncGuaranteesAsRun(t *testing.T) {
 		{"tracepoint, no marks", sensor.BackendTracepoint, nil, &protection{detail: "degraded"}, probe.KillAfterExec, probe.ObserveOnly, "BPF LSM is not in use"},
 	} {
 		a := fleetAgent(t, nil)
-		a.kernel = Kernel{Guarantees: r.GuaranteesFor(true, true), GuaranteesFor: r.GuaranteesFor}
+		a.kernel = Kernel{Guarantees: r.GuaranteesFor(probe.Running{LSM: true, Fanotify: true}), GuaranteesFor: r.GuaranteesFor}
 		a.cfg.FanotifyMarks = tc.marks
 		var s sensor.Sensor = agenttest.New(sensor.Info{Backend: tc.backend})
 		a.sensor.Store(&s)

@@ -327,25 +327,19 @@ func (a *agent) stopAgent(ctx context.Context, req *vigilv1.StopRequest) (*vigil
 }
 
 // guarantees are what this agent guarantees as it runs: the kernel's, for
-// the backend its sensor is on and with fanotify exec control only where
-// it was given marks; tamper protection that the kernel allows but that is
-// off here (no admin key, --protect=false) is observe only, for the
-// reason the status gives.
+// the backend its sensor is on, with fanotify exec control only where it
+// was given marks, and with tamper protection as it is (off: the status's
+// reason).
 func (a *agent) guarantees() []*vigilv1.Guarantee {
 	if a.kernel.GuaranteesFor == nil {
 		return a.kernel.Guarantees
 	}
-	lsm := false
+	run := probe.Running{Fanotify: len(a.cfg.FanotifyMarks) > 0}
 	if p := a.sensor.Load(); p != nil {
-		lsm = (*p).Info().Backend == sensor.BackendLSM
+		run.LSM = (*p).Info().Backend == sensor.BackendLSM
 	}
-	gs := a.kernel.GuaranteesFor(lsm, len(a.cfg.FanotifyMarks) > 0)
 	if p := a.prot.Load(); p != nil && !p.protected() {
-		for i, g := range gs {
-			if g.GetControl() == probe.ControlTamper && g.GetLevel() == probe.SyncBlock {
-				gs[i] = &vigilv1.Guarantee{Control: g.GetControl(), Level: probe.ObserveOnly, Why: "tamper protection " + p.detail}
-			}
-		}
+		run.TamperOff = p.detail
 	}
-	return gs
+	return a.kernel.GuaranteesFor(run)
 }

@@ -98,16 +98,24 @@ func Run() Report {
 	}
 	add(FeatureKernelModules, err, "/proc/modules")
 
-	r.Guarantees = guarantees(r, true, true)
+	r.Guarantees = guarantees(r, Running{LSM: true, Fanotify: true})
 	return r
 }
 
-// GuaranteesFor is what an agent on this kernel guarantees as it runs:
-// BPF LSM counts only if lsm (its sensor is on the LSM backend), fanotify
-// exec control only if fanotify (it was given --fanotify-mark). Report's
-// Guarantees are the kernel's best: both.
-func (r Report) GuaranteesFor(lsm, fanotify bool) []*vigilv1.Guarantee {
-	return guarantees(r, lsm, fanotify)
+// Running is how an agent runs, for GuaranteesFor.
+type Running struct {
+	LSM      bool // its sensor is on the LSM backend
+	Fanotify bool // it was given --fanotify-mark
+	// TamperOff, when set, says why tamper protection is off although
+	// the backend could refuse (no admin key, --protect=false).
+	TamperOff string
+}
+
+// GuaranteesFor is what an agent on this kernel guarantees as it runs.
+// Report's Guarantees are the kernel's best: Running{LSM: true, Fanotify:
+// true}.
+func (r Report) GuaranteesFor(run Running) []*vigilv1.Guarantee {
+	return guarantees(r, run)
 }
 
 // BPFLSM returns nil if BPF LSM programs can be loaded and attached here.
@@ -192,13 +200,13 @@ func lockdown() (string, error) {
 // guarantees derives, from the features, what each control can do. This
 // is the one place that states it; doctor prints it and the agent reports
 // it.
-func guarantees(r Report, useLSM, useFanotify bool) []*vigilv1.Guarantee {
-	lsm := r.BPFLSM && useLSM
-	fan := r.Has(FeatureFanotifyPerm) && useFanotify
+func guarantees(r Report, run Running) []*vigilv1.Guarantee {
+	lsm := r.BPFLSM && run.LSM
+	fan := r.Has(FeatureFanotifyPerm) && run.Fanotify
 	kill := r.Has(FeatureSendSignal) && r.Has(FeatureTPBTF)
 	sysTP := r.Has(FeatureSyscallTP) && r.Has(FeatureTPBTF)
 	noLSM := "BPF LSM is not available"
-	if r.BPFLSM && !useLSM {
+	if r.BPFLSM && !run.LSM {
 		noLSM = "BPF LSM is not in use (the agent runs the tracepoint backend)"
 	}
 	var g []*vigilv1.Guarantee
@@ -240,7 +248,11 @@ func guarantees(r Report, useLSM, useFanotify bool) []*vigilv1.Guarantee {
 	// Tamper protection: refused in the kernel with BPF LSM (and an admin
 	// key, without which nothing could stop the agent); otherwise
 	// degraded to detection of what the sensors see aimed at the agent.
-	pick(ControlTamper, "lsm/task_kill, ptrace_access_check, file_open, file_permission, path_*, sb_mount, move_mount, task_set*, bpf, bpf_map and bpf_prog refuse, to all but the agent, signals, tracing, writes to its files and cgroup and access to its BPF objects (with an admin key set: --admin-key)",
-		when(sysTP, ObserveOnly, noLSM+": protection is degraded to detection; ptrace, process_vm_writev and /proc/PID/mem aimed at the agent are reported as tamper events; signals, file changes and BPF object access are neither refused nor seen"))
+	if lsm && run.TamperOff != "" {
+		g = append(g, &vigilv1.Guarantee{Control: ControlTamper, Level: ObserveOnly, Why: "tamper protection " + run.TamperOff})
+	} else {
+		pick(ControlTamper, "lsm/task_kill, ptrace_access_check, file_open, file_permission, path_*, sb_mount, move_mount, task_set*, bpf, bpf_map and bpf_prog refuse, to all but the agent, signals, tracing, writes to its files and cgroup and access to its BPF objects (with an admin key set: --admin-key)",
+			when(sysTP, ObserveOnly, noLSM+": protection is degraded to detection; ptrace, process_vm_writev and /proc/PID/mem aimed at the agent are reported as tamper events; signals, file changes and BPF object access are neither refused nor seen"))
+	}
 	return g
 }

@@ -12,7 +12,7 @@ func report(lsm bool, have ...string) Report {
 	for _, h := range have {
 		r.Features = append(r.Features, &vigilv1.Feature{Name: h, Available: true})
 	}
-	r.Guarantees = guarantees(r, true, true)
+	r.Guarantees = guarantees(r, Running{LSM: true, Fanotify: true})
 	return r
 }
 
@@ -64,26 +64,30 @@ func TestGuarantees(t *testing.T) {
 func TestGuaranteesFor(t *testing.T) {
 	all := []string{FeatureFanotifyPerm, FeatureSendSignal, FeatureTPBTF, FeatureSyscallTP}
 	for _, tc := range []struct {
-		name     string
-		lsm, fan bool // the kernel has LSM; the agent uses it, uses fanotify
-		useLSM   bool
-		control  string
-		want     string
-		why      string
+		name      string
+		lsm, fan  bool // the kernel has LSM; the agent uses it, uses fanotify
+		useLSM    bool
+		tamperOff string
+		control   string
+		want      string
+		why       string
 	}{
-		{"lsm kernel, lsm backend", true, true, true, "exec control", SyncBlock, "lsm/bprm_check_security"},
-		{"lsm kernel, tracepoint backend, marks", true, true, false, "exec control", SyncBlock, "BPF LSM is not in use"},
-		{"lsm kernel, tracepoint backend, no marks", true, false, false, "exec control", KillAfterExec, "BPF LSM is not in use"},
-		{"lsm kernel, tracepoint backend: tamper", true, true, false, "tamper protection", ObserveOnly, "BPF LSM is not in use"},
-		{"lsm kernel, tracepoint backend: sha256", true, true, false, "policy rules on the executable's SHA-256", NotProvided, "BPF LSM is not in use"},
-		{"no lsm, no marks: lockdown", false, false, false, "execution control by content", NotProvided, "no --fanotify-mark"},
-		{"no lsm, marks: lockdown", false, true, false, "execution control by content", SyncBlock, "FAN_OPEN_EXEC_PERM"},
+		{"lsm kernel, lsm backend", true, true, true, "", "exec control", SyncBlock, "lsm/bprm_check_security"},
+		{"lsm kernel, tracepoint backend, marks", true, true, false, "", "exec control", SyncBlock, "BPF LSM is not in use"},
+		{"lsm kernel, tracepoint backend, no marks", true, false, false, "", "exec control", KillAfterExec, "BPF LSM is not in use"},
+		{"lsm kernel, tracepoint backend: tamper", true, true, false, "", "tamper protection", ObserveOnly, "BPF LSM is not in use"},
+		{"lsm kernel, tracepoint backend: sha256", true, true, false, "", "policy rules on the executable's SHA-256", NotProvided, "BPF LSM is not in use"},
+		{"no lsm, no marks: lockdown", false, false, false, "", "execution control by content", NotProvided, "no --fanotify-mark"},
+		{"lsm, no admin key: tamper", true, true, true, "off: no admin key", "tamper protection", ObserveOnly, "off: no admin key"},
+		{"lsm, no admin key: exec", true, true, true, "off: no admin key", "exec control", SyncBlock, "lsm/bprm_check_security"},
+		{"no lsm, no admin key: tamper", false, true, false, "off: no admin key", "tamper protection", ObserveOnly, "degraded to detection"},
+		{"no lsm, marks: lockdown", false, true, false, "", "execution control by content", SyncBlock, "FAN_OPEN_EXEC_PERM"},
 	} {
 		r := Report{BPFLSM: tc.lsm}
 		for _, h := range all {
 			r.Features = append(r.Features, &vigilv1.Feature{Name: h, Available: true})
 		}
-		r.Guarantees = r.GuaranteesFor(tc.useLSM, tc.fan)
+		r.Guarantees = r.GuaranteesFor(Running{LSM: tc.useLSM, Fanotify: tc.fan, TamperOff: tc.tamperOff})
 		g := level(t, r, tc.control)
 		if g.Level != tc.want || !strings.Contains(g.Why, tc.why) {
 			t.Errorf("%s: got %q (%s), want %q mentioning %q", tc.name, g.Level, g.Why, tc.want, tc.why)
